@@ -1,0 +1,50 @@
+"""The Celery app and its configuration, built from Settings; queue names. No tasks here."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from .config import Settings, get_settings
+
+# One queue per kind of work, so operators can scale each with `-Q`.
+AWS_QUEUE = "ninkik-aws"  # describe_image, fetch_scan_findings: ECR calls
+NINKIK_QUEUE = "ninkik-api"  # match_tenant, notify: ninkik API calls
+CONTROL_QUEUE = "ninkik-control"  # backfill, reconcile, rescan
+QUEUES = (AWS_QUEUE, NINKIK_QUEUE, CONTROL_QUEUE)
+
+
+def make_app(settings: Settings) -> Celery:
+    """A Celery app configured not to lose work: late acks, requeue on worker loss, prefetch 1."""
+    app = Celery("ninkik_tasks", include=["ninkik_tasks.pipeline"])
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend,
+        result_expires=settings.result_expires_seconds,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # ETA/countdown tasks stay unacked in Redis until they run: retry countdowns are kept
+        # well under this, or another worker would restore and run them a second time.
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        result_extended=True,
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue=NINKIK_QUEUE,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        timezone="UTC",
+    )
+    return app
+
+
+app = make_app(get_settings())

@@ -1,0 +1,151 @@
+"""ninkik-tasks: ingest, dev, and the operator's views of quarantine and failures."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from .errors import ConfigError
+
+
+class _Group(click.Group):
+    """Turns ConfigError into one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"ninkik-tasks: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """ECR pushes to ninkik security findings, through Celery."""
+
+
+@main.command()
+def ingest() -> None:
+    """Poll NINKIK_SQS_QUEUE_URL and start a chain for every new ECR push event."""
+    from . import clients, logs
+    from .config import get_settings
+    from .idempotency import Records
+    from .ingest import Ingest
+    from .pipeline import start
+    from .records import quarantine
+
+    settings = get_settings()
+    logs.configure(settings)
+    settings.require_ingest()
+    redis = clients.redis_client(settings)
+    Ingest(
+        settings=settings,
+        sqs=clients.sqs(settings.queue_region()),
+        records=Records(redis, settings.redis_namespace),
+        quarantine=quarantine(redis, settings.redis_namespace),
+        start=start,
+    ).run()
+
+
+def _journal(name: str) -> Any:
+    from . import clients, records
+    from .config import get_settings
+
+    settings = get_settings()
+    return getattr(records, name)(clients.redis_client(settings), settings.redis_namespace)
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(str(row.get(c, ""))[:80] for c in columns))
+    Console().print(table)
+
+
+@main.group()
+def quarantine() -> None:
+    """Queue messages that ingest refused (bad JSON, wrong shape, accounts not allowed ...)."""
+
+
+@quarantine.command("list")
+@click.option("--count", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, with the raw bodies.")
+def quarantine_list(count: int, as_json: bool) -> None:
+    """The newest quarantined messages."""
+    _print_rows(_journal("quarantine").list(count), as_json, ["id", "at", "reason", "error", "message_id"])
+
+
+@quarantine.command("replay")
+@click.argument("entry_id")
+def quarantine_replay(entry_id: str) -> None:
+    """Run a quarantined message through ingest again (after fixing what refused it)."""
+    from . import clients
+    from .config import get_settings
+    from .errors import InvalidEvent
+    from .events import parse
+    from .idempotency import Records
+    from .pipeline import start
+
+    settings = get_settings()
+    entry = _journal("quarantine").get(entry_id)
+    if entry is None:
+        raise ConfigError(f"no quarantined message {entry_id}: see `ninkik-tasks quarantine list`")
+    try:
+        pushed = parse(entry["body"], accounts=settings.aws_account_ids, regions=settings.allowed_regions(),
+                       max_bytes=settings.max_message_bytes)
+    except InvalidEvent as exc:
+        raise ConfigError(f"still refused ({exc.reason}): {exc}") from None
+    result = start(pushed)
+    Records(clients.redis_client(settings), settings.redis_namespace).mark_events(
+        [pushed.event_id], settings.event_dedupe_seconds
+    )
+    click.echo(f"replayed {entry_id}: chain {result.id} for {pushed.repository}@{pushed.digest}")
+
+
+@main.group()
+def failures() -> None:
+    """Images whose chain ended without a notification, with the reason."""
+
+
+@failures.command("list")
+@click.option("--count", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def failures_list(count: int, as_json: bool) -> None:
+    """The newest chains that ended without a notification."""
+    _print_rows(_journal("failures").list(count), as_json, ["id", "at", "stage", "reason", "repository", "digest"])
+
+
+@main.command()
+@click.option("--until-done", is_flag=True, help="Exit once every demo image was notified (for a smoke test).")
+@click.option("--flower-port", default=5555, show_default=True, help="Flower's port (another if taken).")
+def dev(until_done: bool, flower_port: int) -> None:
+    """Run the whole system on this machine: emulated AWS, a bundled Redis, a ninkik stand-in."""
+    from .dev import run
+
+    sys.exit(run(until_done=until_done, flower_port=flower_port))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+@click.option("--tenants-file", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--token", envvar="NINKIK_API_TOKEN", required=True, help="Bearer token it accepts.")
+@click.pass_context
+def standin(ctx: click.Context, **_: Any) -> None:
+    """Run the local ninkik stand-in (tenant directory + receiver)."""
+    from .standin import serve
+
+    ctx.forward(serve)
+
+
+if __name__ == "__main__":
+    main()

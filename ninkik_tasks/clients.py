@@ -1,0 +1,80 @@
+"""boto3, Redis and HTTP clients, made lazily once per process and dropped in a forked child."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import httpx
+import redis
+from botocore.config import Config
+
+from .config import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecr import ECRClient
+    from mypy_boto3_sqs import SQSClient
+
+# botocore's "standard" mode retries throttling codes and 5xx with backoff and jitter;
+# what still fails after these attempts becomes a Celery retry (TransientError).
+AWS_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 4},
+    connect_timeout=5,
+    read_timeout=30,
+    max_pool_connections=20,
+)
+
+_cache: dict[Any, Any] = {}
+
+
+def _reset_after_fork() -> None:
+    _cache.clear()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def ecr(region: str) -> ECRClient:
+    """This process's ECR client for `region`."""
+    key = ("ecr", region)
+    if key not in _cache:
+        _cache[key] = boto3.session.Session().client("ecr", region_name=region, config=AWS_CONFIG)
+    client: ECRClient = _cache[key]
+    return client
+
+
+def sqs(region: str | None) -> SQSClient:
+    """This process's SQS client (ingest polls with a 20 s wait, so the read timeout is longer)."""
+    key = ("sqs", region)
+    if key not in _cache:
+        config = AWS_CONFIG.merge(Config(read_timeout=40))
+        _cache[key] = boto3.session.Session().client("sqs", region_name=region, config=config)
+    client: SQSClient = _cache[key]
+    return client
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """This process's Redis client for ninkik-tasks' own records."""
+    key = ("redis", settings.redis_url)
+    if key not in _cache:
+        _cache[key] = redis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            retry_on_timeout=True,
+        )
+    client: redis.Redis = _cache[key]
+    return client
+
+
+def http(settings: Settings) -> httpx.Client:
+    """This process's HTTP client for the ninkik API."""
+    key = ("http", settings.api_url)
+    if key not in _cache:
+        timeout = httpx.Timeout(settings.http_timeout_seconds, connect=min(5.0, settings.http_timeout_seconds))
+        _cache[key] = httpx.Client(timeout=timeout, headers={"User-Agent": "ninkik-tasks"})
+    client: httpx.Client = _cache[key]
+    return client

@@ -1,0 +1,144 @@
+"""`ninkik-tasks dev`: the whole system on one machine, with demo tenants, images and push events."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+from rich.console import Console
+
+from . import local
+from .standin import Received, Standin
+
+TENANT_A = "3f1c9a52-5d0e-4b8a-9c7e-0a1b2c3d4e5f"
+TENANT_B = "8e2d4c61-7a9b-4f3e-8d2c-1b0a9f8e7d6c"
+PRODUCT_SHOP = "5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d"
+PRODUCT_API = "0f1e2d3c-4b5a-4697-8877-665544332211"
+PRODUCT_BILLING = "c0ffee00-1234-4567-89ab-cdef01234567"
+
+DEMO_TENANTS: list[dict[str, Any]] = [
+    {"uuid": TENANT_A, "name": "Acme", "products": [
+        {"uuid": PRODUCT_SHOP, "name": "web-shop"}, {"uuid": PRODUCT_API, "name": "public-api"}]},
+    {"uuid": TENANT_B, "name": "Globex", "products": [{"uuid": PRODUCT_BILLING, "name": "billing"}]},
+]
+
+
+def demo_images() -> list[dict[str, Any]]:
+    """What `dev` pushes: several tenants, product by UUID and by name, tagged and untagged, basic and enhanced."""
+    return [
+        {"repository": f"{TENANT_A}/{PRODUCT_SHOP}", "tag": "1.4.2", "findings": [
+            local.basic_finding("CVE-2026-0001", "HIGH", "openssl", "3.0.1"),
+            local.basic_finding("CVE-2026-0002", "MEDIUM", "zlib", "1.2.11")]},
+        {"repository": f"{TENANT_A}/public-api", "tag": None, "enhanced": [
+            local.enhanced_finding("CVE-2026-1234", "CRITICAL", "log4j-core", "2.14.1", "2.17.1")]},
+        {"repository": f"{TENANT_A}/public-api/worker", "tag": "latest", "findings": []},
+        {"repository": f"{TENANT_B}/billing", "tag": "2026.11", "findings": [
+            local.basic_finding("CVE-2026-0420", "LOW", "busybox", "1.36.0")]},
+    ]
+
+
+def run(until_done: bool = False, flower_port: int = 5555) -> int:
+    """Start everything, seed the demo, print notifications until Ctrl-C (or until all arrived)."""
+    console = Console(stderr=False)
+    work = Path(tempfile.mkdtemp(prefix="ninkik-dev-"))
+    procs: list[local.Proc] = []
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    expected = len(demo_images())
+    arrived: list[Received] = []
+
+    def show(r: Received) -> None:
+        image, scan = r.body["image"], r.body["scan"]
+        counts = ", ".join(f"{k} {v}" for k, v in scan.get("severity_counts", {}).items()) or "no findings"
+        console.print(
+            f"[green]notified[/] tenant {r.tenant[:8]}… product {r.product[:8]}… "
+            f"[bold]{image['repository'].split('/', 1)[1]}[/]@{image['digest'][7:19]} "
+            f"tags={image['tags']} scan={scan['type']}/{scan['status']} ({counts})"
+        )
+        arrived.append(r)
+        if until_done and len(arrived) >= expected:
+            stop.set()
+
+    try:
+        with console.status("starting Redis and the AWS emulator…"):
+            redis_proc, redis_url = local.start_redis(work)
+            procs.append(redis_proc)
+            moto_proc, moto_url = local.start_moto(work)
+            procs.append(moto_proc)
+            token = secrets.token_urlsafe(24)
+            standin = Standin(DEMO_TENANTS, token, on_receive=show).start()
+            aws = local.aws_env(moto_url)
+            session = boto3.session.Session(
+                aws_access_key_id="testing", aws_secret_access_key="testing", region_name=local.REGION
+            )
+            sqs = session.client("sqs", endpoint_url=moto_url)
+            ecr = session.client("ecr", endpoint_url=moto_url)
+            queue_url = sqs.create_queue(QueueName="ecr-docker-push",
+                                         Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+        env = {
+            **os.environ, **aws,
+            "NINKIK_BROKER_URL": f"{redis_url}/0", "NINKIK_RESULT_BACKEND": f"{redis_url}/1",
+            "NINKIK_REDIS_URL": f"{redis_url}/2", "NINKIK_SQS_QUEUE_URL": queue_url,
+            "NINKIK_AWS_ACCOUNT_IDS": local.ACCOUNT, "NINKIK_AWS_REGIONS": local.REGION,
+            "NINKIK_API_URL": standin.url, "NINKIK_API_TOKEN": token,
+        }
+        flower_port = flower_port if _port_free(flower_port) else local.free_port()
+        celery = [sys.executable, "-m", "celery", "-A", "ninkik_tasks"]
+        with console.status("starting ingest, a worker and Flower…"):
+            procs.append(local.Proc("worker", [*celery, "worker", "--loglevel", "INFO", "-n", "dev@%h"], work, env))
+            procs.append(local.Proc("ingest", [sys.executable, "-m", "ninkik_tasks.cli", "ingest"], work, env))
+            procs.append(local.Proc("flower", [*celery, "flower", "--address=127.0.0.1",
+                                               f"--port={flower_port}"], work, env))
+        console.print(f"Flower:           [bold]http://127.0.0.1:{flower_port}[/]")
+        console.print(f"ninkik stand-in:  {standin.url}/_standin/received")
+        console.print(f"AWS emulator:     {moto_url}   queue {queue_url}")
+        console.print(f"Redis:            {redis_url}   logs in {work}")
+        for name, value in env.items():
+            if name.startswith(("NINKIK_", "AWS_")) and name != "NINKIK_API_TOKEN":
+                (work / "env").open("a").write(f"{name}={value}\n")
+        console.print(f"To talk to it from another shell: [bold]set -a; . {work / 'env'}; set +a[/]")
+        with console.status("seeding tenants, images and scan findings…"):
+            for i, item in enumerate(demo_images()):
+                digest = local.push_image(ecr, item["repository"], f"demo-{i}", item["tag"])
+                local.set_scan_result(moto_url, ecr, item["repository"], digest,
+                                      findings=item.get("findings"), enhanced=item.get("enhanced"))
+                event = local.push_event(item["repository"], digest, item["tag"])
+                sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(event))
+                console.print(f"pushed   {item['repository'].split('/', 1)[1]}@{digest[7:19]}")
+        console.print(f"waiting for {expected} notifications (Ctrl-C to stop)…")
+        deadline = time.monotonic() + 120
+        while not stop.wait(0.5):
+            dead = [p.name for p in procs if not p.alive()]
+            if dead:
+                console.print(f"[red]{', '.join(dead)} stopped unexpectedly[/]: see the logs in {work}")
+                return 1
+            if until_done and time.monotonic() > deadline:
+                console.print(f"[red]only {len(arrived)} of {expected} notifications in 120 s[/]: logs in {work}")
+                return 1
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        console.print("stopping…")
+        for proc in reversed(procs):
+            proc.stop(timeout=10)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,128 @@
+"""The ECR calls of the chain: DescribeImages and every page of DescribeImageScanFindings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .errors import PermanentError, ScanNotReady, TransientError
+from .findings import Finding, Image, Scan, from_basic, from_enhanced, severity_counts
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecr import ECRClient
+
+THROTTLING = {"ThrottlingException", "ThrottleException", "LimitExceededException", "TooManyRequestsException"}
+DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "403"}
+GONE = {"ImageNotFoundException", "RepositoryNotFoundException"}
+NOT_READY = {"PENDING", "IN_PROGRESS"}
+# Statuses that end the wait without findings; reported as they are.
+FINAL_WITHOUT_FINDINGS = {"FAILED", "UNSUPPORTED_IMAGE", "SCAN_ELIGIBILITY_EXPIRED", "FINDINGS_UNAVAILABLE"}
+
+
+def error_code(exc: ClientError) -> str:
+    """The AWS error code of a ClientError."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@contextmanager
+def classified(action: str) -> Iterator[None]:
+    """Turn botocore errors into TransientError / PermanentError for `action` (e.g. ecr:DescribeImages)."""
+    try:
+        yield
+    except ClientError as exc:
+        code = error_code(exc)
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in THROTTLING or status == 429 or status >= 500:
+            raise TransientError(f"{action} throttled or failed ({code or status})") from None
+        if code in DENIED:
+            raise PermanentError(
+                "access_denied", f"{action} is not granted: add it to the ECR policy of the setup guide"
+            ) from None
+        if code in GONE:
+            raise PermanentError("image_gone", f"{action}: {code}") from None
+        raise
+    except BotoCoreError as exc:
+        raise TransientError(f"{action} failed: {type(exc).__name__}") from None
+
+
+def describe_image(ecr: ECRClient, registry_id: str, region: str, repository: str, digest: str) -> Image:
+    """The pushed image's digest, tags, push time, size and media types; PermanentError if it is gone."""
+    with classified("ecr:DescribeImages"):
+        try:
+            answer = ecr.describe_images(
+                registryId=registry_id, repositoryName=repository, imageIds=[{"imageDigest": digest}]
+            )
+        except ClientError as exc:
+            if error_code(exc) == "InvalidParameterException":
+                raise PermanentError("image_gone", f"ecr:DescribeImages refused the image: {exc}") from None
+            raise
+    details = answer.get("imageDetails", [])
+    if not details:
+        raise PermanentError("image_gone", "ecr:DescribeImages found no such image")
+    return image_from_details(details[0], region)
+
+
+def image_from_details(detail: Any, region: str) -> Image:
+    """An Image from one entry of DescribeImages' imageDetails."""
+    return Image(
+        registry_id=detail["registryId"],
+        region=region,
+        repository=detail["repositoryName"],
+        digest=detail["imageDigest"],
+        tags=sorted(detail.get("imageTags") or []),
+        pushed_at=detail.get("imagePushedAt"),
+        size_bytes=detail.get("imageSizeInBytes"),
+        manifest_media_type=detail.get("imageManifestMediaType"),
+        artifact_media_type=detail.get("artifactMediaType"),
+    )
+
+
+def scan_findings(ecr: ECRClient, image: Image, *, page_size: int = 1000) -> Scan:
+    """Every finding of the image's scan; ScanNotReady while it has not finished."""
+    findings: list[Finding] = []
+    status = completed_at = None
+    scan_type = "BASIC"
+    paginator = ecr.get_paginator("describe_image_scan_findings")
+    pages = paginator.paginate(
+        registryId=image.registry_id,
+        repositoryName=image.repository,
+        imageId={"imageDigest": image.digest},
+        PaginationConfig={"PageSize": page_size},
+    )
+    with classified("ecr:DescribeImageScanFindings"):
+        try:
+            for page in pages:
+                if status is None:
+                    status = (page.get("imageScanStatus") or {}).get("status", "")
+                    if status in NOT_READY:
+                        raise ScanNotReady(f"scan is {status}")
+                    if status in FINAL_WITHOUT_FINDINGS:
+                        break
+                body: Any = page.get("imageScanFindings") or {}
+                completed_at = completed_at or body.get("imageScanCompletedAt")
+                findings.extend(from_basic(raw) for raw in body.get("findings") or [])
+                if body.get("enhancedFindings"):
+                    scan_type = "ENHANCED"
+                    for raw in body["enhancedFindings"]:
+                        findings.extend(from_enhanced(raw))
+        except ClientError as exc:
+            if error_code(exc) == "ScanNotFoundException":
+                raise ScanNotReady("no scan yet") from None
+            raise
+    if status == "ACTIVE":
+        scan_type = "ENHANCED"
+    return Scan(
+        type=scan_type,  # type: ignore[arg-type]
+        status=status or "COMPLETE",
+        completed_at=completed_at,
+        severity_counts=severity_counts(findings),
+        findings=findings,
+    )
+
+
+def not_scanned() -> Scan:
+    """The scan of an image that was not scanned within the wait."""
+    return Scan(type="NONE", status="NOT_SCANNED")

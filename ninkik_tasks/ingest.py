@@ -1,0 +1,233 @@
+"""The SQS poller: ECR push events in, one chain per new event out, bad input quarantined."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from redis.exceptions import RedisError
+
+from .config import Settings
+from .ecr import DENIED, error_code
+from .errors import ConfigError, InvalidEvent
+from .events import ImagePushed, parse
+from .idempotency import Records
+from .records import MAX_BODY_CHARS, Journal
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
+
+log = logging.getLogger(__name__)
+
+MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+
+
+class _Stop(Exception):
+    """SIGTERM arrived while waiting on SQS: nothing is in hand, leave now."""
+
+
+@dataclass
+class Ingest:
+    """Polls the queue and hands every new, valid push to `start`."""
+
+    settings: Settings
+    sqs: SQSClient
+    records: Records
+    quarantine: Journal
+    start: Callable[[ImagePushed], Any]
+    counts: Counter[str] = field(default_factory=Counter)
+    deleting: bool = True
+    _delete_retry_at: float = 0.0
+    _stopping: bool = False
+    _waiting: bool = False
+
+    @property
+    def queue_url(self) -> str:
+        """The queue being polled."""
+        assert self.settings.sqs_queue_url
+        return self.settings.sqs_queue_url
+
+    def check_queue(self) -> dict[str, str]:
+        """Fail with one clear line if the queue cannot be read; else its retention and visibility."""
+        try:
+            answer = self.sqs.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["MessageRetentionPeriod", "VisibilityTimeout"]
+            )
+        except ClientError as exc:
+            raise ConfigError(_explain(exc, "sqs:GetQueueAttributes", self.queue_url)) from None
+        except NoCredentialsError:
+            raise ConfigError(
+                "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                "for the ninkik IAM user of the setup guide"
+            ) from None
+        except BotoCoreError as exc:
+            raise ConfigError(f"cannot reach SQS at {self.queue_url}: {exc}") from None
+        return dict(answer.get("Attributes", {}))
+
+    def run(self) -> None:
+        """Poll until SIGTERM/SIGINT; the batch in hand is finished before leaving."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        attributes = self.check_queue()
+        log.info(
+            "polling %s (retention %ss, visibility timeout %ss)",
+            self.queue_url,
+            attributes.get("MessageRetentionPeriod", "?"),
+            attributes.get("VisibilityTimeout", "?"),
+        )
+        failures = 0
+        while not self._stopping:
+            try:
+                self.poll_once()
+                failures = 0
+            except _Stop:
+                break
+            except ConfigError:
+                raise
+            except (RedisError, BotoCoreError, ClientError, OSError, ConnectionError) as exc:
+                # Redis, the broker or SQS is down: nothing was deleted, SQS redelivers; wait and go on.
+                failures += 1
+                pause = min(30.0, 0.5 * 2**failures)
+                log.error("poll failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, pause)
+                self._sleep(pause)
+            except Exception as exc:
+                # A broker error from kombu is not a RedisError: treat every unknown failure the same way.
+                failures += 1
+                pause = min(30.0, 0.5 * 2**failures)
+                log.exception("poll failed (%s); retrying in %.1fs", type(exc).__name__, pause)
+                self._sleep(pause)
+        log.info("stopped: %s", dict(self.counts))
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+        if self._waiting:
+            raise _Stop()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(min(0.2, seconds))
+
+    def receive(self) -> list[MessageTypeDef]:
+        """One long poll: up to 10 messages, waiting up to 20 s."""
+        self._waiting = True
+        try:
+            if self._stopping:
+                raise _Stop()
+            answer = self.sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=20,
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            )
+        except ClientError as exc:
+            if error_code(exc) in MISSING_QUEUE or error_code(exc) in DENIED:
+                raise ConfigError(_explain(exc, "sqs:ReceiveMessage", self.queue_url)) from None
+            raise
+        finally:
+            self._waiting = False
+        return list(answer.get("Messages", []))
+
+    def poll_once(self) -> int:
+        """Receive one batch, handle it, delete what was handled; returns the number of messages."""
+        messages = self.receive()
+        if not messages:
+            return 0
+        self.counts["received"] += len(messages)
+        handled = self.handle(messages)
+        self.delete(handled)
+        return len(messages)
+
+    def handle(self, messages: list[MessageTypeDef]) -> list[MessageTypeDef]:
+        """Start chains for new valid events, quarantine bad ones; returns the messages now handled."""
+        s = self.settings
+        accounts, regions = set(s.aws_account_ids), set(s.allowed_regions())
+        valid: list[tuple[MessageTypeDef, ImagePushed]] = []
+        handled: list[MessageTypeDef] = []
+        for message in messages:
+            body = message.get("Body", "")
+            try:
+                valid.append((message, parse(body, accounts=accounts, regions=regions, max_bytes=s.max_message_bytes)))
+            except InvalidEvent as exc:
+                self._quarantine(message, body, exc)
+                handled.append(message)
+        seen = self.records.seen_events([pushed.event_id for _, pushed in valid])
+        started: list[str] = []
+        for message, pushed in valid:
+            if pushed.event_id in seen or pushed.event_id in started:
+                self.counts["duplicates"] += 1
+                log.debug("duplicate event %s", pushed.event_id)
+            else:
+                result = self.start(pushed)
+                started.append(pushed.event_id)
+                self.counts["chains_started"] += 1
+                log.info(
+                    "accepted event=%s repository=%s digest=%s tag=%s chain=%s",
+                    pushed.event_id, pushed.repository, pushed.digest, pushed.tag, getattr(result, "id", None),
+                )
+            handled.append(message)
+        # Marked only once the chains are queued: a crash before this line redoes them, loses none.
+        self.records.mark_events(started, s.event_dedupe_seconds)
+        return handled
+
+    def _quarantine(self, message: MessageTypeDef, body: str, exc: InvalidEvent) -> None:
+        self.counts[f"rejected:{exc.reason}"] += 1
+        message_id = message.get("MessageId", "")
+        if not self.records.claim_message(message_id, self.settings.event_dedupe_seconds):
+            return  # a redelivery of a message already quarantined
+        entry = self.quarantine.add(
+            reason=exc.reason,
+            error=str(exc),
+            message_id=message_id,
+            body=body[:MAX_BODY_CHARS],
+            body_bytes=len(body.encode("utf-8", "surrogateescape")),
+        )
+        self.counts["quarantined"] += 1
+        log.warning("quarantined message %s as %s (%s): %s", message_id, entry, exc.reason, exc)
+
+    def delete(self, messages: list[MessageTypeDef]) -> None:
+        """DeleteMessageBatch, unless the policy does not grant it (then SQS redelivers; dedupe drops them)."""
+        if not messages or (not self.deleting and time.monotonic() < self._delete_retry_at):
+            return
+        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+        try:
+            answer = self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)  # type: ignore[arg-type]
+        except ClientError as exc:
+            if error_code(exc) not in DENIED:
+                raise
+            self._delete_retry_at = time.monotonic() + self.settings.delete_retry_seconds
+            if self.deleting:
+                log.warning(
+                    "sqs:DeleteMessage is not granted on %s: messages stay in the queue until they expire and "
+                    "their redeliveries are dropped as duplicates; add sqs:DeleteMessage to the policy to cut "
+                    "SQS traffic",
+                    self.queue_url,
+                )
+            self.deleting = False
+            return
+        if not self.deleting:
+            log.info("sqs:DeleteMessage is granted now: deleting handled messages again")
+        self.deleting = True
+        self.counts["deleted"] += len(answer.get("Successful", []))
+        for failed in answer.get("Failed", []):
+            log.warning("could not delete a message: %s %s", failed.get("Code"), failed.get("Message"))
+
+
+def _explain(exc: ClientError, action: str, queue_url: str) -> str:
+    code = error_code(exc)
+    if code in MISSING_QUEUE:
+        return (
+            f"queue {queue_url} does not exist: set NINKIK_SQS_QUEUE_URL to the URL that "
+            "`aws sqs get-queue-url --queue-name ecr-docker-push` prints"
+        )
+    if code in DENIED:
+        return f"{action} is not granted on {queue_url}: attach the SQS policy of the setup guide to this IAM user"
+    return f"{action} on {queue_url} failed: {code}: {exc.response.get('Error', {}).get('Message', '')}"

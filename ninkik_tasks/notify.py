@@ -1,0 +1,66 @@
+"""The ninkik images API: render the body (pure), send it, classify the answer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from .errors import PermanentError, TransientError
+from .findings import Report
+from .tenants import Match
+
+
+def idempotency_key(match: Match, report: Report) -> str:
+    """Stable for the same tenant, repository, digest and report; different when any changes."""
+    material = "\n".join((match.tenant, report.image.repository, report.image.digest, report.fingerprint()))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def render(report: Report, source: str) -> dict[str, Any]:
+    """The JSON body of the POST, as DESIGN.md's contract has it."""
+    body = report.model_dump(mode="json")
+    return {"source": source, "image": body["image"], "scan": body["scan"]}
+
+
+def images_url(api_url: str, match: Match) -> str:
+    """Where a tenant's product receives image reports."""
+    return f"{api_url.rstrip('/')}/api/v1/tenants/{match.tenant}/products/{match.product}/images"
+
+
+def send(http: httpx.Client, url: str, token: str, key: str, body: dict[str, Any]) -> int:
+    """POST one report; returns the status when done, raises TransientError or PermanentError otherwise."""
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key, "Content-Type": "application/json"}
+    try:
+        response = http.post(url, content=json.dumps(body).encode(), headers=headers)
+    except httpx.TimeoutException:
+        raise TransientError("ninkik did not answer in time") from None
+    except httpx.HTTPError as exc:
+        raise TransientError(f"ninkik unreachable: {type(exc).__name__}") from None
+    status = response.status_code
+    if 200 <= status < 300 or status == 409:
+        return status
+    if status == 429:
+        raise TransientError("ninkik answered 429", retry_after=retry_after(response.headers.get("Retry-After")))
+    if status >= 500:
+        raise TransientError(f"ninkik answered {status}")
+    raise PermanentError(f"http_{status}", f"ninkik answered {status}: {response.text[:200]}")
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from datetime import UTC, datetime
+
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,142 @@
+"""The Celery tasks of the chain, and `start(event)` that queues one chain per pushed image."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import Task, chain
+from celery.result import AsyncResult
+from celery.signals import setup_logging
+
+from . import logs
+from .celery_app import AWS_QUEUE, NINKIK_QUEUE, app
+from .config import get_settings
+from .errors import PermanentError, ScanNotReady, TransientError
+from .events import ImagePushed
+from .stages import (
+    Described,
+    Matched,
+    Scanned,
+    Services,
+    describe,
+    describe_step,
+    match_tenant as match_step,
+    notify_step,
+    scan_step,
+    services,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Outcomes that are not faults of the system: the chain ends quietly (recorded, task SUCCESS).
+SKIPS = {"repository_format", "unknown_tenant", "unknown_product", "image_gone"}
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    logs.configure(get_settings())
+
+
+def _svc() -> Services:
+    return services(get_settings())
+
+
+def backoff(retries: int, cap: float) -> float:
+    """Exponential backoff with jitter: 1, 2, 4 ... seconds, at most `cap`."""
+    ceiling = min(cap, 2.0**retries)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable[[], T], first_try: float | None) -> T:
+    """Run one stage: TransientError -> retry with backoff within a budget; PermanentError -> record, end."""
+    s = get_settings()
+    first_try = first_try or time.time()
+    try:
+        return step()
+    except TransientError as exc:
+        budget = s.notify_give_up_seconds if stage == "notify" else s.aws_give_up_seconds
+        if time.time() - first_try > budget and not isinstance(exc, ScanNotReady):
+            failure = PermanentError("gave_up", f"still failing after {budget}s: {exc}")
+            _record(task, stage, pushed, match, failure)
+            raise failure from None
+        cap = min(float(s.retry_backoff_max_seconds), s.broker_visibility_timeout / 4)
+        countdown = backoff(task.request.retries, cap)
+        if isinstance(exc, ScanNotReady) and exc.remaining is not None:
+            countdown = max(0.5, min(countdown, exc.remaining + 0.5))
+        elif exc.retry_after is not None:
+            countdown = min(max(exc.retry_after, countdown), cap)
+        log.info("%s will retry in %.1fs (%s): %s", stage, countdown, exc, describe(pushed, match))
+        raise task.retry(countdown=countdown, kwargs={"first_try": first_try}, max_retries=None) from None
+    except PermanentError as exc:
+        _record(task, stage, pushed, match, exc)
+        if exc.reason in SKIPS:
+            task.request.chain = None  # end the chain here, without marking the task failed
+            return {"outcome": "skipped", "reason": exc.reason}  # type: ignore[return-value]
+        raise
+
+
+def _record(task: Task, stage: str, pushed: ImagePushed, match: Any, exc: PermanentError) -> None:
+    level = logging.INFO if exc.reason in SKIPS else logging.ERROR
+    log.log(level, "%s ended the chain (%s: %s): %s", stage, exc.reason, exc, describe(pushed, match))
+    _svc().failures.add(
+        stage=stage,
+        reason=exc.reason,
+        message=str(exc),
+        source=pushed.source,
+        event_id=pushed.event_id,
+        account=pushed.account,
+        region=pushed.region,
+        repository=pushed.repository,
+        digest=pushed.digest,
+        tenant=getattr(match, "tenant", None),
+        product=getattr(match, "product", None),
+        task_id=task.request.id,
+    )
+
+
+@app.task(name="ninkik.match_tenant", bind=True, queue=NINKIK_QUEUE)
+def match_tenant(self: Task, event: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
+    """Repository name -> tenant and product."""
+    pushed = ImagePushed.model_validate(event)
+    out = _run(self, "match_tenant", pushed, None, lambda: match_step(_svc(), pushed), first_try)
+    return out.model_dump(mode="json") if isinstance(out, Matched) else out
+
+
+@app.task(name="ninkik.describe_image", bind=True, queue=AWS_QUEUE)
+def describe_image(self: Task, msg: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
+    """ecr:DescribeImages for the pushed digest."""
+    m = Matched.model_validate(msg)
+    out = _run(self, "describe_image", m.event, m.match, lambda: describe_step(_svc(), m), first_try)
+    return out.model_dump(mode="json") if isinstance(out, Described) else out
+
+
+@app.task(name="ninkik.fetch_scan_findings", bind=True, queue=AWS_QUEUE)
+def fetch_scan_findings(self: Task, msg: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
+    """Every page of ecr:DescribeImageScanFindings, waiting for the scan to finish."""
+    m = Described.model_validate(msg)
+    out = _run(self, "fetch_scan_findings", m.event, m.match, lambda: scan_step(_svc(), m), first_try)
+    return out.model_dump(mode="json") if isinstance(out, Scanned) else out
+
+
+@app.task(name="ninkik.notify", bind=True, queue=NINKIK_QUEUE)
+def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
+    """POST the report to ninkik, once."""
+    m = Scanned.model_validate(msg)
+    outcome = _run(self, "notify", m.event, m.match, lambda: notify_step(_svc(), m, self.request.id), first_try)
+    log.info("%s (%s, scan %s): %s", outcome, m.key[:12], m.status, describe(m.event, m.match))
+    return {"outcome": outcome, "key": m.key, "scan_status": m.status}
+
+
+def start(pushed: ImagePushed) -> AsyncResult:
+    """Queue the chain for one pushed image."""
+    return chain(  # type: ignore[no-any-return]
+        match_tenant.s(pushed.model_dump(mode="json")),
+        describe_image.s(),
+        fetch_scan_findings.s(),
+        notify.s(),
+    ).apply_async()

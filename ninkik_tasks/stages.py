@@ -1,0 +1,158 @@
+"""The four stages of the chain as plain functions over small messages; no Celery here."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import redis
+from pydantic import BaseModel, ConfigDict
+
+from . import clients
+from .config import Settings
+from .ecr import describe_image, not_scanned, scan_findings
+from .errors import PermanentError, ScanNotReady, TransientError
+from .events import ImagePushed
+from .findings import Image, Report
+from .idempotency import Records
+from .notify import idempotency_key, images_url, render, send
+from .records import Journal, failures
+from .tenants import Directory, Match
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecr import ECRClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the stages need, made once per process."""
+
+    settings: Settings
+    redis: redis.Redis
+    http: httpx.Client
+
+    @property
+    def records(self) -> Records:
+        """Idempotency records."""
+        return Records(self.redis, self.settings.redis_namespace)
+
+    @property
+    def failures(self) -> Journal:
+        """Where chains that ended without a notification are recorded."""
+        return failures(self.redis, self.settings.redis_namespace)
+
+    def ecr(self, region: str) -> ECRClient:
+        """The ECR client for a region."""
+        return clients.ecr(region)
+
+    def directory(self) -> Directory:
+        """The tenant directory (API or file)."""
+        s = self.settings
+        s.require_tenant_directory()
+        return Directory(
+            self.redis,
+            s.redis_namespace,
+            http=self.http,
+            api_url=s.api_url,
+            token=s.api_token.get_secret_value() if s.api_token else None,
+            tenants_file=s.tenants_file,
+            cache_seconds=s.tenant_cache_seconds,
+        )
+
+
+def services(settings: Settings) -> Services:
+    """This process's services."""
+    return Services(settings, clients.redis_client(settings), clients.http(settings))
+
+
+class Matched(BaseModel):
+    """After match_tenant."""
+
+    model_config = ConfigDict(frozen=True)
+    event: ImagePushed
+    match: Match
+
+
+class Described(Matched):
+    """After describe_image."""
+
+    image: Image
+
+
+class Scanned(Matched):
+    """After fetch_scan_findings: the report itself waits in Redis under `key`."""
+
+    key: str
+    status: str
+
+
+def describe(pushed: ImagePushed, match: Match | None = None) -> str:
+    """The fields every log line about an image carries."""
+    tenant = f" tenant={match.tenant} product={match.product}" if match else ""
+    return f"repository={pushed.repository} digest={pushed.digest}{tenant} event={pushed.event_id}"
+
+
+def match_tenant(svc: Services, pushed: ImagePushed) -> Matched:
+    """Find the tenant and product the repository reports to."""
+    return Matched(event=pushed, match=svc.directory().match(pushed.repository))
+
+
+def describe_step(svc: Services, msg: Matched) -> Described:
+    """DescribeImages in the event's registry and region."""
+    e = msg.event
+    image = describe_image(svc.ecr(e.region), e.account, e.region, e.repository, e.digest)
+    return Described(event=e, match=msg.match, image=image)
+
+
+def scan_deadline(svc: Services, msg: Described) -> datetime:
+    """When to stop waiting for the scan: the configured wait after the push."""
+    pushed_at = msg.image.pushed_at or msg.event.time
+    if pushed_at.tzinfo is None:
+        pushed_at = pushed_at.replace(tzinfo=UTC)
+    return pushed_at + timedelta(seconds=svc.settings.scan_wait_seconds)
+
+
+def scan_step(svc: Services, msg: Described, now: datetime | None = None) -> Scanned:
+    """Read the scan's findings; ScanNotReady until done or the wait ran out (then NOT_SCANNED)."""
+    now = now or datetime.now(UTC)
+    try:
+        scan = scan_findings(svc.ecr(msg.event.region), msg.image)
+    except ScanNotReady as exc:
+        remaining = (scan_deadline(svc, msg) - now).total_seconds()
+        if remaining > 0:
+            raise ScanNotReady(str(exc), remaining=remaining) from None
+        log.info("not scanned within %ss: %s", svc.settings.scan_wait_seconds, describe(msg.event, msg.match))
+        scan = not_scanned()
+    report = Report(image=msg.image, scan=scan)
+    key = idempotency_key(msg.match, report)
+    ttl = svc.settings.result_expires_seconds
+    svc.records.put_report(key, json.dumps(render(report, msg.event.source)), ttl)
+    return Scanned(event=msg.event, match=msg.match, key=key, status=scan.status)
+
+
+def notify_step(svc: Services, msg: Scanned, owner: str) -> str:
+    """POST the report unless ninkik already has it; returns 'notified' or 'already_sent'."""
+    s, records = svc.settings, svc.records
+    if records.was_sent(msg.key):
+        return "already_sent"
+    if not s.api_url or not s.api_token:
+        raise PermanentError("not_configured", "NINKIK_API_URL and NINKIK_API_TOKEN must be set to notify")
+    lock_ttl = int(s.http_timeout_seconds * 3) + 30
+    if not records.lock_send(msg.key, owner, lock_ttl):
+        raise TransientError("another worker is sending this report", retry_after=5)
+    try:
+        payload = records.get_report(msg.key)
+        if payload is None:
+            raise PermanentError("report_expired", "the report expired before it could be sent")
+        body: dict[str, Any] = json.loads(payload)
+        status = send(svc.http, images_url(s.api_url, msg.match), s.api_token.get_secret_value(), msg.key, body)
+        records.mark_sent(msg.key, s.sent_record_seconds)
+    finally:
+        records.unlock_send(msg.key, owner)
+    return "notified" if status != 409 else "already_had_it"

@@ -1,0 +1,154 @@
+"""Repository name -> tenant and product, through ninkik's tenant directory (API or file), cached."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import redis
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import PermanentError, TransientError
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REPOSITORY = re.compile(rf"^(?P<tenant>{_UUID})/(?P<product>{_COMPONENT})(?P<path>(?:/{_COMPONENT})*)$")
+
+
+class Product(BaseModel):
+    """A product of a tenant."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    uuid: str
+    name: str
+
+
+class Tenant(BaseModel):
+    """A tenant as ninkik's API describes it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    uuid: str
+    name: str = ""
+    products: list[Product] = []
+
+
+class Match(BaseModel):
+    """Where an image's report goes."""
+
+    model_config = ConfigDict(frozen=True)
+    tenant: str
+    product: str
+    product_name: str
+    component: str
+
+
+class RepositoryName(BaseModel):
+    """A repository name split by the `${TENANT_UUID}/${PRODUCT}[/...]` convention."""
+
+    model_config = ConfigDict(frozen=True)
+    tenant: str
+    product: str
+    component: str
+
+
+def split(repository: str) -> RepositoryName:
+    """Split a repository name; PermanentError('repository_format') if it is not a ninkik repository."""
+    match = REPOSITORY.fullmatch(repository)
+    if match is None:
+        raise PermanentError(
+            "repository_format",
+            f"repository {repository[:300]!r} does not follow ${{TENANT_UUID}}/${{PRODUCT}}",
+        )
+    return RepositoryName(
+        tenant=match["tenant"], product=match["product"], component=match["path"].lstrip("/")
+    )
+
+
+def pick_product(tenant: Tenant, segment: str) -> Product:
+    """The tenant's product named by `segment` (its UUID or its internal name), else PermanentError."""
+    for product in tenant.products:
+        if product.uuid.lower() == segment:
+            return product
+    by_name = [p for p in tenant.products if p.name == segment]
+    if not by_name:
+        # ECR names are lowercase; accept a product whose name differs only in case, if unambiguous.
+        by_name = [p for p in tenant.products if p.name.lower() == segment]
+    if len(by_name) == 1:
+        return by_name[0]
+    reason = "ambiguous product name" if by_name else "no such product"
+    raise PermanentError("unknown_product", f"tenant {tenant.uuid} has {reason} {segment!r}")
+
+
+class Directory:
+    """Looks tenants up in ninkik's API or in a JSON file, caching answers (negative ones too) in Redis."""
+
+    def __init__(
+        self,
+        cache: redis.Redis,
+        namespace: str,
+        *,
+        http: httpx.Client | None = None,
+        api_url: str | None = None,
+        token: str | None = None,
+        tenants_file: Path | None = None,
+        cache_seconds: int = 300,
+    ) -> None:
+        self.cache = cache
+        self.namespace = namespace
+        self.http = http
+        self.api_url = api_url.rstrip("/") if api_url else None
+        self.token = token
+        self.tenants_file = tenants_file
+        self.cache_seconds = cache_seconds
+
+    def tenant(self, uuid: str) -> Tenant | None:
+        """The tenant, or None if ninkik does not know it."""
+        if self.tenants_file is not None:
+            return load_tenants_file(self.tenants_file).get(uuid)
+        key = f"{self.namespace}:tenant:{uuid}"
+        cached = self.cache.get(key)
+        if isinstance(cached, str):
+            return None if cached == "null" else Tenant.model_validate_json(cached)
+        tenant = self._fetch(uuid)
+        self.cache.set(key, tenant.model_dump_json() if tenant else "null", ex=self.cache_seconds)
+        return tenant
+
+    def _fetch(self, uuid: str) -> Tenant | None:
+        assert self.http is not None and self.api_url is not None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            response = self.http.get(f"{self.api_url}/api/v1/tenants/{uuid}", headers=headers)
+        except httpx.HTTPError as exc:
+            raise TransientError(f"tenant lookup failed: {type(exc).__name__}") from None
+        if response.status_code == 404:
+            return None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientError(f"tenant lookup answered {response.status_code}")
+        if response.status_code != 200:
+            raise PermanentError("tenant_lookup", f"tenant lookup answered {response.status_code}")
+        try:
+            tenant = Tenant.model_validate_json(response.content)
+        except ValidationError:
+            raise PermanentError("tenant_lookup", "tenant lookup answered a body of the wrong shape") from None
+        if tenant.uuid.lower() != uuid:
+            raise PermanentError("tenant_lookup", f"tenant lookup for {uuid} answered tenant {tenant.uuid}")
+        return tenant
+
+    def match(self, repository: str) -> Match:
+        """The tenant and product a repository reports to; PermanentError if there is none."""
+        name = split(repository)
+        tenant = self.tenant(name.tenant)
+        if tenant is None:
+            raise PermanentError("unknown_tenant", f"tenant {name.tenant} is not known to ninkik")
+        product = pick_product(tenant, name.product)
+        return Match(tenant=name.tenant, product=product.uuid, product_name=product.name, component=name.component)
+
+
+def load_tenants_file(path: Path) -> dict[str, Tenant]:
+    """Read a tenant directory file: a list of tenants, or {"tenants": [...]}."""
+    data = json.loads(path.read_text())
+    items = data["tenants"] if isinstance(data, dict) else data
+    tenants = [Tenant.model_validate(item) for item in items]
+    return {tenant.uuid.lower(): tenant for tenant in tenants}
