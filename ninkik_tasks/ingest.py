@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 
 
-class _Stop(Exception):
+class _Stop(BaseException):
     """SIGTERM arrived while waiting on SQS: nothing is in hand, leave now."""
 
 
