@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from kombu import Queue
 
@@ -14,10 +16,9 @@ CONTROL_QUEUE = "ninkik-control"  # backfill, reconcile, rescan
 QUEUES = (AWS_QUEUE, NINKIK_QUEUE, CONTROL_QUEUE)
 
 
-def make_app(settings: Settings) -> Celery:
-    """A Celery app configured not to lose work: late acks, requeue on worker loss, prefetch 1."""
-    app = Celery("ninkik_tasks", include=["ninkik_tasks.pipeline"])
-    app.conf.update(
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings that do not lose work: late acks, requeue on worker loss, prefetch 1."""
+    return dict(
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
         result_expires=settings.result_expires_seconds,
@@ -44,7 +45,13 @@ def make_app(settings: Settings) -> Celery:
         worker_redirect_stdouts=False,
         timezone="UTC",
     )
+
+
+def make_app() -> Celery:
+    """The app; settings are read on first use, so importing the package never fails or does I/O."""
+    app = Celery("ninkik_tasks", include=["ninkik_tasks.pipeline"])
+    app.add_defaults(lambda: celery_config(get_settings()))
     return app
 
 
-app = make_app(get_settings())
+app = make_app()

@@ -161,10 +161,10 @@ class Ingest:
                 handled.append(message)
         seen = self.records.seen_events([pushed.event_id for _, pushed in valid])
         started: list[str] = []
+        duplicates = 0
         for message, pushed in valid:
             if pushed.event_id in seen or pushed.event_id in started:
-                self.counts["duplicates"] += 1
-                log.debug("duplicate event %s", pushed.event_id)
+                duplicates += 1
             else:
                 result = self.start(pushed)
                 started.append(pushed.event_id)
@@ -176,6 +176,9 @@ class Ingest:
             handled.append(message)
         # Marked only once the chains are queued: a crash before this line redoes them, loses none.
         self.records.mark_events(started, s.event_dedupe_seconds)
+        if duplicates:
+            self.counts["duplicates"] += duplicates
+            log.info("dropped %d duplicate event(s) (%d so far)", duplicates, self.counts["duplicates"])
         return handled
 
     def _quarantine(self, message: MessageTypeDef, body: str, exc: InvalidEvent) -> None:

@@ -1,0 +1,192 @@
+"""Real servers for the tests: redis-server, moto's server, the ninkik stand-in, ingest and worker processes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import redis
+
+from ninkik_tasks import local
+from ninkik_tasks.standin import Standin
+
+TOKEN = "test-token-Zq81xv"  # recognisable, so tests can grep for leaks
+
+TENANT_A = "11111111-2222-4333-8444-555555555555"
+TENANT_B = "99999999-8888-4777-8666-555555555555"
+PRODUCT_A1 = "aaaaaaaa-0000-4000-8000-000000000001"
+PRODUCT_A2 = "aaaaaaaa-0000-4000-8000-000000000002"
+PRODUCT_B1 = "bbbbbbbb-0000-4000-8000-000000000001"
+TENANTS = [
+    {"uuid": TENANT_A, "name": "A", "products": [
+        {"uuid": PRODUCT_A1, "name": "shop"}, {"uuid": PRODUCT_A2, "name": "web"}]},
+    # Tenant B also has a product called "web": reports must never cross over.
+    {"uuid": TENANT_B, "name": "B", "products": [{"uuid": PRODUCT_B1, "name": "web"}]},
+]
+_db_numbers = itertools.count(3)  # broker/result DBs for pipelines of their own; 0-2 are the shared ones
+
+
+@dataclass
+class Stack:
+    """The long-lived servers of the session."""
+
+    work: Path
+    redis_url: str
+    redis_proc: local.Proc
+    moto_url: str
+    standin: Standin
+    session: boto3.session.Session = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.session = boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=local.REGION
+        )
+        self.ecr = self.session.client("ecr", endpoint_url=self.moto_url)
+        self.sqs = self.session.client("sqs", endpoint_url=self.moto_url)
+        self.records = redis.Redis.from_url(f"{self.redis_url}/2", decode_responses=True)
+
+    def env(self, broker_db: int = 0, **overrides: str) -> dict[str, str]:
+        """Environment for ninkik-tasks processes talking to this stack."""
+        base = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("NINKIK_", "AWS_"))},
+            **local.aws_env(self.moto_url),
+            "NINKIK_BROKER_URL": f"{self.redis_url}/{broker_db}",
+            "NINKIK_RESULT_BACKEND": f"{self.redis_url}/{broker_db + 1 if broker_db else 1}",
+            "NINKIK_REDIS_URL": f"{self.redis_url}/2",
+            "NINKIK_AWS_ACCOUNT_IDS": local.ACCOUNT,
+            "NINKIK_AWS_REGIONS": local.REGION,
+            "NINKIK_API_URL": self.standin.url,
+            "NINKIK_API_TOKEN": TOKEN,
+            "NINKIK_SCAN_WAIT_SECONDS": "6",
+            "NINKIK_RETRY_BACKOFF_MAX_SECONDS": "1",
+            "NINKIK_BROKER_VISIBILITY_TIMEOUT": "10",
+            "NINKIK_HTTP_TIMEOUT_SECONDS": "2",
+            "NINKIK_TENANT_CACHE_SECONDS": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        base.update(overrides)
+        return base
+
+    def new_queue(self, name: str | None = None) -> str:
+        """A fresh, empty queue (60 s retention as in the setup guide)."""
+        name = name or f"ecr-docker-push-{uuid.uuid4().hex[:8]}"
+        return str(self.sqs.create_queue(QueueName=name, Attributes={"MessageRetentionPeriod": "60",
+                                                                      "VisibilityTimeout": "5"})["QueueUrl"])
+
+    def push(self, repository: str, tag: str | None = None, *, findings: list[dict[str, Any]] | None = None,
+             enhanced: list[dict[str, Any]] | None = None, status: str = "COMPLETE", scan: bool = True) -> str:
+        """Put a new, unique image in the emulated ECR with the given scan result; returns its digest."""
+        digest = local.push_image(self.ecr, repository, uuid.uuid4().hex, tag)
+        if scan:
+            local.set_scan_result(self.moto_url, self.ecr, repository, digest, status=status,
+                                  findings=findings, enhanced=enhanced)
+        return digest
+
+    def send(self, queue_url: str, body: dict[str, Any] | str) -> None:
+        """Put one message on a queue."""
+        text = body if isinstance(body, str) else json.dumps(body)
+        self.sqs.send_message(QueueUrl=queue_url, MessageBody=text)
+
+    def failures(self) -> list[dict[str, str]]:
+        """Every recorded chain failure."""
+        return [fields for _, fields in self.records.xrange("ninkik:failures")]
+
+    def quarantined(self) -> list[dict[str, str]]:
+        """Every quarantined message."""
+        return [fields for _, fields in self.records.xrange("ninkik:quarantine")]
+
+    def received_for(self, digest: str) -> list[Any]:
+        """Notifications the stand-in accepted for one image."""
+        return [r for r in self.standin.received if r.body["image"]["digest"] == digest]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """redis-server, moto's server and the ninkik stand-in, for the whole session."""
+    work = tmp_path_factory.mktemp("stack")
+    redis_proc, redis_url = local.start_redis(work)
+    moto_proc, moto_url = local.start_moto(work)
+    standin = Standin(TENANTS, TOKEN).start()
+    try:
+        yield Stack(work, redis_url, redis_proc, moto_url, standin)
+    finally:
+        standin.stop()
+        moto_proc.stop()
+        redis_proc.stop()
+
+
+def celery_worker(stack: Stack, env: dict[str, str], name: str, concurrency: int = 2) -> local.Proc:
+    """A real `celery -A ninkik_tasks worker` process, waited on until it answers a ping."""
+    proc = local.Proc(
+        f"worker-{name}",
+        [sys.executable, "-m", "celery", "-A", "ninkik_tasks", "worker", "--loglevel", "INFO",
+         "--pool", "prefork", "--concurrency", str(concurrency), "-n", f"{name}@%h", "--without-gossip",
+         "--without-mingle"],
+        stack.work, env,
+    )
+    from celery import Celery
+
+    probe = Celery(broker=env["NINKIK_BROKER_URL"])
+    try:
+        local.wait_for(lambda: _pinged(probe, name), 60, f"worker {name} to answer a ping")
+    except TimeoutError:
+        proc.stop()
+        raise AssertionError(f"worker {name} did not start:\n{proc.output()[-3000:]}") from None
+    return proc
+
+
+def _pinged(probe: Any, name: str) -> bool:
+    replies = probe.control.ping(timeout=0.5) or []
+    return any(name in host for reply in replies for host in reply)
+
+
+def ingest(stack: Stack, env: dict[str, str], queue_url: str, name: str = "ingest") -> local.Proc:
+    """A real `ninkik-tasks ingest` process on `queue_url`, waited on until it polls."""
+    proc = local.Proc(name, [sys.executable, "-m", "ninkik_tasks.cli", "ingest"], stack.work,
+                      {**env, "NINKIK_SQS_QUEUE_URL": queue_url})
+    local.wait_for(lambda: "polling" in proc.output() or not proc.alive(), 30, f"{name} to poll")
+    assert proc.alive(), proc.output()
+    return proc
+
+
+@pytest.fixture(scope="session")
+def worker(stack: Stack) -> Iterator[local.Proc]:
+    """The shared worker on the shared broker DB."""
+    proc = celery_worker(stack, stack.env(), "shared")
+    yield proc
+    proc.stop()
+
+
+@dataclass
+class Pipeline:
+    """An ingest on its own queue, feeding the shared worker."""
+
+    stack: Stack
+    queue_url: str
+    ingest: local.Proc
+
+
+@pytest.fixture
+def pipeline(stack: Stack, worker: local.Proc) -> Iterator[Pipeline]:
+    """A fresh queue and an ingest polling it, with the shared worker behind."""
+    queue_url = stack.new_queue()
+    proc = ingest(stack, stack.env(), queue_url)
+    yield Pipeline(stack, queue_url, proc)
+    proc.stop()
+    assert worker.alive(), worker.output()[-3000:]
+
+
+def own_broker_db() -> int:
+    """A broker DB number (and the next one for results) used by one test alone."""
+    number = next(_db_numbers) * 2
+    assert number < 16, "out of Redis DBs"
+    return number

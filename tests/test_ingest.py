@@ -1,0 +1,155 @@
+"""Ingest as operators meet it: the setup guide's IAM policy, clear one-line errors, a clean SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+from conftest import TENANT_A, Stack, ingest
+
+from ninkik_tasks import local
+from ninkik_tasks.local import wait_for
+
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_3b41933798840d2d.txt"
+
+
+def guide_sqs_policy() -> str:
+    """The SQS policy of the customer setup guide, exactly as written there (account and region filled in)."""
+    text = SEED.read_text() if SEED.exists() else ""
+    match = re.search(r"Read permission for the previously created SQS queue\s*(\{.*?\n\})", text, re.S)
+    if match:
+        policy = match.group(1)
+    else:  # the guide is not beside the checkout: the same policy, copied from it
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": [
+            "sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:GetQueueAttributes"],
+            "Resource": "arn:aws:sqs:eu-central-1:${YOUR_AWS_ACCOUNT_ID}:ecr-docker-push"}]})
+    assert "sqs:DeleteMessage" not in policy
+    return policy.replace("${YOUR_AWS_ACCOUNT_ID}", local.ACCOUNT)
+
+
+class IamQueue:
+    """An SQS emulator of its own with IAM enforced: the guide's ninkik user, an EventBridge-like sender."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.proc, self.url = local.start_moto(stack.work)
+        # Every call after these setup calls is checked against IAM.
+        setup_calls = 10  # create_queue, create_policy, 3 users (+1 attach), 3 keys, put_user_policy
+        httpx.post(f"{self.url}/moto-api/reset-auth", content=str(setup_calls)).raise_for_status()
+        admin = boto3.session.Session(aws_access_key_id="admin", aws_secret_access_key="admin",
+                                      region_name=local.REGION)
+        sqs, iam = admin.client("sqs", endpoint_url=self.url), admin.client("iam", endpoint_url=self.url)
+        self.queue_url = sqs.create_queue(QueueName="ecr-docker-push",
+                                          Attributes={"MessageRetentionPeriod": "60", "VisibilityTimeout": "2"}
+                                          )["QueueUrl"]
+        arn = iam.create_policy(PolicyName="ninkik-sqs", PolicyDocument=guide_sqs_policy())["Policy"]["Arn"]
+        self.keys = {}
+        for user, policy in (("ninkik", arn), ("sender", None), ("nobody", None)):
+            iam.create_user(UserName=user)
+            if policy:
+                iam.attach_user_policy(UserName=user, PolicyArn=policy)
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            self.keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
+        iam.put_user_policy(UserName="sender", PolicyName="send", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage",
+                                                    "Resource": "*"}]}))
+        key_id, secret = self.keys["sender"]
+        self.sender = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
+                                            region_name=local.REGION).client("sqs", endpoint_url=self.url)
+
+    def env(self, stack: Stack, user: str) -> dict[str, str]:
+        """Ingest's environment as that IAM user, SQS on this emulator, ECR on the shared one."""
+        key_id, secret = self.keys[user]
+        return stack.env(AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret, AWS_ENDPOINT_URL_SQS=self.url)
+
+
+@pytest.fixture(scope="module")
+def iam_queue(stack: Stack) -> Iterator[IamQueue]:
+    queue = IamQueue(stack)
+    yield queue
+    queue.proc.stop()
+
+
+def test_guide_policy_without_delete_gives_one_post_and_one_warning(
+    stack: Stack, worker: local.Proc, iam_queue: IamQueue
+) -> None:
+    # Nothing outside the policy is allowed: the sender cannot read, the ninkik user cannot delete.
+    with pytest.raises(Exception, match="403|AccessDenied"):
+        iam_queue.sender.receive_message(QueueUrl=iam_queue.queue_url)
+    proc = ingest(stack, iam_queue.env(stack, "ninkik"), iam_queue.queue_url, name="ingest-guide-policy")
+    try:
+        repository = f"{TENANT_A}/shop"
+        digest = stack.push(repository, "3x")
+        event = json.dumps(local.push_event(repository, digest, "3x"))
+        for _ in range(3):
+            iam_queue.sender.send_message(QueueUrl=iam_queue.queue_url, MessageBody=event)
+        wait_for(lambda: stack.received_for(digest), 60, "the notification")
+
+        def duplicates() -> int:
+            counts = re.findall(r"dropped \d+ duplicate event\(s\) \((\d+) so far\)", proc.output())
+            return int(counts[-1]) if counts else 0
+
+        # The two extra copies, plus at least one redelivery of an undeleted message, are dropped.
+        wait_for(lambda: duplicates() >= 3, 30, "redeliveries to be dropped as duplicates")
+        assert len(stack.received_for(digest)) == 1
+        assert len([k for _, k in stack.standin.attempts if k == stack.received_for(digest)[0].key]) == 1
+        warnings = [line for line in proc.output().splitlines() if "sqs:DeleteMessage is not granted" in line]
+        assert len(warnings) == 1, warnings
+        assert "WARNING" in warnings[0]
+        assert proc.alive()
+    finally:
+        proc.stop()
+    assert "Traceback" not in proc.output()
+
+
+def _run_ingest(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ninkik_tasks.cli", "ingest"], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_missing_permission_is_one_line_that_names_it(stack: Stack, iam_queue: IamQueue) -> None:
+    done = _run_ingest({**iam_queue.env(stack, "nobody"), "NINKIK_SQS_QUEUE_URL": iam_queue.queue_url})
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "sqs:GetQueueAttributes is not granted" in line and "policy" in line
+
+
+def test_wrong_queue_url_is_one_line(stack: Stack) -> None:
+    done = _run_ingest({**stack.env(), "NINKIK_SQS_QUEUE_URL": f"{stack.moto_url}/{local.ACCOUNT}/no-such-queue"})
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "does not exist" in line and "NINKIK_SQS_QUEUE_URL" in line
+
+
+@pytest.mark.parametrize(
+    ("unset", "set_", "expected"),
+    [
+        ("NINKIK_SQS_QUEUE_URL", {}, "NINKIK_SQS_QUEUE_URL is not set"),
+        ("NINKIK_AWS_ACCOUNT_IDS", {"NINKIK_SQS_QUEUE_URL": "http://x/1/q"}, "NINKIK_AWS_ACCOUNT_IDS is not set"),
+        (None, {"NINKIK_SQS_QUEUE_URL": "http://x/1/q", "NINKIK_AWS_ACCOUNT_IDS": "12345"},
+         "NINKIK_AWS_ACCOUNT_IDS is invalid"),
+    ],
+)
+def test_missing_settings_are_one_line(stack: Stack, unset: str | None, set_: dict[str, str], expected: str) -> None:
+    env = {**stack.env(), **set_}
+    env.pop(unset or "", None)
+    done = _run_ingest(env)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert expected in line
+
+
+def test_sigterm_while_polling_exits_cleanly(stack: Stack) -> None:
+    proc = ingest(stack, stack.env(), stack.new_queue(), name="ingest-sigterm")
+    proc.send(signal.SIGTERM)
+    code = wait_for(lambda: proc.popen.poll() is not None and (proc.popen.returncode,), 10, "ingest to exit")
+    assert code == (0,)
+    assert "stopped" in proc.output() and "Traceback" not in proc.output()
+    proc.stop()

@@ -1,0 +1,123 @@
+"""End to end on real processes: SQS event -> ingest -> worker chain -> one POST to the ninkik stand-in."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import PRODUCT_A1, PRODUCT_A2, PRODUCT_B1, TENANT_A, TENANT_B, TOKEN, Pipeline
+
+from ninkik_tasks import local
+from ninkik_tasks.local import wait_for
+
+
+def test_events_for_several_tenants_become_one_post_each(pipeline: Pipeline) -> None:
+    stack = pipeline.stack
+    images = {
+        # product by UUID, tagged, basic findings
+        "a1": (f"{TENANT_A}/{PRODUCT_A1}", "1.2.3", TENANT_A, PRODUCT_A1,
+               dict(findings=[local.basic_finding("CVE-2026-0001", "HIGH", "openssl", "3.0.1"),
+                              local.basic_finding("CVE-2026-0002", "LOW", "zlib", "1.2.11")])),
+        # product by internal name, untagged, enhanced findings
+        "a2": (f"{TENANT_A}/web", None, TENANT_A, PRODUCT_A2,
+               dict(enhanced=[local.enhanced_finding("CVE-2026-1234", "CRITICAL", "log4j-core", "2.14.1", "2.17.1")])),
+        # another tenant with a product of the same name, and a component path
+        "b1": (f"{TENANT_B}/web/api", "latest", TENANT_B, PRODUCT_B1, dict(findings=[])),
+    }
+    digests = {}
+    for name, (repository, tag, _, _, scan) in images.items():
+        digests[name] = stack.push(repository, tag, **scan)
+        stack.send(pipeline.queue_url, local.push_event(repository, digests[name], tag))
+
+    wait_for(lambda: all(stack.received_for(d) for d in digests.values()), 60, "three notifications")
+    for name, (repository, tag, tenant, product, _) in images.items():
+        [received] = stack.received_for(digests[name])
+        body = received.body
+        assert (received.tenant, received.product) == (tenant, product)
+        assert body["source"] == "push"
+        assert body["image"]["repository"] == repository
+        assert body["image"]["registry_id"] == local.ACCOUNT
+        assert body["image"]["region"] == local.REGION
+        assert body["image"]["tags"] == ([tag] if tag else [])
+        assert body["image"]["pushed_at"] and body["image"]["size_bytes"] > 0
+        assert body["image"]["manifest_media_type"] == "application/vnd.docker.distribution.manifest.v2+json"
+        assert len(received.key) == 64
+    a1 = stack.received_for(digests["a1"])[0].body["scan"]
+    assert (a1["type"], a1["status"]) == ("BASIC", "COMPLETE")
+    assert a1["severity_counts"] == {"HIGH": 1, "LOW": 1}
+    assert {f["id"]: f["package"] for f in a1["findings"]} == {"CVE-2026-0001": "openssl", "CVE-2026-0002": "zlib"}
+    a2 = stack.received_for(digests["a2"])[0].body["scan"]
+    assert a2["type"] == "ENHANCED" and a2["severity_counts"] == {"CRITICAL": 1}
+    assert a2["findings"][0]["fixed_version"] == "2.17.1"
+    assert stack.received_for(digests["b1"])[0].body["scan"]["findings"] == []
+    # Every POST was authenticated (the stand-in answers 401 otherwise) and none was repeated.
+    keys = [key for _, key in stack.standin.attempts]
+    assert len(set(keys)) == len(keys)
+    assert all(stack.received_for(d)[0].key != TOKEN for d in digests.values())
+
+
+def test_bad_input_is_recorded_and_never_posted(pipeline: Pipeline) -> None:
+    stack = pipeline.stack
+    unknown_tenant = "deadbeef-0000-4000-8000-000000000000"
+    cases = {
+        "unknown_tenant": f"{unknown_tenant}/shop",
+        "unknown_product": f"{TENANT_A}/no-such-product",
+        "repository_format": "my-team/hello-world",
+    }
+    digests = {}
+    for reason, repository in cases.items():
+        digests[reason] = stack.push(repository, "1.0")
+        stack.send(pipeline.queue_url, local.push_event(repository, digests[reason], "1.0"))
+    foreign = local.push_event(f"{TENANT_A}/shop", "sha256:" + "f" * 64, account="999999999999")
+    stack.send(pipeline.queue_url, foreign)
+    stack.send(pipeline.queue_url, "this is not json {")
+    stack.send(pipeline.queue_url, json.dumps({"detail-type": "ECR Image Action", "source": "aws.ecr",
+                                               "detail": {"repository-name": 42}}))
+    # A good event after all the bad ones is still delivered: ingest kept going.
+    good = stack.push(f"{TENANT_A}/shop", "ok")
+    stack.send(pipeline.queue_url, local.push_event(f"{TENANT_A}/shop", good, "ok"))
+
+    wait_for(lambda: stack.received_for(good), 60, "the good event's notification")
+
+    def chain_failures() -> dict[str, dict[str, str]]:
+        return {f["digest"]: f for f in stack.failures() if f["digest"] in digests.values()}
+
+    failed = wait_for(lambda: len(chain_failures()) == 3 and chain_failures(), 30, "three recorded chain ends")
+    for reason, digest in digests.items():
+        assert failed[digest]["reason"] == reason
+        # The chain ended at tenant matching: no ECR call was made for it.
+        assert failed[digest]["stage"] == "match_tenant"
+        assert not stack.received_for(digest)
+    reasons = {q["reason"] for q in stack.quarantined() if q.get("message_id")}
+    assert {"account_not_allowed", "not_json", "wrong_shape"} <= reasons
+    not_json = next(q for q in stack.quarantined() if q["reason"] == "not_json")
+    assert not_json["body"] == "this is not json {" and not_json["at"]
+    assert pipeline.ingest.alive()
+
+
+def test_an_image_deleted_since_the_push_ends_the_chain(pipeline: Pipeline) -> None:
+    stack = pipeline.stack
+    repository = f"{TENANT_B}/web"
+    digest = stack.push(repository, "gone")
+    stack.ecr.batch_delete_image(repositoryName=repository, imageIds=[{"imageDigest": digest}])
+    stack.send(pipeline.queue_url, local.push_event(repository, digest, "gone"))
+    failure = wait_for(lambda: next((f for f in stack.failures() if f["digest"] == digest), None), 30,
+                       "the recorded end of the chain")
+    assert (failure["stage"], failure["reason"]) == ("describe_image", "image_gone")
+    assert failure["tenant"] == TENANT_B
+    assert not stack.received_for(digest)
+
+
+def test_the_cli_lists_quarantine_and_failures(pipeline: Pipeline) -> None:
+    import subprocess
+    import sys
+
+    stack = pipeline.stack
+    stack.send(pipeline.queue_url, "<xml>not an event</xml>")
+    wait_for(lambda: any(q["body"] == "<xml>not an event</xml>" for q in stack.quarantined()), 30, "quarantine")
+    env = stack.env()
+    out = subprocess.run([sys.executable, "-m", "ninkik_tasks.cli", "quarantine", "list", "--json"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert any(row["body"] == "<xml>not an event</xml>" and row["reason"] == "not_json" for row in json.loads(out))
+    out = subprocess.run([sys.executable, "-m", "ninkik_tasks.cli", "failures", "list", "--json"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert isinstance(json.loads(out), list)
