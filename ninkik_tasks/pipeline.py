@@ -71,12 +71,16 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
         elif exc.retry_after is not None:
             countdown = min(max(exc.retry_after, countdown), cap)
         log.info("%s will retry in %.1fs (%s): %s", stage, countdown, exc, describe(pushed, match))
-        raise task.retry(countdown=countdown, kwargs={"first_try": first_try}, max_retries=None) from None
+        raise task.retry(countdown=countdown, kwargs={"first_try": first_try}) from None
     except PermanentError as exc:
         _record(task, stage, pushed, match, exc)
         if exc.reason in SKIPS:
             task.request.chain = None  # end the chain here, without marking the task failed
             return {"outcome": "skipped", "reason": exc.reason}  # type: ignore[return-value]
+        raise
+    except Exception as exc:
+        # A bug or an error nobody classified: recorded for operators, then Celery marks the task failed.
+        _record(task, stage, pushed, match, PermanentError("unexpected", f"{type(exc).__name__}: {exc}"))
         raise
 
 
@@ -99,7 +103,7 @@ def _record(task: Task, stage: str, pushed: ImagePushed, match: Any, exc: Perman
     )
 
 
-@app.task(name="ninkik.match_tenant", bind=True, queue=NINKIK_QUEUE)
+@app.task(name="ninkik.match_tenant", bind=True, queue=NINKIK_QUEUE, max_retries=None)
 def match_tenant(self: Task, event: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
     """Repository name -> tenant and product."""
     pushed = ImagePushed.model_validate(event)
@@ -107,7 +111,7 @@ def match_tenant(self: Task, event: dict[str, Any], first_try: float | None = No
     return out.model_dump(mode="json") if isinstance(out, Matched) else out
 
 
-@app.task(name="ninkik.describe_image", bind=True, queue=AWS_QUEUE)
+@app.task(name="ninkik.describe_image", bind=True, queue=AWS_QUEUE, max_retries=None)
 def describe_image(self: Task, msg: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
     """ecr:DescribeImages for the pushed digest."""
     m = Matched.model_validate(msg)
@@ -115,7 +119,7 @@ def describe_image(self: Task, msg: dict[str, Any], first_try: float | None = No
     return out.model_dump(mode="json") if isinstance(out, Described) else out
 
 
-@app.task(name="ninkik.fetch_scan_findings", bind=True, queue=AWS_QUEUE)
+@app.task(name="ninkik.fetch_scan_findings", bind=True, queue=AWS_QUEUE, max_retries=None)
 def fetch_scan_findings(self: Task, msg: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
     """Every page of ecr:DescribeImageScanFindings, waiting for the scan to finish."""
     m = Described.model_validate(msg)
@@ -123,7 +127,7 @@ def fetch_scan_findings(self: Task, msg: dict[str, Any], first_try: float | None
     return out.model_dump(mode="json") if isinstance(out, Scanned) else out
 
 
-@app.task(name="ninkik.notify", bind=True, queue=NINKIK_QUEUE)
+@app.task(name="ninkik.notify", bind=True, queue=NINKIK_QUEUE, max_retries=None)
 def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
     """POST the report to ninkik, once."""
     m = Scanned.model_validate(msg)

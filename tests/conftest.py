@@ -66,7 +66,7 @@ class Stack:
             "NINKIK_AWS_REGIONS": local.REGION,
             "NINKIK_API_URL": self.standin.url,
             "NINKIK_API_TOKEN": TOKEN,
-            "NINKIK_SCAN_WAIT_SECONDS": "6",
+            "NINKIK_SCAN_WAIT_SECONDS": "10",
             "NINKIK_RETRY_BACKOFF_MAX_SECONDS": "1",
             "NINKIK_BROKER_VISIBILITY_TIMEOUT": "10",
             "NINKIK_HTTP_TIMEOUT_SECONDS": "2",
@@ -178,6 +178,7 @@ class Pipeline:
 @pytest.fixture
 def pipeline(stack: Stack, worker: local.Proc) -> Iterator[Pipeline]:
     """A fresh queue and an ingest polling it, with the shared worker behind."""
+    stack.standin.reset()
     queue_url = stack.new_queue()
     proc = ingest(stack, stack.env(), queue_url)
     yield Pipeline(stack, queue_url, proc)
