@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from .config import Settings, get_settings
 
@@ -39,7 +39,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         task_send_sent_event=True,
         worker_send_task_events=True,
         result_extended=True,
-        task_queues=[Queue(name) for name in QUEUES],
+        task_queues=[Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
         task_default_queue=NINKIK_QUEUE,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,

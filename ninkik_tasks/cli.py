@@ -100,8 +100,12 @@ def quarantine_replay(entry_id: str) -> None:
     if entry is None:
         raise ConfigError(f"no quarantined message {entry_id}: see `ninkik-tasks quarantine list`")
     try:
-        pushed = parse(entry["body"], accounts=settings.aws_account_ids, regions=settings.allowed_regions(),
-                       max_bytes=settings.max_message_bytes)
+        pushed = parse(
+            entry["body"],
+            accounts=settings.aws_account_ids,
+            regions=settings.allowed_regions(),
+            max_bytes=settings.max_message_bytes,
+        )
     except InvalidEvent as exc:
         raise ConfigError(f"still refused ({exc.reason}): {exc}") from None
     result = start(pushed)
@@ -140,7 +144,7 @@ def dev(until_done: bool, flower_port: int) -> None:
 @click.option("--tenants-file", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--token", envvar="NINKIK_API_TOKEN", required=True, help="Bearer token it accepts.")
 @click.pass_context
-def standin(ctx: click.Context, **_: Any) -> None:
+def standin(ctx: click.Context, /, **_: Any) -> None:
     """Run the local ninkik stand-in (tenant directory + receiver)."""
     from .standin import serve
 

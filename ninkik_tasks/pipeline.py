@@ -24,10 +24,12 @@ from .stages import (
     Services,
     describe,
     describe_step,
-    match_tenant as match_step,
     notify_step,
     scan_step,
     services,
+)
+from .stages import (
+    match_tenant as match_step,
 )
 
 log = logging.getLogger(__name__)
@@ -138,7 +140,7 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
 
 def start(pushed: ImagePushed) -> AsyncResult:
     """Queue the chain for one pushed image."""
-    return chain(  # type: ignore[no-any-return]
+    return chain(
         match_tenant.s(pushed.model_dump(mode="json")),
         describe_image.s(),
         fetch_scan_findings.s(),

@@ -29,19 +29,19 @@ class Journal:
     def list(self, count: int = 50) -> list[dict[str, Any]]:
         """The newest records first."""
         rows = self.r.xrevrange(self.stream, count=count)
-        return [{"id": entry_id, **fields} for entry_id, fields in rows]  # type: ignore[union-attr]
+        return [{"id": entry_id, **fields} for entry_id, fields in rows]  # type: ignore[union-attr,dict-item]
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
         """One record by id."""
         rows = self.r.xrange(self.stream, min=entry_id, max=entry_id, count=1)
         if not rows:
             return None
-        found_id, fields = rows[0]  # type: ignore[index]
-        return {"id": found_id, **fields}
+        found_id, fields = rows[0]
+        return {"id": found_id, **fields}  # type: ignore[dict-item]
 
     def count(self) -> int:
         """How many records are kept."""
-        return int(self.r.xlen(self.stream))  # type: ignore[arg-type]
+        return int(self.r.xlen(self.stream))
 
 
 def quarantine(client: redis.Redis, namespace: str) -> Journal:

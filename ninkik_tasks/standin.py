@@ -130,8 +130,12 @@ class Standin:
                 self.answer_next(int(item["status"]), int(item.get("times", 1)), float(item.get("delay", 0)))
             _reply(req, 204, None)
             return
-        if not (len(parts) == 7 and parts[:3] == ["api", "v1", "tenants"] and parts[4] == "products"
-                and parts[6] == "images"):
+        if not (
+            len(parts) == 7
+            and parts[:3] == ["api", "v1", "tenants"]
+            and parts[4] == "products"
+            and parts[6] == "images"
+        ):
             _reply(req, 404, {"error": "not found"})
             return
         key = req.headers.get("Idempotency-Key", "")
@@ -197,8 +201,11 @@ def serve(host: str, port: int, tenants_file: str, token: str) -> None:
 
     def show(r: Received) -> None:
         image = r.body.get("image", {})
-        click.echo(f"received {image.get('repository')}@{image.get('digest', '')[:19]} "
-                   f"scan={r.body.get('scan', {}).get('status')}", err=True)
+        click.echo(
+            f"received {image.get('repository')}@{image.get('digest', '')[:19]} "
+            f"scan={r.body.get('scan', {}).get('status')}",
+            err=True,
+        )
 
     standin = Standin(tenants, token, host=host, port=port, on_receive=show).start()
     click.echo(f"ninkik stand-in on {standin.url}", err=True)

@@ -61,9 +61,7 @@ def split(repository: str) -> RepositoryName:
             "repository_format",
             f"repository {repository[:300]!r} does not follow ${{TENANT_UUID}}/${{PRODUCT}}",
         )
-    return RepositoryName(
-        tenant=match["tenant"], product=match["product"], component=match["path"].lstrip("/")
-    )
+    return RepositoryName(tenant=match["tenant"], product=match["product"], component=match["path"].lstrip("/"))
 
 
 def pick_product(tenant: Tenant, segment: str) -> Product:

@@ -27,8 +27,11 @@ PRODUCT_A1 = "aaaaaaaa-0000-4000-8000-000000000001"
 PRODUCT_A2 = "aaaaaaaa-0000-4000-8000-000000000002"
 PRODUCT_B1 = "bbbbbbbb-0000-4000-8000-000000000001"
 TENANTS = [
-    {"uuid": TENANT_A, "name": "A", "products": [
-        {"uuid": PRODUCT_A1, "name": "shop"}, {"uuid": PRODUCT_A2, "name": "web"}]},
+    {
+        "uuid": TENANT_A,
+        "name": "A",
+        "products": [{"uuid": PRODUCT_A1, "name": "shop"}, {"uuid": PRODUCT_A2, "name": "web"}],
+    },
     # Tenant B also has a product called "web": reports must never cross over.
     {"uuid": TENANT_B, "name": "B", "products": [{"uuid": PRODUCT_B1, "name": "web"}]},
 ]
@@ -79,16 +82,28 @@ class Stack:
     def new_queue(self, name: str | None = None) -> str:
         """A fresh, empty queue (60 s retention as in the setup guide)."""
         name = name or f"ecr-docker-push-{uuid.uuid4().hex[:8]}"
-        return str(self.sqs.create_queue(QueueName=name, Attributes={"MessageRetentionPeriod": "60",
-                                                                      "VisibilityTimeout": "5"})["QueueUrl"])
+        return str(
+            self.sqs.create_queue(
+                QueueName=name, Attributes={"MessageRetentionPeriod": "60", "VisibilityTimeout": "5"}
+            )["QueueUrl"]
+        )
 
-    def push(self, repository: str, tag: str | None = None, *, findings: list[dict[str, Any]] | None = None,
-             enhanced: list[dict[str, Any]] | None = None, status: str = "COMPLETE", scan: bool = True) -> str:
+    def push(
+        self,
+        repository: str,
+        tag: str | None = None,
+        *,
+        findings: list[dict[str, Any]] | None = None,
+        enhanced: list[dict[str, Any]] | None = None,
+        status: str = "COMPLETE",
+        scan: bool = True,
+    ) -> str:
         """Put a new, unique image in the emulated ECR with the given scan result; returns its digest."""
         digest = local.push_image(self.ecr, repository, uuid.uuid4().hex, tag)
         if scan:
-            local.set_scan_result(self.moto_url, self.ecr, repository, digest, status=status,
-                                  findings=findings, enhanced=enhanced)
+            local.set_scan_result(
+                self.moto_url, self.ecr, repository, digest, status=status, findings=findings, enhanced=enhanced
+            )
         return digest
 
     def send(self, queue_url: str, body: dict[str, Any] | str) -> None:
@@ -128,10 +143,26 @@ def celery_worker(stack: Stack, env: dict[str, str], name: str, concurrency: int
     """A real `celery -A ninkik_tasks worker` process, waited on until it answers a ping."""
     proc = local.Proc(
         f"worker-{name}",
-        [sys.executable, "-m", "celery", "-A", "ninkik_tasks", "worker", "--loglevel", "INFO",
-         "--pool", "prefork", "--concurrency", str(concurrency), "-n", f"{name}@%h", "--without-gossip",
-         "--without-mingle"],
-        stack.work, env,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "ninkik_tasks",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        stack.work,
+        env,
     )
     from celery import Celery
 
@@ -151,8 +182,12 @@ def _pinged(probe: Any, name: str) -> bool:
 
 def ingest(stack: Stack, env: dict[str, str], queue_url: str, name: str = "ingest") -> local.Proc:
     """A real `ninkik-tasks ingest` process on `queue_url`, waited on until it polls."""
-    proc = local.Proc(name, [sys.executable, "-m", "ninkik_tasks.cli", "ingest"], stack.work,
-                      {**env, "NINKIK_SQS_QUEUE_URL": queue_url})
+    proc = local.Proc(
+        name,
+        [sys.executable, "-m", "ninkik_tasks.cli", "ingest"],
+        stack.work,
+        {**env, "NINKIK_SQS_QUEUE_URL": queue_url},
+    )
     local.wait_for(lambda: "polling" in proc.output() or not proc.alive(), 30, f"{name} to poll")
     assert proc.alive(), proc.output()
     return proc

@@ -24,8 +24,13 @@ def test_a_scan_that_starts_late_is_waited_for(pipeline: Pipeline, worker: local
     stack.send(pipeline.queue_url, local.push_event(repository, digest, "late"))
     wait_for(lambda: _retry_logged(worker, digest), 30, "the chain to wait for the scan")
     assert not stack.received_for(digest)
-    local.set_scan_result(stack.moto_url, stack.ecr, repository, digest,
-                          findings=[local.basic_finding("CVE-2026-7777", "CRITICAL", "glibc", "2.36")])
+    local.set_scan_result(
+        stack.moto_url,
+        stack.ecr,
+        repository,
+        digest,
+        findings=[local.basic_finding("CVE-2026-7777", "CRITICAL", "glibc", "2.36")],
+    )
     [received] = wait_for(lambda: stack.received_for(digest), 30, "the notification")
     assert received.body["scan"]["status"] == "COMPLETE"
     assert received.body["scan"]["severity_counts"] == {"CRITICAL": 1}
@@ -41,8 +46,11 @@ def test_scan_outcomes_without_findings(pipeline: Pipeline) -> None:
     for digest, tag in ((never, "never"), (stuck, "stuck"), (failed, "failed")):
         stack.send(pipeline.queue_url, local.push_event(repository, digest, tag))
     wait_for(lambda: all(stack.received_for(d) for d in (never, stuck, failed)), 60, "three notifications")
-    for digest, scan_type, status in ((never, "NONE", "NOT_SCANNED"), (stuck, "NONE", "NOT_SCANNED"),
-                                      (failed, "BASIC", "FAILED")):
+    for digest, scan_type, status in (
+        (never, "NONE", "NOT_SCANNED"),
+        (stuck, "NONE", "NOT_SCANNED"),
+        (failed, "BASIC", "FAILED"),
+    ):
         [received] = stack.received_for(digest)
         assert (received.body["scan"]["type"], received.body["scan"]["status"]) == (scan_type, status)
         assert received.body["scan"]["findings"] == []

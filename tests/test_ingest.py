@@ -28,9 +28,18 @@ def guide_sqs_policy() -> str:
     if match:
         policy = match.group(1)
     else:  # the guide is not beside the checkout: the same policy, copied from it
-        policy = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": [
-            "sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:GetQueueAttributes"],
-            "Resource": "arn:aws:sqs:eu-central-1:${YOUR_AWS_ACCOUNT_ID}:ecr-docker-push"}]})
+        policy = json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:GetQueueAttributes"],
+                        "Resource": "arn:aws:sqs:eu-central-1:${YOUR_AWS_ACCOUNT_ID}:ecr-docker-push",
+                    }
+                ],
+            }
+        )
     assert "sqs:DeleteMessage" not in policy
     return policy.replace("${YOUR_AWS_ACCOUNT_ID}", local.ACCOUNT)
 
@@ -43,12 +52,13 @@ class IamQueue:
         # Every call after these setup calls is checked against IAM.
         setup_calls = 10  # create_queue, create_policy, 3 users (+1 attach), 3 keys, put_user_policy
         httpx.post(f"{self.url}/moto-api/reset-auth", content=str(setup_calls)).raise_for_status()
-        admin = boto3.session.Session(aws_access_key_id="admin", aws_secret_access_key="admin",
-                                      region_name=local.REGION)
+        admin = boto3.session.Session(
+            aws_access_key_id="admin", aws_secret_access_key="admin", region_name=local.REGION
+        )
         sqs, iam = admin.client("sqs", endpoint_url=self.url), admin.client("iam", endpoint_url=self.url)
-        self.queue_url = sqs.create_queue(QueueName="ecr-docker-push",
-                                          Attributes={"MessageRetentionPeriod": "60", "VisibilityTimeout": "2"}
-                                          )["QueueUrl"]
+        self.queue_url = sqs.create_queue(
+            QueueName="ecr-docker-push", Attributes={"MessageRetentionPeriod": "60", "VisibilityTimeout": "2"}
+        )["QueueUrl"]
         arn = iam.create_policy(PolicyName="ninkik-sqs", PolicyDocument=guide_sqs_policy())["Policy"]["Arn"]
         self.keys = {}
         for user, policy in (("ninkik", arn), ("sender", None), ("nobody", None)):
@@ -57,12 +67,20 @@ class IamQueue:
                 iam.attach_user_policy(UserName=user, PolicyArn=policy)
             key = iam.create_access_key(UserName=user)["AccessKey"]
             self.keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
-        iam.put_user_policy(UserName="sender", PolicyName="send", PolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage",
-                                                    "Resource": "*"}]}))
+        iam.put_user_policy(
+            UserName="sender",
+            PolicyName="send",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"}],
+                }
+            ),
+        )
         key_id, secret = self.keys["sender"]
-        self.sender = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
-                                            region_name=local.REGION).client("sqs", endpoint_url=self.url)
+        self.sender = boto3.session.Session(
+            aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=local.REGION
+        ).client("sqs", endpoint_url=self.url)
 
     def env(self, stack: Stack, user: str) -> dict[str, str]:
         """Ingest's environment as that IAM user, SQS on this emulator, ECR on the shared one."""
@@ -110,8 +128,9 @@ def test_guide_policy_without_delete_gives_one_post_and_one_warning(
 
 
 def _run_ingest(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ninkik_tasks.cli", "ingest"], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "ninkik_tasks.cli", "ingest"], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_missing_permission_is_one_line_that_names_it(stack: Stack, iam_queue: IamQueue) -> None:
@@ -133,8 +152,11 @@ def test_wrong_queue_url_is_one_line(stack: Stack) -> None:
     [
         ("NINKIK_SQS_QUEUE_URL", {}, "NINKIK_SQS_QUEUE_URL is not set"),
         ("NINKIK_AWS_ACCOUNT_IDS", {"NINKIK_SQS_QUEUE_URL": "http://x/1/q"}, "NINKIK_AWS_ACCOUNT_IDS is not set"),
-        (None, {"NINKIK_SQS_QUEUE_URL": "http://x/1/q", "NINKIK_AWS_ACCOUNT_IDS": "12345"},
-         "NINKIK_AWS_ACCOUNT_IDS is invalid"),
+        (
+            None,
+            {"NINKIK_SQS_QUEUE_URL": "http://x/1/q", "NINKIK_AWS_ACCOUNT_IDS": "12345"},
+            "NINKIK_AWS_ACCOUNT_IDS is invalid",
+        ),
     ],
 )
 def test_missing_settings_are_one_line(stack: Stack, unset: str | None, set_: dict[str, str], expected: str) -> None:

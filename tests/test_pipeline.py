@@ -14,12 +14,26 @@ def test_events_for_several_tenants_become_one_post_each(pipeline: Pipeline) -> 
     stack = pipeline.stack
     images = {
         # product by UUID, tagged, basic findings
-        "a1": (f"{TENANT_A}/{PRODUCT_A1}", "1.2.3", TENANT_A, PRODUCT_A1,
-               dict(findings=[local.basic_finding("CVE-2026-0001", "HIGH", "openssl", "3.0.1"),
-                              local.basic_finding("CVE-2026-0002", "LOW", "zlib", "1.2.11")])),
+        "a1": (
+            f"{TENANT_A}/{PRODUCT_A1}",
+            "1.2.3",
+            TENANT_A,
+            PRODUCT_A1,
+            dict(
+                findings=[
+                    local.basic_finding("CVE-2026-0001", "HIGH", "openssl", "3.0.1"),
+                    local.basic_finding("CVE-2026-0002", "LOW", "zlib", "1.2.11"),
+                ]
+            ),
+        ),
         # product by internal name, untagged, enhanced findings
-        "a2": (f"{TENANT_A}/web", None, TENANT_A, PRODUCT_A2,
-               dict(enhanced=[local.enhanced_finding("CVE-2026-1234", "CRITICAL", "log4j-core", "2.14.1", "2.17.1")])),
+        "a2": (
+            f"{TENANT_A}/web",
+            None,
+            TENANT_A,
+            PRODUCT_A2,
+            dict(enhanced=[local.enhanced_finding("CVE-2026-1234", "CRITICAL", "log4j-core", "2.14.1", "2.17.1")]),
+        ),
         # another tenant with a product of the same name, and a component path
         "b1": (f"{TENANT_B}/web/api", "latest", TENANT_B, PRODUCT_B1, dict(findings=[])),
     }
@@ -70,8 +84,10 @@ def test_bad_input_is_recorded_and_never_posted(pipeline: Pipeline) -> None:
     foreign = local.push_event(f"{TENANT_A}/shop", "sha256:" + "f" * 64, account="999999999999")
     stack.send(pipeline.queue_url, foreign)
     stack.send(pipeline.queue_url, "this is not json {")
-    stack.send(pipeline.queue_url, json.dumps({"detail-type": "ECR Image Action", "source": "aws.ecr",
-                                               "detail": {"repository-name": 42}}))
+    stack.send(
+        pipeline.queue_url,
+        json.dumps({"detail-type": "ECR Image Action", "source": "aws.ecr", "detail": {"repository-name": 42}}),
+    )
     # A good event after all the bad ones is still delivered: ingest kept going.
     good = stack.push(f"{TENANT_A}/shop", "ok")
     stack.send(pipeline.queue_url, local.push_event(f"{TENANT_A}/shop", good, "ok"))
@@ -100,8 +116,9 @@ def test_an_image_deleted_since_the_push_ends_the_chain(pipeline: Pipeline) -> N
     digest = stack.push(repository, "gone")
     stack.ecr.batch_delete_image(repositoryName=repository, imageIds=[{"imageDigest": digest}])
     stack.send(pipeline.queue_url, local.push_event(repository, digest, "gone"))
-    failure = wait_for(lambda: next((f for f in stack.failures() if f["digest"] == digest), None), 30,
-                       "the recorded end of the chain")
+    failure = wait_for(
+        lambda: next((f for f in stack.failures() if f["digest"] == digest), None), 30, "the recorded end of the chain"
+    )
     assert (failure["stage"], failure["reason"]) == ("describe_image", "image_gone")
     assert failure["tenant"] == TENANT_B
     assert not stack.received_for(digest)
@@ -115,9 +132,19 @@ def test_the_cli_lists_quarantine_and_failures(pipeline: Pipeline) -> None:
     stack.send(pipeline.queue_url, "<xml>not an event</xml>")
     wait_for(lambda: any(q["body"] == "<xml>not an event</xml>" for q in stack.quarantined()), 30, "quarantine")
     env = stack.env()
-    out = subprocess.run([sys.executable, "-m", "ninkik_tasks.cli", "quarantine", "list", "--json"],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "ninkik_tasks.cli", "quarantine", "list", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert any(row["body"] == "<xml>not an event</xml>" and row["reason"] == "not_json" for row in json.loads(out))
-    out = subprocess.run([sys.executable, "-m", "ninkik_tasks.cli", "failures", "list", "--json"],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "ninkik_tasks.cli", "failures", "list", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert isinstance(json.loads(out), list)
