@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 # botocore's "standard" mode retries throttling codes and 5xx with backoff and jitter;
 # what still fails after these attempts becomes a Celery retry (TransientError).
 AWS_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 4},
+    retries={"mode": "standard", "total_max_attempts": 4},
     connect_timeout=5,
     read_timeout=30,
     max_pool_connections=20,

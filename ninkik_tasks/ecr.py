@@ -19,7 +19,10 @@ DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "403
 GONE = {"ImageNotFoundException", "RepositoryNotFoundException"}
 NOT_READY = {"PENDING", "IN_PROGRESS"}
 # Statuses that end the wait without findings; reported as they are.
-FINAL_WITHOUT_FINDINGS = {"FAILED", "UNSUPPORTED_IMAGE", "SCAN_ELIGIBILITY_EXPIRED", "FINDINGS_UNAVAILABLE"}
+FINAL_WITHOUT_FINDINGS = {
+    "FAILED", "UNSUPPORTED_IMAGE", "SCAN_ELIGIBILITY_EXPIRED", "FINDINGS_UNAVAILABLE",
+    "LIMIT_EXCEEDED", "IMAGE_ARCHIVED", "IMAGE_SIZE_EXCEEDED",
+}
 
 
 def error_code(exc: ClientError) -> str:

@@ -62,7 +62,10 @@ def parse(
     max_bytes: int = 256 * 1024,
 ) -> ImagePushed:
     """Validate one message body; raise InvalidEvent with a reason code if it is not an accepted push."""
-    raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body
+    try:
+        raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    except UnicodeEncodeError:
+        raise InvalidEvent("not_json", "message is not valid UTF-8 text") from None
     if len(raw) > max_bytes:
         raise InvalidEvent("too_large", f"message is {len(raw)} bytes, the limit is {max_bytes}")
     try:

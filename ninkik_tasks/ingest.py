@@ -195,7 +195,7 @@ class Ingest:
             error=str(exc),
             message_id=message_id,
             body=body[:MAX_BODY_CHARS],
-            body_bytes=len(body.encode("utf-8", "surrogateescape")),
+            body_bytes=len(body.encode("utf-8", "surrogatepass")),
         )
         self.counts["quarantined"] += 1
         log.warning("quarantined message %s as %s (%s): %s", message_id, entry, exc.reason, exc)

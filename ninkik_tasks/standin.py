@@ -7,6 +7,7 @@ Tests can script its next answers (status codes, delays) to play an API that is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -185,7 +186,8 @@ def _reply(req: BaseHTTPRequestHandler, status: int, body: Any, retry_after: str
     if retry_after:
         req.send_header("Retry-After", retry_after)
     req.end_headers()
-    req.wfile.write(data)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
+        req.wfile.write(data)
 
 
 @click.command()
