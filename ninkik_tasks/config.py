@@ -21,7 +21,7 @@ CsvList = Annotated[list[str], NoDecode]
 class Settings(BaseSettings):
     """Every setting of ninkik-tasks, from `NINKIK_*` variables (AWS uses boto3's own)."""
 
-    model_config = SettingsConfigDict(env_prefix="NINKIK_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="NINKIK_", extra="ignore", env_ignore_empty=True)
 
     broker_url: str = "redis://127.0.0.1:6379/0"
     result_backend: str = "redis://127.0.0.1:6379/1"
