@@ -50,6 +50,23 @@ def ingest() -> None:
     ).run()
 
 
+@main.command()
+def check() -> None:
+    """Check configuration, Redis, the SQS queue, ECR and ninkik's API; exit 0 only if all needed works."""
+    from . import check as checks
+    from . import clients
+    from .config import get_settings
+
+    settings = get_settings()
+    failed = False
+    for result in checks.run(
+        settings, lambda: clients.sqs(settings.queue_region()), clients.ecr, clients.http(settings)
+    ):
+        click.echo(result.line())
+        failed = failed or result.level == "FAIL"
+    sys.exit(1 if failed else 0)
+
+
 def _journal(name: str) -> Any:
     from . import clients, records
     from .config import get_settings

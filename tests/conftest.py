@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 import redis
 
@@ -35,7 +37,27 @@ TENANTS = [
     # Tenant B also has a product called "web": reports must never cross over.
     {"uuid": TENANT_B, "name": "B", "products": [{"uuid": PRODUCT_B1, "name": "web"}]},
 ]
-_db_numbers = itertools.count(3)  # broker/result DBs for pipelines of their own; 0-2 are the shared ones
+_db_numbers = itertools.count(3)
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_3b41933798840d2d.txt"
+
+
+def enforce_iam(moto_url: str) -> None:
+    """From now on, every call to this moto server is checked against IAM (set the users up before)."""
+    httpx.post(f"{moto_url}/moto-api/reset-auth", content="0").raise_for_status()
+
+
+def guide_policy(kind: str) -> str:
+    """The setup guide's "ecr" or "sqs" IAM policy as written there, with account and tenant filled in."""
+    text = SEED.read_text()
+    title = {
+        "ecr": "Read permission for the ECR registry",
+        "sqs": "Read permission for the previously created SQS queue",
+    }
+    match = re.search(re.escape(title[kind]) + r"\s*(\{.*?\n\})", text, re.S)
+    assert match, f"the {kind} policy is not in {SEED}"
+    return (
+        match.group(1).replace("${YOUR_AWS_ACCOUNT_ID}", local.ACCOUNT).replace("${YOUR_NINKIK_TENANT_UUID}", TENANT_A)
+    )  # broker/result DBs for pipelines of their own; 0-2 are the shared ones
 
 
 @dataclass

@@ -8,40 +8,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import boto3
-import httpx
 import pytest
-from conftest import TENANT_A, Stack, ingest
+from conftest import TENANT_A, Stack, enforce_iam, guide_policy, ingest
 
 from ninkik_tasks import local
 from ninkik_tasks.local import wait_for
-
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_3b41933798840d2d.txt"
-
-
-def guide_sqs_policy() -> str:
-    """The SQS policy of the customer setup guide, exactly as written there (account and region filled in)."""
-    text = SEED.read_text() if SEED.exists() else ""
-    match = re.search(r"Read permission for the previously created SQS queue\s*(\{.*?\n\})", text, re.S)
-    if match:
-        policy = match.group(1)
-    else:  # the guide is not beside the checkout: the same policy, copied from it
-        policy = json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Action": ["sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:GetQueueAttributes"],
-                        "Resource": "arn:aws:sqs:eu-central-1:${YOUR_AWS_ACCOUNT_ID}:ecr-docker-push",
-                    }
-                ],
-            }
-        )
-    assert "sqs:DeleteMessage" not in policy
-    return policy.replace("${YOUR_AWS_ACCOUNT_ID}", local.ACCOUNT)
 
 
 class IamQueue:
@@ -49,9 +22,6 @@ class IamQueue:
 
     def __init__(self, stack: Stack) -> None:
         self.proc, self.url = local.start_moto(stack.work)
-        # Every call after these setup calls is checked against IAM.
-        setup_calls = 10  # create_queue, create_policy, 3 users (+1 attach), 3 keys, put_user_policy
-        httpx.post(f"{self.url}/moto-api/reset-auth", content=str(setup_calls)).raise_for_status()
         admin = boto3.session.Session(
             aws_access_key_id="admin", aws_secret_access_key="admin", region_name=local.REGION
         )
@@ -59,7 +29,7 @@ class IamQueue:
         self.queue_url = sqs.create_queue(
             QueueName="ecr-docker-push", Attributes={"MessageRetentionPeriod": "60", "VisibilityTimeout": "2"}
         )["QueueUrl"]
-        arn = iam.create_policy(PolicyName="ninkik-sqs", PolicyDocument=guide_sqs_policy())["Policy"]["Arn"]
+        arn = iam.create_policy(PolicyName="ninkik-sqs", PolicyDocument=guide_policy("sqs"))["Policy"]["Arn"]
         self.keys = {}
         for user, policy in (("ninkik", arn), ("sender", None), ("nobody", None)):
             iam.create_user(UserName=user)
@@ -77,6 +47,7 @@ class IamQueue:
                 }
             ),
         )
+        enforce_iam(self.url)
         key_id, secret = self.keys["sender"]
         self.sender = boto3.session.Session(
             aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=local.REGION

@@ -1,0 +1,114 @@
+"""`ninkik-tasks check` against moto with the setup guide's IAM policies enforced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from conftest import TENANT_A, Stack, enforce_iam, guide_policy
+
+from ninkik_tasks import local
+
+
+class GuideAccount:
+    """An emulated AWS account set up as the customer guide says, with IAM enforced afterwards."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.proc, self.url = local.start_moto(stack.work)
+        admin = boto3.session.Session(
+            aws_access_key_id="admin", aws_secret_access_key="admin", region_name=local.REGION
+        )
+        sqs, iam = admin.client("sqs", endpoint_url=self.url), admin.client("iam", endpoint_url=self.url)
+        self.queue_url = sqs.create_queue(QueueName="ecr-docker-push", Attributes={"MessageRetentionPeriod": "60"})[
+            "QueueUrl"
+        ]
+        local.push_image(admin.client("ecr", endpoint_url=self.url), f"{TENANT_A}/shop", "check", "1.0")
+        # moto checks ECR actions against the resource "*" only, so the guide's ECR policy is used with
+        # its Resource widened to "*": the actions are exactly the guide's. The SQS policy is verbatim.
+        ecr_policy = json.loads(guide_policy("ecr"))
+        for statement in ecr_policy["Statement"]:
+            statement["Resource"] = "*"
+        arns = {
+            "ecr": iam.create_policy(PolicyName="ecr", PolicyDocument=json.dumps(ecr_policy))["Policy"]["Arn"],
+            "sqs": iam.create_policy(PolicyName="sqs", PolicyDocument=guide_policy("sqs"))["Policy"]["Arn"],
+        }
+        self.keys = {}
+        for user, policies in (("ninkik", ("ecr", "sqs")), ("sqs-only", ("sqs",))):
+            iam.create_user(UserName=user)
+            for policy in policies:
+                iam.attach_user_policy(UserName=user, PolicyArn=arns[policy])
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            self.keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
+        enforce_iam(self.url)
+
+    def check(self, stack: Stack, user: str) -> subprocess.CompletedProcess[str]:
+        key_id, secret = self.keys[user]
+        env = stack.env(
+            AWS_ENDPOINT_URL=self.url,
+            AWS_ACCESS_KEY_ID=key_id,
+            AWS_SECRET_ACCESS_KEY=secret,
+            NINKIK_SQS_QUEUE_URL=self.queue_url,
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "ninkik_tasks.cli", "check"], env=env, capture_output=True, text=True, timeout=60
+        )
+
+
+@pytest.fixture(scope="module")
+def account(stack: Stack) -> Iterator[GuideAccount]:
+    guide = GuideAccount(stack)
+    yield guide
+    guide.proc.stop()
+
+
+def test_the_guides_policies_pass_with_warnings(stack: Stack, account: GuideAccount) -> None:
+    done = account.check(stack, "ninkik")
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not [line for line in lines if line.startswith("FAIL")]
+    assert any(
+        line.startswith("WARN") and "sqs:DeleteMessage is not granted" in line and "add it to the policy" in line
+        for line in lines
+    )
+    assert any(line.startswith("WARN") and "retention is 60 s" in line and "reconciliation" in line for line in lines)
+    for granted in (
+        "ecr:DescribeRepositories",
+        "ecr:DescribeImages",
+        "ecr:DescribeImageScanFindings",
+        "sqs:ReceiveMessage",
+    ):
+        assert any(line.startswith("OK") and granted in line for line in lines), granted
+    assert any(line.startswith("OK") and "ninkik" in line and "accepts the token" in line for line in lines)
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_permission_fails_and_is_named(stack: Stack, account: GuideAccount) -> None:
+    done = account.check(stack, "sqs-only")
+    assert done.returncode == 1
+    failures = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failures) == 1
+    assert "ecr:DescribeRepositories is not granted" in failures[0] and "policy" in failures[0]
+
+
+def test_wrong_token_and_unreachable_redis_are_named(stack: Stack, account: GuideAccount) -> None:
+    key_id, secret = account.keys["ninkik"]
+    env = stack.env(
+        AWS_ENDPOINT_URL=account.url,
+        AWS_ACCESS_KEY_ID=key_id,
+        AWS_SECRET_ACCESS_KEY=secret,
+        NINKIK_SQS_QUEUE_URL=account.queue_url,
+        NINKIK_API_TOKEN="wrong",
+        NINKIK_REDIS_URL=f"redis://127.0.0.1:{local.free_port()}/2",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ninkik_tasks.cli", "check"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    failures = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert any("NINKIK_REDIS_URL" in line and "does not answer" in line for line in failures)
+    assert any("refuses NINKIK_API_TOKEN" in line for line in failures)
+    assert "wrong" not in done.stdout  # the token itself is never printed
