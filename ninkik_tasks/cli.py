@@ -30,7 +30,7 @@ def main() -> None:
 @main.command()
 def ingest() -> None:
     """Poll NINKIK_SQS_QUEUE_URL and start a chain for every new ECR push event."""
-    from . import clients, logs
+    from . import clients, logs, metrics
     from .config import get_settings
     from .idempotency import Records
     from .ingest import Ingest
@@ -41,6 +41,7 @@ def ingest() -> None:
     logs.configure(settings)
     settings.require_ingest()
     redis = clients.redis_client(settings)
+    metrics.serve(settings.metrics_port, metrics.PipelineStats(redis, settings.redis_namespace))
     Ingest(
         settings=settings,
         sqs=clients.sqs(settings.queue_region()),

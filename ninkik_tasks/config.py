@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     notify_give_up_seconds: int = 24 * 3600
     retry_backoff_max_seconds: int = 300
 
+    metrics_port: int = 9300  # ingest's Prometheus /metrics; 0 turns it off
+
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 

@@ -20,8 +20,13 @@ GONE = {"ImageNotFoundException", "RepositoryNotFoundException"}
 NOT_READY = {"PENDING", "IN_PROGRESS"}
 # Statuses that end the wait without findings; reported as they are.
 FINAL_WITHOUT_FINDINGS = {
-    "FAILED", "UNSUPPORTED_IMAGE", "SCAN_ELIGIBILITY_EXPIRED", "FINDINGS_UNAVAILABLE",
-    "LIMIT_EXCEEDED", "IMAGE_ARCHIVED", "IMAGE_SIZE_EXCEEDED",
+    "FAILED",
+    "UNSUPPORTED_IMAGE",
+    "SCAN_ELIGIBILITY_EXPIRED",
+    "FINDINGS_UNAVAILABLE",
+    "LIMIT_EXCEEDED",
+    "IMAGE_ARCHIVED",
+    "IMAGE_SIZE_EXCEEDED",
 }
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from redis.exceptions import RedisError
 
+from . import metrics
 from .config import Settings
 from .ecr import DENIED, error_code
 from .errors import ConfigError, InvalidEvent
@@ -95,12 +96,14 @@ class Ingest:
             except (RedisError, BotoCoreError, ClientError, OSError, ConnectionError) as exc:
                 # Redis, the broker or SQS is down: nothing was deleted, SQS redelivers; wait and go on.
                 failures += 1
+                metrics.POLL_ERRORS.inc()
                 pause = min(30.0, 0.5 * 2**failures)
                 log.error("poll failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, pause)
                 self._sleep(pause)
             except Exception as exc:
                 # A broker error from kombu is not a RedisError: treat every unknown failure the same way.
                 failures += 1
+                metrics.POLL_ERRORS.inc()
                 pause = min(30.0, 0.5 * 2**failures)
                 log.exception("poll failed (%s); retrying in %.1fs", type(exc).__name__, pause)
                 self._sleep(pause)
@@ -122,12 +125,13 @@ class Ingest:
         try:
             if self._stopping:
                 raise _Stop()
-            answer = self.sqs.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=20,
-                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
-            )
+            with metrics.POLL_SECONDS.time():
+                answer = self.sqs.receive_message(
+                    QueueUrl=self.queue_url,
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=20,
+                    MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                )
         except ClientError as exc:
             if error_code(exc) in MISSING_QUEUE or error_code(exc) in DENIED:
                 raise ConfigError(_explain(exc, "sqs:ReceiveMessage", self.queue_url)) from None
@@ -142,6 +146,7 @@ class Ingest:
         if not messages:
             return 0
         self.counts["received"] += len(messages)
+        metrics.RECEIVED.inc(len(messages))
         handled = self.handle(messages)
         self.delete(handled)
         return len(messages)
@@ -159,6 +164,7 @@ class Ingest:
             except InvalidEvent as exc:
                 self._quarantine(message, body, exc)
                 handled.append(message)
+        metrics.ACCEPTED.inc(len(valid))
         seen = self.records.seen_events([pushed.event_id for _, pushed in valid])
         started: list[str] = []
         duplicates = 0
@@ -169,6 +175,7 @@ class Ingest:
                 result = self.start(pushed)
                 started.append(pushed.event_id)
                 self.counts["chains_started"] += 1
+                metrics.CHAINS.inc()
                 log.info(
                     "accepted event=%s repository=%s digest=%s tag=%s chain=%s",
                     pushed.event_id,
@@ -182,11 +189,13 @@ class Ingest:
         self.records.mark_events(started, s.event_dedupe_seconds)
         if duplicates:
             self.counts["duplicates"] += duplicates
+            metrics.DUPLICATES.inc(duplicates)
             log.info("dropped %d duplicate event(s) (%d so far)", duplicates, self.counts["duplicates"])
         return handled
 
     def _quarantine(self, message: MessageTypeDef, body: str, exc: InvalidEvent) -> None:
         self.counts[f"rejected:{exc.reason}"] += 1
+        metrics.REJECTED.labels(exc.reason).inc()
         message_id = message.get("MessageId", "")
         if not self.records.claim_message(message_id, self.settings.event_dedupe_seconds):
             return  # a redelivery of a message already quarantined
@@ -198,6 +207,7 @@ class Ingest:
             body_bytes=len(body.encode("utf-8", "surrogatepass")),
         )
         self.counts["quarantined"] += 1
+        metrics.QUARANTINED.inc()
         log.warning("quarantined message %s as %s (%s): %s", message_id, entry, exc.reason, exc)
 
     def delete(self, messages: list[MessageTypeDef]) -> None:
@@ -219,11 +229,14 @@ class Ingest:
                     self.queue_url,
                 )
             self.deleting = False
+            metrics.DELETING.set(0)
             return
         if not self.deleting:
             log.info("sqs:DeleteMessage is granted now: deleting handled messages again")
         self.deleting = True
+        metrics.DELETING.set(1)
         self.counts["deleted"] += len(answer.get("Successful", []))
+        metrics.DELETED.inc(len(answer.get("Successful", [])))
         for failed in answer.get("Failed", []):
             log.warning("could not delete a message: %s %s", failed.get("Code"), failed.get("Message"))
 

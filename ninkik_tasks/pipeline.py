@@ -73,6 +73,7 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
         elif exc.retry_after is not None:
             countdown = min(max(exc.retry_after, countdown), cap)
         log.info("%s will retry in %.1fs (%s): %s", stage, countdown, exc, describe(pushed, match))
+        _svc().stats.incr("retry", stage)
         raise task.retry(countdown=countdown, kwargs={"first_try": first_try}) from None
     except PermanentError as exc:
         _record(task, stage, pushed, match, exc)
@@ -87,6 +88,7 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
 
 
 def _record(task: Task, stage: str, pushed: ImagePushed, match: Any, exc: PermanentError) -> None:
+    _svc().stats.incr("failure", stage, exc.reason)
     level = logging.INFO if exc.reason in SKIPS else logging.ERROR
     log.log(level, "%s ended the chain (%s: %s): %s", stage, exc.reason, exc, describe(pushed, match))
     _svc().failures.add(
@@ -135,6 +137,10 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
     m = Scanned.model_validate(msg)
     outcome = _run(self, "notify", m.event, m.match, lambda: notify_step(_svc(), m, self.request.id), first_try)
     log.info("%s (%s, scan %s): %s", outcome, m.key[:12], m.status, describe(m.event, m.match))
+    if outcome == "notified":
+        _svc().stats.incr("notified", m.status)
+    else:
+        _svc().stats.incr("already_sent", str(outcome))
     return {"outcome": outcome, "key": m.key, "scan_status": m.status}
 
 

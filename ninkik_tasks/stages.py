@@ -19,6 +19,7 @@ from .errors import PermanentError, ScanNotReady, TransientError
 from .events import ImagePushed
 from .findings import Image, Report
 from .idempotency import Records
+from .metrics import PipelineStats
 from .notify import idempotency_key, images_url, render, send
 from .records import Journal, failures
 from .tenants import Directory, Match
@@ -41,6 +42,11 @@ class Services:
     def records(self) -> Records:
         """Idempotency records."""
         return Records(self.redis, self.settings.redis_namespace)
+
+    @property
+    def stats(self) -> PipelineStats:
+        """Cluster-wide outcome counters (exported by ingest's /metrics)."""
+        return PipelineStats(self.redis, self.settings.redis_namespace)
 
     @property
     def failures(self) -> Journal:

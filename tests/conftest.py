@@ -96,6 +96,7 @@ class Stack:
             "NINKIK_BROKER_VISIBILITY_TIMEOUT": "10",
             "NINKIK_HTTP_TIMEOUT_SECONDS": "2",
             "NINKIK_TENANT_CACHE_SECONDS": "2",
+            "NINKIK_METRICS_PORT": "0",
             "PYTHONUNBUFFERED": "1",
         }
         base.update(overrides)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import PRODUCT_A1, PRODUCT_A2, PRODUCT_B1, TENANT_A, TENANT_B, TOKEN, Pipeline
+import httpx
+from conftest import PRODUCT_A1, PRODUCT_A2, PRODUCT_B1, TENANT_A, TENANT_B, TOKEN, Pipeline, Stack, ingest
 
 from ninkik_tasks import local
 from ninkik_tasks.local import wait_for
@@ -148,3 +149,32 @@ def test_the_cli_lists_quarantine_and_failures(pipeline: Pipeline) -> None:
         check=True,
     ).stdout
     assert isinstance(json.loads(out), list)
+
+
+def test_ingest_metrics_move_after_a_run(stack: Stack, worker: local.Proc) -> None:
+    port = local.free_port()
+    queue_url = stack.new_queue()
+    proc = ingest(stack, stack.env(NINKIK_METRICS_PORT=str(port)), queue_url, name="ingest-metrics")
+    try:
+        digest = stack.push(f"{TENANT_A}/shop", "metrics")
+        stack.send(queue_url, local.push_event(f"{TENANT_A}/shop", digest, "metrics"))
+        stack.send(queue_url, "{{ not json")
+        wait_for(lambda: stack.received_for(digest), 30, "the notification")
+
+        def sample(name: str, labels: str = "") -> float:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            for line in text.splitlines():
+                if line.startswith(f"{name}{{{labels}}} " if labels else f"{name} "):
+                    return float(line.split()[-1])
+            return 0.0
+
+        wait_for(lambda: sample("ninkik_ingest_rejected_total", 'reason="not_json"') == 1, 30, "the rejection")
+        assert sample("ninkik_ingest_messages_received_total") == 2
+        assert sample("ninkik_ingest_chains_started_total") == 1
+        assert sample("ninkik_ingest_quarantined_total") == 1
+        assert sample("ninkik_ingest_delete_enabled") == 1
+        assert sample("ninkik_ingest_poll_seconds_count") >= 1
+        # Pipeline outcomes are counted in Redis by the workers, across all of them.
+        assert sample("ninkik_pipeline_notified_total", 'scan_status="COMPLETE"') >= 1
+    finally:
+        proc.stop()

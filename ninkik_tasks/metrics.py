@@ -1,0 +1,91 @@
+"""Prometheus metrics: ingest's own counters, and the pipeline's outcomes counted cluster-wide in Redis."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+RECEIVED = Counter("ninkik_ingest_messages_received", "SQS messages received by this ingest")
+ACCEPTED = Counter("ninkik_ingest_events_accepted", "Valid push events (new or duplicate)")
+DUPLICATES = Counter("ninkik_ingest_duplicates", "Events dropped because their id was already handled")
+REJECTED = Counter("ninkik_ingest_rejected", "Messages refused, by reason", ["reason"])
+QUARANTINED = Counter("ninkik_ingest_quarantined", "Messages recorded in the quarantine (once per message)")
+CHAINS = Counter("ninkik_ingest_chains_started", "Chains queued for new events")
+DELETED = Counter("ninkik_ingest_messages_deleted", "Messages deleted from SQS after handling")
+POLL_ERRORS = Counter("ninkik_ingest_poll_errors", "Polls that failed (Redis, broker or SQS unavailable)")
+DELETING = Gauge("ninkik_ingest_delete_enabled", "1 when handled messages are deleted, 0 when DeleteMessage is denied")
+POLL_SECONDS = Histogram(
+    "ninkik_ingest_poll_seconds",
+    "Duration of one ReceiveMessage long poll",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 25),
+)
+DELETING.set(1)
+
+
+class PipelineStats:
+    """Outcome counters of the chain, shared by every worker through one Redis hash."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.r = client
+        self.key = f"{namespace}:stats"
+
+    def incr(self, kind: str, *labels: str) -> None:
+        """Count one outcome, e.g. incr("notified", "COMPLETE") or incr("failure", "notify", "http_400")."""
+        try:
+            self.r.hincrby(self.key, ":".join((kind, *labels)), 1)
+        except redis.RedisError:  # counting must never fail the work it counts
+            log.warning("could not count %s %s", kind, labels)
+
+    def read(self) -> dict[str, int]:
+        """Every counter."""
+        return {str(k): int(v) for k, v in self.r.hgetall(self.key).items()}
+
+
+# kind -> (metric name, help, label names)
+PIPELINE_METRICS = {
+    "notified": ("ninkik_pipeline_notified", "Reports ninkik accepted, by scan status", ["scan_status"]),
+    "already_sent": ("ninkik_pipeline_already_sent", "Reports not sent again because ninkik has them", ["how"]),
+    "failure": ("ninkik_pipeline_failures", "Chains ended without a notification", ["stage", "reason"]),
+    "retry": ("ninkik_pipeline_retries", "Retries scheduled, by stage", ["stage"]),
+}
+
+
+class PipelineCollector(Collector):
+    """Exposes PipelineStats on scrape (cluster-wide: with several ingests, aggregate with max)."""
+
+    def __init__(self, stats: PipelineStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """One metric family per kind of outcome."""
+        try:
+            values = self.stats.read()
+        except redis.RedisError:
+            return
+        for kind, (name, doc, labels) in PIPELINE_METRICS.items():
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for field, value in values.items():
+                parts = field.split(":")
+                if parts[0] == kind and len(parts) == len(labels) + 1:
+                    family.add_metric(parts[1:], value)
+            yield family
+
+
+def serve(port: int, stats: PipelineStats) -> None:
+    """Serve /metrics on `port` (0: not at all)."""
+    if not port:
+        return
+    REGISTRY.register(PipelineCollector(stats))
+    try:
+        start_http_server(port, addr="0.0.0.0")
+    except OSError as exc:
+        log.warning("metrics not served: port %d: %s (set NINKIK_METRICS_PORT)", port, exc)
+        return
+    log.info("metrics on :%d/metrics", port)
