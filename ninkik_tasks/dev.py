@@ -110,19 +110,25 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
             "NINKIK_AWS_REGIONS": local.REGION,
             "NINKIK_API_URL": standin.url,
             "NINKIK_API_TOKEN": token,
+            "NINKIK_METRICS_PORT": str(local.free_port()),
         }
         flower_port = flower_port if _port_free(flower_port) else local.free_port()
         celery = [sys.executable, "-m", "celery", "-A", "ninkik_tasks"]
         with console.status("starting ingest, a worker and Flower…"):
             procs.append(local.Proc("worker", [*celery, "worker", "--loglevel", "INFO", "-n", "dev@%h"], work, env))
             procs.append(local.Proc("ingest", [sys.executable, "-m", "ninkik_tasks.cli", "ingest"], work, env))
+            # Its REST API without credentials, as everything here listens on 127.0.0.1 only.
+            flower_env = {**env, "FLOWER_UNAUTHENTICATED_API": "true"}
             procs.append(
-                local.Proc("flower", [*celery, "flower", "--address=127.0.0.1", f"--port={flower_port}"], work, env)
+                local.Proc(
+                    "flower", [*celery, "flower", "--address=127.0.0.1", f"--port={flower_port}"], work, flower_env
+                )
             )
         console.print(f"Flower:           [bold]http://127.0.0.1:{flower_port}[/]")
         console.print(f"ninkik stand-in:  {standin.url}/_standin/received")
         console.print(f"AWS emulator:     {moto_url}   queue {queue_url}")
         console.print(f"Redis:            {redis_url}   logs in {work}")
+        console.print(f"Ingest metrics:   http://127.0.0.1:{env['NINKIK_METRICS_PORT']}/metrics")
         for name, value in env.items():
             if name.startswith(("NINKIK_", "AWS_")) and name != "NINKIK_API_TOKEN":
                 (work / "env").open("a").write(f"{name}={value}\n")
