@@ -41,7 +41,9 @@ def ingest() -> None:
     logs.configure(settings)
     settings.require_ingest()
     redis = clients.redis_client(settings)
-    metrics.serve(settings.metrics_port, metrics.PipelineStats(redis, settings.redis_namespace))
+    metrics.serve(
+        settings.metrics_port, metrics.PipelineStats(redis, settings.redis_namespace), settings.metrics_address
+    )
     Ingest(
         settings=settings,
         sqs=clients.sqs(settings.queue_region()),

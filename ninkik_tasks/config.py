@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: int = 300
 
     metrics_port: int = 9300  # ingest's Prometheus /metrics; 0 turns it off
+    metrics_address: str = "0.0.0.0"
 
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"

@@ -111,6 +111,7 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
             "NINKIK_API_URL": standin.url,
             "NINKIK_API_TOKEN": token,
             "NINKIK_METRICS_PORT": str(local.free_port()),
+            "NINKIK_METRICS_ADDRESS": "127.0.0.1",
         }
         flower_port = flower_port if _port_free(flower_port) else local.free_port()
         celery = [sys.executable, "-m", "celery", "-A", "ninkik_tasks"]

@@ -78,13 +78,13 @@ class PipelineCollector(Collector):
             yield family
 
 
-def serve(port: int, stats: PipelineStats) -> None:
+def serve(port: int, stats: PipelineStats, address: str = "0.0.0.0") -> None:
     """Serve /metrics on `port` (0: not at all)."""
     if not port:
         return
     REGISTRY.register(PipelineCollector(stats))
     try:
-        start_http_server(port, addr="0.0.0.0")
+        start_http_server(port, addr=address)
     except OSError as exc:
         log.warning("metrics not served: port %d: %s (set NINKIK_METRICS_PORT)", port, exc)
         return
