@@ -72,7 +72,9 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
             countdown = max(0.5, min(countdown, exc.remaining + 0.5))
         elif exc.retry_after is not None:
             countdown = min(max(exc.retry_after, countdown), cap)
-        log.info("%s will retry in %.1fs (%s): %s", stage, countdown, exc, describe(pushed, match))
+        log.info(
+            "%s will retry in %.1fs (%s): %s task=%s", stage, countdown, exc, describe(pushed, match), task.request.id
+        )
         _svc().stats.incr("retry", stage)
         raise task.retry(countdown=countdown, kwargs={"first_try": first_try}) from None
     except PermanentError as exc:
@@ -90,7 +92,15 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
 def _record(task: Task, stage: str, pushed: ImagePushed, match: Any, exc: PermanentError) -> None:
     _svc().stats.incr("failure", stage, exc.reason)
     level = logging.INFO if exc.reason in SKIPS else logging.ERROR
-    log.log(level, "%s ended the chain (%s: %s): %s", stage, exc.reason, exc, describe(pushed, match))
+    log.log(
+        level,
+        "%s ended the chain (%s: %s): %s task=%s",
+        stage,
+        exc.reason,
+        exc,
+        describe(pushed, match),
+        task.request.id,
+    )
     _svc().failures.add(
         stage=stage,
         reason=exc.reason,
@@ -136,7 +146,7 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
     """POST the report to ninkik, once."""
     m = Scanned.model_validate(msg)
     outcome = _run(self, "notify", m.event, m.match, lambda: notify_step(_svc(), m, self.request.id), first_try)
-    log.info("%s (%s, scan %s): %s", outcome, m.key[:12], m.status, describe(m.event, m.match))
+    log.info("%s (%s, scan %s): %s task=%s", outcome, m.key[:12], m.status, describe(m.event, m.match), self.request.id)
     if outcome == "notified":
         _svc().stats.incr("notified", m.status)
     else:
