@@ -148,6 +148,31 @@ def failures_list(count: int, as_json: bool) -> None:
     _print_rows(_journal("failures").list(count), as_json, ["id", "at", "stage", "reason", "repository", "digest"])
 
 
+@failures.command("retry")
+@click.argument("entry_id")
+def failures_retry(entry_id: str) -> None:
+    """Run the chain again for a failed image (after fixing the cause: a tenant, a permission, ninkik)."""
+    from datetime import UTC, datetime
+
+    from .events import ImagePushed
+    from .pipeline import start
+
+    entry = _journal("failures").get(entry_id)
+    if entry is None:
+        raise ConfigError(f"no failure {entry_id}: see `ninkik-tasks failures list`")
+    pushed = ImagePushed(
+        event_id=f"retry:{entry_id}:{entry['event_id']}",
+        account=entry["account"],
+        region=entry["region"],
+        repository=entry["repository"],
+        digest=entry["digest"],
+        time=datetime.now(UTC),
+        source=entry.get("source", "push"),
+    )
+    result = start(pushed)
+    click.echo(f"retrying {entry['repository']}@{entry['digest']}: chain {result.id}")
+
+
 @main.command()
 @click.option("--until-done", is_flag=True, help="Exit once every demo image was notified (for a smoke test).")
 @click.option("--flower-port", default=5555, show_default=True, help="Flower's port (another if taken).")
