@@ -8,7 +8,7 @@ import sys
 
 import httpx
 import redis
-from conftest import TENANT_A, TOKEN, Stack, celery_worker, ingest, own_broker_db
+from conftest import TENANT_A, TOKEN, Pipeline, Stack, celery_worker, ingest, own_broker_db
 
 from ninkik_tasks import local
 from ninkik_tasks.local import wait_for
@@ -134,3 +134,22 @@ def _read(client: redis.Redis, key: bytes) -> object:
         "set": client.smembers,
     }
     return readers[kind](key)
+
+
+def test_failures_retry_after_ninkik_refused_once(pipeline: Pipeline) -> None:
+    stack = pipeline.stack
+    stack.standin.answer_next(400)
+    digest = stack.push(f"{TENANT_A}/shop", "refused-once")
+    stack.send(pipeline.queue_url, local.push_event(f"{TENANT_A}/shop", digest, "refused-once"))
+    wait_for(lambda: any(f["digest"] == digest for f in stack.failures()), 30, "the recorded failure")
+    [entry_id] = [eid for eid, f in stack.records.xrange("ninkik:failures") if f["digest"] == digest]
+    done = subprocess.run(
+        [sys.executable, "-m", "ninkik_tasks.cli", "failures", "retry", entry_id],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    [received] = wait_for(lambda: stack.received_for(digest), 30, "the notification after the retry")
+    assert received.body["source"] == "push"
