@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     aws_give_up_seconds: int = 3600
     notify_give_up_seconds: int = 24 * 3600
     retry_backoff_max_seconds: int = 300
+
+    # Backfill, reconciliation (catches pushes whose events were lost) and findings refresh
+    reconcile_interval_seconds: PositiveInt = 300
+    reconcile_overlap_seconds: NonNegativeInt = 600
+    reconcile_first_lookback_seconds: PositiveInt = 24 * 3600
+    rescan_interval_seconds: PositiveInt = 24 * 3600
+    rescan_days: PositiveInt = 30
 
     metrics_port: int = 9300  # ingest's Prometheus /metrics; 0 turns it off
     metrics_address: str = "0.0.0.0"

@@ -37,3 +37,7 @@ class InvalidEvent(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class InvalidFilter(ValueError):
+    """A backfill filter that cannot be used (not a UUID, not a date, unknown tenant); the message says which."""
