@@ -8,12 +8,19 @@ from celery import Celery
 from kombu.entity import Queue
 
 from .config import Settings, get_settings
+from .schedule import beat_schedule
 
 # One queue per kind of work, so operators can scale each with `-Q`.
 AWS_QUEUE = "ninkik-aws"  # describe_image, fetch_scan_findings: ECR calls
 NINKIK_QUEUE = "ninkik-api"  # match_tenant, notify: ninkik API calls
 CONTROL_QUEUE = "ninkik-control"  # backfill, reconcile, rescan
 QUEUES = (AWS_QUEUE, NINKIK_QUEUE, CONTROL_QUEUE)
+CONTROL_TASKS = ("ninkik.backfill", "ninkik.reconcile", "ninkik.rescan")
+
+# Beat wakes at least this often; a second beat waits for the lock and retries it this often too.
+BEAT_MAX_INTERVAL = 5
+# A beat that died without releasing its lock is replaced after this long.
+BEAT_LOCK_SECONDS = 30
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -51,6 +58,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         timezone="UTC",
+        # Beat is a singleton: RedBeat keeps the schedule in Redis and runs it only while holding a
+        # lock there, so a second `celery beat` started by mistake waits instead of doubling every run.
+        beat_schedule=beat_schedule(settings, CONTROL_QUEUE),
+        # Routed by name too: `celery call` sends by name from a process that has not imported the tasks.
+        task_routes={name: {"queue": CONTROL_QUEUE} for name in CONTROL_TASKS},
+        beat_scheduler="redbeat.RedBeatScheduler",
+        beat_max_loop_interval=BEAT_MAX_INTERVAL,
+        redbeat_redis_url=settings.redis_url,
+        redbeat_redis_options={"retry_period": 60, "socket_timeout": 10, "socket_connect_timeout": 5},
+        redbeat_key_prefix=f"{settings.redis_namespace}:beat:",
+        redbeat_lock_timeout=BEAT_LOCK_SECONDS,
     )
 
 

@@ -12,8 +12,9 @@ from celery import Task, chain
 from celery.result import AsyncResult
 from celery.signals import setup_logging
 
+from . import backfill as sweeps
 from . import logs
-from .celery_app import AWS_QUEUE, NINKIK_QUEUE, app
+from .celery_app import AWS_QUEUE, CONTROL_QUEUE, NINKIK_QUEUE, app
 from .config import get_settings
 from .errors import PermanentError, ScanNotReady, TransientError
 from .events import ImagePushed
@@ -161,4 +162,36 @@ def start(pushed: ImagePushed) -> AsyncResult:
         describe_image.s(),
         fetch_scan_findings.s(),
         notify.s(),
-    ).apply_async()
+    ).apply_async(add_to_parent=False)  # from inside a sweep task: no growing list of child results
+
+
+# Sweeps over the registries (domain in backfill.py). A sweep can outlast the broker's visibility timeout,
+# and a redelivered copy would run beside it: these tasks are acknowledged on receipt instead. A sweep lost
+# with its worker is cheap to redo: beat runs reconcile and rescan again, operators re-run a backfill.
+PROGRESS_EVERY = 100  # images between two PROGRESS updates of a backfill (what Flower shows)
+
+
+@app.task(name="ninkik.backfill", bind=True, queue=CONTROL_QUEUE, acks_late=False)
+def backfill(
+    self: Task, tenant: str | None = None, repository: str | None = None, since: str | None = None
+) -> dict[str, Any]:
+    """Start the chain for every image in the registries, or the tenant's, the repository's, pushed since."""
+    svc = _svc()
+    filters = sweeps.validate(tenant, repository, since, tenant_known=lambda t: svc.directory().tenant(t) is not None)
+
+    def progress(p: sweeps.Progress) -> None:
+        self.update_state(state="PROGRESS", meta=p.as_dict())
+
+    return sweeps.backfill(svc, filters, start, on_progress=progress, progress_every=PROGRESS_EVERY)
+
+
+@app.task(name="ninkik.reconcile", queue=CONTROL_QUEUE, acks_late=False)
+def reconcile() -> dict[str, Any]:
+    """Start chains for images pushed since the last watermark whose push events never arrived."""
+    return sweeps.reconcile(_svc(), start)
+
+
+@app.task(name="ninkik.rescan", queue=CONTROL_QUEUE, acks_late=False)
+def rescan() -> dict[str, Any]:
+    """Read recent images' findings again; ninkik hears only of reports that changed."""
+    return sweeps.rescan(_svc(), start)
