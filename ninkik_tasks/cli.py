@@ -174,6 +174,88 @@ def failures_retry(entry_id: str) -> None:
 
 
 @main.command()
+@click.option("--tenant", help="Only this tenant's repositories (its UUID).")
+@click.option("--repository", help="Only this repository (TENANT_UUID/PRODUCT[/...]).")
+@click.option("--since", help="Only images pushed at or after this ISO-8601 date or time (UTC unless given).")
+@click.option("--wait", is_flag=True, help="Show progress until it is done (Ctrl-C stops waiting, not the backfill).")
+def backfill(tenant: str | None, repository: str | None, since: str | None, wait: bool) -> None:
+    """Queue a backfill: start the chain for every image in the registries, or only the filtered ones."""
+    from kombu.exceptions import OperationalError
+    from redis import RedisError
+
+    from .backfill import validate
+    from .config import get_settings
+    from .errors import InvalidFilter, PermanentError, TransientError
+    from .pipeline import backfill as backfill_task
+    from .stages import services
+
+    svc = services(get_settings())
+    try:
+        filters = validate(tenant, repository, since, tenant_known=lambda t: svc.directory().tenant(t) is not None)
+    except InvalidFilter as exc:
+        click.echo(f"ninkik-tasks: {exc}", err=True)
+        sys.exit(2)
+    except (TransientError, PermanentError, RedisError) as exc:
+        click.echo(f"ninkik-tasks: cannot check the tenant with ninkik: {exc}", err=True)
+        sys.exit(2)
+    try:
+        result = backfill_task.apply_async(kwargs=filters.as_kwargs(), retry=False)
+    except (OperationalError, RedisError, RuntimeError) as exc:  # Celery says RuntimeError when Redis is down
+        reason = " ".join(str(exc).split())
+        click.echo(
+            f"ninkik-tasks: cannot queue the backfill (NINKIK_BROKER_URL, NINKIK_RESULT_BACKEND): {reason}", err=True
+        )
+        sys.exit(2)
+    click.echo(result.id)
+    if not wait:
+        click.echo("backfill queued: follow it in Flower, or run this again with --wait", err=True)
+        return
+    sys.exit(_watch_backfill(result))
+
+
+def _watch_backfill(result: Any) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    try:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+        ) as bar:
+            row = bar.add_task("queued, waiting for a worker on ninkik-control", total=None)
+            while not result.ready():
+                if result.state == "PROGRESS" and isinstance(result.info, dict):
+                    counts = result.info
+                    bar.update(
+                        row,
+                        description=(
+                            f"{counts['repositories']} repositories, {counts['images']} images, "
+                            f"{counts['chains_started']} chains started"
+                        ),
+                    )
+                elif result.state == "STARTED":
+                    bar.update(row, description="started, listing repositories")
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print(
+            f"stopped waiting: backfill {result.id} keeps running (see Flower, or "
+            f"`celery -A ninkik_tasks result {result.id}`)"
+        )
+        return 130
+    if result.failed():
+        console.print(f"backfill {result.id} failed: {result.result}")
+        return 1
+    summary = result.result
+    click.echo(
+        f"done: {summary['repositories']} repositories, {summary['images']} images, "
+        f"{summary['chains_started']} chains started in {summary['seconds']} s"
+    )
+    return 0
+
+
+@main.command()
 @click.option("--until-done", is_flag=True, help="Exit once every demo image was notified (for a smoke test).")
 @click.option("--flower-port", default=5555, show_default=True, help="Flower's port (another if taken).")
 def dev(until_done: bool, flower_port: int) -> None:
