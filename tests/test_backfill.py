@@ -1,0 +1,561 @@
+"""Backfill, reconcile, rescan and the beat singleton: on real processes where they can be, Stubber where not.
+
+Real parts: moto's server, redis-server, Celery worker and beat processes, Flower, the ninkik stand-in.
+moto answers every ECR list call in one page and pins an image's scan result on its first read, so
+pagination and a scan result that changes are played with botocore's Stubber on a real client, with the
+real Redis records and the real stand-in behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+import redis
+from botocore.stub import Stubber
+from celery import Celery
+from conftest import TENANT_A, TENANT_B, TOKEN, Stack, celery_worker, ingest, own_broker_db
+
+from ninkik_tasks import local
+from ninkik_tasks.backfill import Filters, Progress, Registry, Sweep, reconcile, rescan, watermark_key
+from ninkik_tasks.clients import AWS_CONFIG
+from ninkik_tasks.config import Settings
+from ninkik_tasks.errors import TransientError
+from ninkik_tasks.events import ImagePushed
+from ninkik_tasks.local import wait_for
+from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step, scan_step
+
+CONTROL = "ninkik-control"
+WEST, NORTH = "eu-west-1", "eu-north-1"  # regions of their own, so sweeps there see only their test's images
+
+
+def new_tenant(stack: Stack) -> str:
+    """A tenant nobody else pushes to, with one product "app", known to the stand-in from now on."""
+    tenant = str(uuid.uuid4())
+    stack.standin.tenants.append(
+        {"uuid": tenant, "name": tenant[:8], "products": [{"uuid": str(uuid.uuid4()), "name": "app"}]}
+    )
+    return tenant
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ninkik_tasks.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def client(env: dict[str, str]) -> Celery:
+    """A Celery client on a test's broker and result backend (sends by task name, reads results)."""
+    return Celery(broker=env["NINKIK_BROKER_URL"], backend=env["NINKIK_RESULT_BACKEND"])
+
+
+def logged(proc: local.Proc, *parts: str) -> bool:
+    return any(all(p in line for p in parts) for line in proc.output().splitlines())
+
+
+def once_each(stack: Stack, digests: list[str]) -> bool:
+    return all(len(stack.received_for(d)) == 1 for d in digests)
+
+
+@dataclass
+class Scratch:
+    """One broker DB (and its result DB) for the tests here that need a worker of their own, one at a time."""
+
+    db: int
+
+    def env(self, stack: Stack, **overrides: str) -> dict[str, str]:
+        for number in (self.db, self.db + 1):
+            redis.Redis.from_url(f"{stack.redis_url}/{number}").flushdb()
+        return stack.env(broker_db=self.db, **overrides)
+
+
+@pytest.fixture(scope="module")
+def scratch() -> Scratch:
+    return Scratch(own_broker_db())
+
+
+# 1. The CLI, with --wait
+
+
+def test_backfill_cli_notifies_one_tenants_images_once(stack: Stack, worker: local.Proc) -> None:
+    stack.standin.reset()
+    mine, other = new_tenant(stack), new_tenant(stack)
+    images = {
+        t: [stack.push(f"{t}/app", f"v{i}") for i in range(3)] + [stack.push(f"{t}/app/api", None)]
+        for t in (mine, other)
+    }
+    env = stack.env()
+    done = cli(env, "backfill", "--tenant", mine, "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    task_id = done.stdout.splitlines()[0]
+    assert uuid.UUID(task_id)
+    assert "done: 2 repositories, 4 images, 4 chains started" in done.stdout
+    wait_for(lambda: once_each(stack, images[mine]), 60, "a notification for every image of the tenant")
+    assert all(r.body["source"] == "backfill" and r.tenant == mine for d in images[mine] for r in stack.received_for(d))
+    assert not any(stack.received_for(d) for d in images[other])
+
+    # Again: the same chains run, and every report is found already sent.
+    again = cli(env, "backfill", "--tenant", mine, "--wait")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "4 chains started" in again.stdout
+    wait_for(
+        lambda: all(logged(worker, "already_sent", d, "event=backfill:") for d in images[mine]),
+        60,
+        "the second backfill's chains to end",
+    )
+    assert once_each(stack, images[mine]) and not any(stack.received_for(d) for d in images[other])
+
+
+# 2. Flower's REST API and `celery call`
+
+
+def test_backfill_through_flower_and_celery_call(stack: Stack, worker: local.Proc) -> None:
+    stack.standin.reset()
+    by_flower, by_call = new_tenant(stack), new_tenant(stack)
+    images = {t: [stack.push(f"{t}/app", f"v{i}") for i in range(2)] for t in (by_flower, by_call)}
+    env = stack.env(FLOWER_BASIC_AUTH="ops:flower-pw")
+    port = local.free_port()
+    api, auth = f"http://127.0.0.1:{port}/api", ("ops", "flower-pw")
+    flower = local.Proc(
+        "flower-backfill",
+        [sys.executable, "-m", "celery", "-A", "ninkik_tasks", "flower", "--address=127.0.0.1", f"--port={port}"],
+        stack.work,
+        env,
+    )
+    try:
+        wait_for(
+            lambda: any(name.startswith("shared@") for name in httpx.get(f"{api}/workers", auth=auth).json()),
+            60,
+            "Flower to answer and know the worker",
+        )
+        answer = httpx.post(
+            f"{api}/task/async-apply/ninkik.backfill", auth=auth, json={"kwargs": {"tenant": by_flower}}
+        )
+        assert answer.status_code == 200, answer.text
+        task_id = answer.json()["task-id"]
+        wait_for(lambda: once_each(stack, images[by_flower]), 60, "the notifications of the Flower backfill")
+        result = wait_for(
+            lambda: (r := httpx.get(f"{api}/task/result/{task_id}", auth=auth).json())["state"] == "SUCCESS" and r,
+            30,
+            "Flower to show the backfill's result",
+        )
+        assert result["result"]["chains_started"] == 2 and result["result"]["filters"]["tenant"] == by_flower
+
+        called = subprocess.run(
+            [
+                *[sys.executable, "-m", "celery", "-A", "ninkik_tasks", "call", "ninkik.backfill"],
+                *["--kwargs", json.dumps({"tenant": by_call})],
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert called.returncode == 0, called.stderr
+        called_id = called.stdout.strip()
+        summary = client(env).AsyncResult(called_id).get(timeout=30)
+        assert summary["chains_started"] == 2
+        # Routed to the control queue by name, though `celery call` never imports the task.
+        info = wait_for(lambda: httpx.get(f"{api}/task/info/{called_id}", auth=auth).json(), 30, "Flower's task info")
+        assert info["routing_key"] == CONTROL, info
+        wait_for(lambda: once_each(stack, images[by_call]), 60, "the notifications of the `celery call` backfill")
+        assert once_each(stack, images[by_flower])
+    finally:
+        flower.stop()
+
+
+# 3. Reconcile after an ingest outage
+
+
+def test_reconcile_catches_pushes_whose_events_were_lost(stack: Stack, scratch: Scratch) -> None:
+    stack.standin.reset()
+    env = scratch.env(stack, NINKIK_AWS_REGIONS=WEST)
+    ecr = stack.session.client("ecr", endpoint_url=stack.moto_url, region_name=WEST)
+    proc = celery_worker(stack, env, "reconciler")
+    feeder = None
+    try:
+        # Ingest is down: these pushes' events never reach anyone.
+        pushes = []
+        for repository, tag in ((f"{TENANT_A}/shop", "r1"), (f"{TENANT_A}/web", None), (f"{TENANT_B}/web/api", "r3")):
+            digest = local.push_image(ecr, repository, uuid.uuid4().hex, tag)
+            local.set_scan_result(stack.moto_url, ecr, repository, digest, region=WEST)
+            pushes.append((repository, digest, tag))
+        digests = [d for _, d, _ in pushes]
+        key = watermark_key("ninkik", Registry(local.ACCOUNT, WEST))
+        assert stack.records.get(key) is None
+
+        summary = client(env).send_task("ninkik.reconcile", queue=CONTROL).get(timeout=30)
+        assert summary["chains_started"] == 3
+        wait_for(lambda: once_each(stack, digests), 60, "the reconciled images' notifications")
+        assert {r.body["source"] for d in digests for r in stack.received_for(d)} == {"reconcile"}
+        first_mark = datetime.fromisoformat(stack.records.get(key) or "")
+
+        # The events arrive after all (ingest is back): nothing is notified twice.
+        queue_url = stack.new_queue()
+        feeder = ingest(stack, env, queue_url, name="ingest-reconcile")
+        events = [local.push_event(r, d, t, region=WEST) for r, d, t in pushes]
+        for event in events:
+            stack.send(queue_url, event)
+        wait_for(
+            lambda: all(logged(proc, "already_sent", f"event={e['id']}") for e in events), 60, "the late events' chains"
+        )
+        assert once_each(stack, digests)
+
+        # The next run starts from the watermark and starts nothing it started before.
+        again = client(env).send_task("ninkik.reconcile", queue=CONTROL).get(timeout=30)
+        assert (again["chains_started"], again["already_started"]) == (0, 3)
+        assert datetime.fromisoformat(stack.records.get(key) or "") > first_mark
+    finally:
+        if feeder:
+            feeder.stop()
+        proc.stop()
+
+
+# 4. Two beats
+
+
+def beat(stack: Stack, env: dict[str, str], name: str) -> local.Proc:
+    return local.Proc(
+        name, [sys.executable, "-m", "celery", "-A", "ninkik_tasks", "beat", "--loglevel", "INFO"], stack.work, env
+    )
+
+
+def test_two_beats_run_each_reconcile_once(stack: Stack, scratch: Scratch) -> None:
+    interval = 2
+    env = scratch.env(
+        stack,
+        NINKIK_AWS_REGIONS=NORTH,
+        NINKIK_REDIS_NAMESPACE=f"beat-{uuid.uuid4().hex[:8]}",
+        NINKIK_RECONCILE_INTERVAL_SECONDS=str(interval),
+    )
+    proc = celery_worker(stack, env, "scheduled", concurrency=1)
+    beats = [beat(stack, env, "beat-1"), beat(stack, env, "beat-2")]
+
+    def runs() -> list[str]:
+        return re.findall(r"Task ninkik\.reconcile\[([0-9a-f-]+)\] received", proc.output())
+
+    def sent(b: local.Proc) -> int:
+        return b.output().count("Sending due task reconcile")
+
+    try:
+        holder = wait_for(lambda: next((b for b in beats if "Acquired lock" in b.output()), None), 30, "a beat to lead")
+        standby = beats[1 - beats.index(holder)]
+        began, before = time.monotonic(), len(runs())
+        wait_for(lambda: len(runs()) >= before + 5, 30, "five scheduled reconciles")
+        elapsed = time.monotonic() - began
+        # Two schedulers would give about twice as many runs as the interval allows.
+        assert len(runs()) - before <= elapsed / interval + 2, (len(runs()) - before, elapsed)
+        assert sent(standby) == 0 and "Acquired lock" not in standby.output()
+        assert all(b.alive() for b in beats)
+
+        # The leader stops: the other one takes over, and still runs each reconcile once.
+        holder.stop()
+        wait_for(lambda: "Acquired lock" in standby.output(), 30, "the standby beat to take over")
+        began, before = time.monotonic(), len(runs())
+        wait_for(lambda: len(runs()) >= before + 3, 30, "reconciles scheduled by the new leader")
+        assert len(runs()) - before <= (time.monotonic() - began) / interval + 2
+        assert len(set(runs())) == len(runs())
+    finally:
+        for b in beats:
+            b.stop()
+        proc.stop()
+
+
+# 5. Pagination (Stubber: moto answers in one page)
+
+
+ACCOUNT, REGION = local.ACCOUNT, local.REGION
+
+
+def stubbed_ecr() -> Any:
+    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
+    return session.client("ecr", config=AWS_CONFIG)
+
+
+def digest_of(n: int | str) -> str:
+    return "sha256:" + f"{n}".rjust(64, "0")
+
+
+def repo_page(names: list[str], token: str | None = None) -> dict[str, Any]:
+    page: dict[str, Any] = {
+        "repositories": [
+            {
+                "repositoryName": name,
+                "registryId": ACCOUNT,
+                "repositoryArn": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{name}",
+            }
+            for name in names
+        ]
+    }
+    if token:
+        page["nextToken"] = token
+    return page
+
+
+def detail(repository: str, digest: str, pushed: datetime, tags: list[str] | None = None, **extra: Any) -> Any:
+    return {
+        "registryId": ACCOUNT,
+        "repositoryName": repository,
+        "imageDigest": digest,
+        "imageTags": tags or [],
+        "imagePushedAt": pushed,
+        "imageSizeInBytes": 1234,
+        "imageManifestMediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        **extra,
+    }
+
+
+def image_page(details: list[Any], token: str | None = None) -> dict[str, Any]:
+    return {"imageDetails": details, **({"nextToken": token} if token else {})}
+
+
+def paged(token: str | None = None, **params: Any) -> dict[str, Any]:
+    return {"registryId": ACCOUNT, "maxResults": 1000, **params, **({"nextToken": token} if token else {})}
+
+
+def test_every_page_of_repositories_and_images_is_read() -> None:
+    ecr = stubbed_ecr()
+    now = datetime.now(UTC)
+    other = str(uuid.uuid4())
+    mine = [f"{TENANT_A}/shop", f"{TENANT_A}/web", f"{TENANT_A}/web/api"]
+    expected: set[str] = set()
+    repository_pages = [
+        ([mine[0], "hello-world"], [mine[0]]),
+        ([f"{other}/app", mine[1]], [mine[1]]),
+        ([mine[2]], [mine[2]]),
+    ]
+    with Stubber(ecr) as stub:
+        # Streaming: each page of repositories is worked through before the next one is asked for. The other
+        # tenant's repository and "hello-world" get no DescribeImages: Stubber would refuse the call.
+        for n, (names, ours) in enumerate(repository_pages):
+            token = f"r{n + 1}" if n + 1 < len(repository_pages) else None
+            stub.add_response("describe_repositories", repo_page(names, token), paged(f"r{n}" if n else None))
+            for repository in ours:
+                r = mine.index(repository)
+                pages = 3 if r == 0 else 1
+                for p in range(pages):
+                    details = [detail(repository, digest_of(f"{r}{p}{i}"), now, [f"t{i}"]) for i in range(4)]
+                    if p == 1:  # older than `since`: read, counted, not started
+                        details[0]["imagePushedAt"] = now - timedelta(days=40)
+                    expected |= {d["imageDigest"] for d in details if d["imagePushedAt"] == now}
+                    stub.add_response(
+                        "describe_images",
+                        image_page(details, f"i{p + 1}" if p + 1 < pages else None),
+                        paged(f"i{p}" if p else None, repositoryName=repository),
+                    )
+        started: list[ImagePushed] = []
+        reports: list[dict[str, int]] = []
+        sweep = Sweep("backfill", lambda region: ecr, started.append, lambda p: reports.append(p.as_dict()), 5)
+        counts = sweep.run(Registry(ACCOUNT, REGION), Filters(tenant=TENANT_A, since=now - timedelta(days=30)))
+        stub.assert_no_pending_responses()
+    assert {e.digest for e in started} == expected and len(started) == len(expected) == 19
+    assert counts == Progress(repositories=3, images=20, chains_started=19, other_repositories=1)
+    assert all(
+        e.source == "backfill" and e.event_id == f"backfill:{ACCOUNT}:{REGION}:{e.repository}@{e.digest}"
+        for e in started
+    )
+    assert started[0].time == now and started[0].tag == "t0"
+    # Progress was reported as it went, not only at the end.
+    assert len(reports) >= 5 and reports[-1]["chains_started"] <= 19
+
+
+# Reconcile's watermark and rescan: the domain functions with a stubbed ECR, real Redis and the real stand-in
+
+
+class StubbedServices(Services):
+    """The real services, with the ECR client replaced by a stubbed one."""
+
+    stubbed: Any = None
+
+    def ecr(self, region: str) -> Any:
+        return self.stubbed
+
+
+@pytest.fixture
+def svc(stack: Stack) -> Iterator[StubbedServices]:
+    settings = Settings(
+        redis_url=f"{stack.redis_url}/2",
+        redis_namespace=f"t-{uuid.uuid4().hex[:8]}",
+        aws_account_ids=[ACCOUNT],
+        aws_regions=[REGION],
+        api_url=stack.standin.url,
+        api_token=TOKEN,
+        reconcile_overlap_seconds=600,
+        reconcile_first_lookback_seconds=3600,
+        scan_wait_seconds=0,
+        http_timeout_seconds=5,
+    )
+    services = StubbedServices(
+        settings, redis.Redis.from_url(settings.redis_url, decode_responses=True), httpx.Client()
+    )
+    services.stubbed = stubbed_ecr()
+    yield services
+    services.http.close()
+
+
+def test_reconcile_reads_from_the_watermark_and_keeps_it_on_failure(svc: StubbedServices) -> None:
+    repository = f"{TENANT_A}/shop"
+    t0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    key = watermark_key(svc.settings.redis_namespace, Registry(ACCOUNT, REGION))
+    images = {
+        "too old for the first run": detail(repository, digest_of(1), t0 - timedelta(hours=2)),
+        "in the first window": detail(repository, digest_of(2), t0 - timedelta(minutes=30)),
+        "in the overlap": detail(repository, digest_of(3), t0 - timedelta(minutes=5)),
+        "after the first run": detail(repository, digest_of(4), t0 + timedelta(minutes=3)),
+    }
+    started: list[ImagePushed] = []
+
+    def run(now: datetime, *, fail: bool = False) -> dict[str, Any]:
+        present = [d for d in images.values() if d["imagePushedAt"] <= now]
+        with Stubber(svc.stubbed) as stub:
+            stub.add_response("describe_repositories", repo_page([repository]), paged())
+            if fail:
+                stub.add_client_error("describe_images", "ServerException", http_status_code=500)
+            else:
+                stub.add_response("describe_images", image_page(present), paged(repositoryName=repository))
+            return reconcile(svc, started.append, now=now)
+
+    # First run: no watermark, looks back an hour.
+    assert run(t0)["chains_started"] == 2
+    assert {e.digest for e in started} == {digest_of(2), digest_of(3)}
+    assert svc.redis.get(key) == t0.isoformat()
+    # ECR fails: the watermark stays where it was, so the next run still covers the gap.
+    with pytest.raises(TransientError, match="reconcile failed"):
+        run(t0 + timedelta(minutes=5), fail=True)
+    assert svc.redis.get(key) == t0.isoformat()
+    # Next run: from the watermark minus the 10-minute overlap; what it started before is not started again.
+    started.clear()
+    summary = run(t0 + timedelta(minutes=10))
+    assert [e.digest for e in started] == [digest_of(4)]
+    assert (summary["chains_started"], summary["already_started"]) == (1, 1)
+    assert summary["registries"][f"{ACCOUNT}:{REGION}"]["since"] == (t0 - timedelta(minutes=10)).isoformat()
+    assert svc.redis.get(key) == (t0 + timedelta(minutes=10)).isoformat()
+
+
+# 6. Rescan: a changed report is sent once, an unchanged one never
+
+
+def test_rescan_notifies_only_a_changed_report(stack: Stack, svc: StubbedServices) -> None:
+    # moto pins an image's scan result on its first read (moto/ecr/models.py, describe_image_scan_findings),
+    # so the result that changes between two reads is played by Stubber; the chain's stages, Redis records
+    # and ninkik's side (the stand-in) are the real ones.
+    repository = f"{TENANT_A}/shop"
+    digest, running = "sha256:" + uuid.uuid4().hex * 2, "sha256:" + uuid.uuid4().hex * 2
+    pushed = datetime.now(UTC) - timedelta(days=2)
+    image = detail(repository, digest, pushed, ["1.0"])
+    scanning = detail(repository, running, pushed, ["2.0"], imageScanStatus={"status": "IN_PROGRESS"})
+    first = [local.basic_finding("CVE-2026-0001", "HIGH", "openssl", "3.0.1")]
+    second = [*first, local.basic_finding("CVE-2026-0002", "CRITICAL", "glibc", "2.36")]
+
+    def chain(event: ImagePushed) -> None:
+        scanned = scan_step(svc, describe_step(svc, match_tenant(svc, event)))
+        notify_step(svc, scanned, owner=f"test-{uuid.uuid4()}")
+
+    def findings_page(findings: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "registryId": ACCOUNT,
+            "repositoryName": repository,
+            "imageId": {"imageDigest": digest},
+            "imageScanStatus": {"status": "COMPLETE", "description": "done"},
+            "imageScanFindings": {"imageScanCompletedAt": datetime.now(UTC), "findings": findings},
+        }
+
+    def chain_calls(stub: Stubber, findings: list[dict[str, Any]]) -> None:
+        ids = {"registryId": ACCOUNT, "repositoryName": repository}
+        stub.add_response("describe_images", image_page([image]), {**ids, "imageIds": [{"imageDigest": digest}]})
+        stub.add_response(
+            "describe_image_scan_findings",
+            findings_page(findings),
+            {**ids, "imageId": {"imageDigest": digest}, "maxResults": 1000},
+        )
+
+    def rescan_with(findings: list[dict[str, Any]]) -> dict[str, Any]:
+        with Stubber(svc.stubbed) as stub:
+            stub.add_response("describe_repositories", repo_page([repository]), paged())
+            stub.add_response("describe_images", image_page([image, scanning]), paged(repositoryName=repository))
+            chain_calls(stub, findings)  # the image whose scan is running gets no chain: no calls for it
+            summary = rescan(svc, chain)
+            stub.assert_no_pending_responses()
+        return summary
+
+    # The push itself was notified with the first result.
+    with Stubber(svc.stubbed) as stub:
+        chain_calls(stub, first)
+        chain(
+            ImagePushed(
+                event_id="e1", account=ACCOUNT, region=REGION, repository=repository, digest=digest, time=pushed
+            )
+        )
+    assert [r.body["source"] for r in stack.received_for(digest)] == ["push"]
+
+    assert (summary := rescan_with(first))["chains_started"] == 1 and summary["not_ready"] == 1
+    assert len(stack.received_for(digest)) == 1  # unchanged: nothing sent
+    rescan_with(second)
+    assert [r.body["source"] for r in stack.received_for(digest)] == ["push", "rescan"]
+    assert stack.received_for(digest)[-1].body["scan"]["severity_counts"] == {"CRITICAL": 1, "HIGH": 1}
+    rescan_with(second)
+    assert len(stack.received_for(digest)) == 2 and not stack.received_for(running)
+
+
+# 7. Bad filters, and Ctrl-C while waiting
+
+
+def test_bad_filters_are_refused_before_anything_is_queued(stack: Stack, scratch: Scratch, worker: local.Proc) -> None:
+    env = scratch.env(stack)  # no worker on this broker: anything queued would stay there
+    broker = redis.Redis.from_url(env["NINKIK_BROKER_URL"])
+    unknown = str(uuid.uuid4())
+    cases = {
+        ("--tenant", "acme"): "tenant 'acme' is not a UUID",
+        ("--since", "last tuesday"): "since 'last tuesday' is not an ISO-8601 date or time",
+        ("--tenant", unknown): f"tenant {unknown} is not known to ninkik",
+        ("--repository", "hello-world"): "repository 'hello-world' is not a ninkik repository",
+        (
+            "--tenant",
+            TENANT_A,
+            "--repository",
+            f"{TENANT_B}/web",
+        ): f"belongs to tenant {TENANT_B}, not to tenant {TENANT_A}",
+    }
+    for args, message in cases.items():
+        done = cli(env, "backfill", *args)
+        assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr and done.stdout == ""
+    assert broker.llen(CONTROL) == 0 and broker.dbsize() == 0
+
+    # The same check inside the task, for Flower and `celery call`: the task fails with the reason.
+    shared = client(stack.env())
+    for kwargs, message in (({"tenant": "acme"}, "is not a UUID"), ({"since": "2026-13-45"}, "not an ISO-8601")):
+        result = shared.send_task("ninkik.backfill", kwargs=kwargs, queue=CONTROL)
+        with pytest.raises(Exception, match=message):
+            result.get(timeout=30)
+        assert result.state == "FAILURE"
+
+
+def test_ctrl_c_stops_waiting_not_the_backfill(stack: Stack, scratch: Scratch) -> None:
+    env = scratch.env(stack)  # no worker: the backfill stays queued, and --wait keeps waiting
+    waiting = local.Proc(
+        "backfill-wait", [sys.executable, "-m", "ninkik_tasks.cli", "backfill", "--wait"], stack.work, env
+    )
+    try:
+        task_id = wait_for(
+            lambda: re.search(r"^([0-9a-f-]{36})$", waiting.output(), re.M), 30, "the task id to be printed"
+        ).group(1)
+        waiting.send(signal.SIGINT)
+        assert waiting.popen.wait(15) == 130
+        assert f"backfill {task_id} keeps running" in waiting.output()
+        queued = redis.Redis.from_url(env["NINKIK_BROKER_URL"]).lrange(CONTROL, 0, -1)
+        assert [json.loads(m)["headers"]["id"] for m in queued] == [task_id]
+    finally:
+        waiting.stop()
