@@ -226,10 +226,25 @@ class Sweep:
     def run(self, registry: Registry, filters: Filters) -> Progress:
         """Sweep one registry; returns this registry's counts (the running total is in `progress`)."""
         mine = Progress()
+        try:
+            self._run(registry, filters, mine)
+        finally:
+            self.progress.add(mine)
+        if mine.other_repositories:
+            log.info(
+                "%s: %d repositories in %s/%s are not named ${TENANT_UUID}/${PRODUCT} and were skipped",
+                self.source,
+                mine.other_repositories,
+                registry.account,
+                registry.region,
+            )
+        return mine
+
+    def _run(self, registry: Registry, filters: Filters, mine: Progress) -> None:
         ecr = self.ecr(registry.region)
         for repository in repositories(ecr, registry.account, filters, mine):
             mine.repositories += 1
-            self._report(mine, 0)
+            self._report(mine)
             for page in image_pages(ecr, registry.account, repository):
                 before = mine.images
                 mine.images += len(page)
@@ -249,35 +264,26 @@ class Sweep:
                 if self.mark is not None and events:
                     self.mark([e.event_id for e in events])  # only once their chains are queued
                 self._report(mine, before)
-            log.info(
-                "%s: repository=%s registry=%s region=%s chains started so far %d",
+            log.log(
+                logging.INFO if self.source == "backfill" else logging.DEBUG,  # scheduled sweeps: totals only
+                "%s: repository=%s registry=%s region=%s, %d chains started in this registry so far",
                 self.source,
                 repository,
                 registry.account,
                 registry.region,
                 mine.chains_started,
             )
-        self.progress.add(mine)
-        if mine.other_repositories:
-            log.info(
-                "%s: %d repositories in %s/%s are not named ${TENANT_UUID}/${PRODUCT} and were skipped",
-                self.source,
-                mine.other_repositories,
-                registry.account,
-                registry.region,
-            )
-        return mine
 
-    def _report(self, mine: Progress, images_before: int) -> None:
-        # Every `progress_every` images, and at every new repository (images_before == mine.images).
+    def _report(self, mine: Progress, images_before: int | None = None) -> None:
+        """Report the running total at each new repository and whenever another `progress_every` images were read."""
         if self.on_progress is None:
             return
-        crossed = mine.images // self.progress_every != images_before // self.progress_every
-        if crossed or images_before == mine.images:
-            total = Progress()
-            total.add(self.progress)
-            total.add(mine)
-            self.on_progress(total)
+        if images_before is not None and images_before // self.progress_every == mine.images // self.progress_every:
+            return
+        total = Progress()
+        total.add(self.progress)
+        total.add(mine)
+        self.on_progress(total)
 
 
 def backfill(
