@@ -26,7 +26,7 @@ import pytest
 import redis
 from botocore.stub import Stubber
 from celery import Celery
-from conftest import TENANT_A, TENANT_B, TOKEN, Stack, celery_worker, ingest, own_broker_db
+from conftest import TENANT_A, TENANT_B, TOKEN, Stack, celery_worker, ingest
 
 from ninkik_tasks import local
 from ninkik_tasks.backfill import Filters, Progress, Registry, Sweep, reconcile, rescan, watermark_key
@@ -71,19 +71,22 @@ def once_each(stack: Stack, digests: list[str]) -> bool:
 
 @dataclass
 class Scratch:
-    """One broker DB (and its result DB) for the tests here that need a worker of their own, one at a time."""
+    """A broker and result backend of our own (a redis-server for this module, not one of the shared DBs),
+    for the tests here that need a worker or beat of their own, one test at a time."""
 
-    db: int
+    url: str
 
     def env(self, stack: Stack, **overrides: str) -> dict[str, str]:
-        for number in (self.db, self.db + 1):
-            redis.Redis.from_url(f"{stack.redis_url}/{number}").flushdb()
-        return stack.env(broker_db=self.db, **overrides)
+        for number in (0, 1):
+            redis.Redis.from_url(f"{self.url}/{number}").flushdb()
+        return stack.env(NINKIK_BROKER_URL=f"{self.url}/0", NINKIK_RESULT_BACKEND=f"{self.url}/1", **overrides)
 
 
 @pytest.fixture(scope="module")
-def scratch() -> Scratch:
-    return Scratch(own_broker_db())
+def scratch(stack: Stack) -> Iterator[Scratch]:
+    proc, url = local.start_redis(stack.work)
+    yield Scratch(url)
+    proc.stop()
 
 
 # 1. The CLI, with --wait
