@@ -95,6 +95,7 @@ def end_to_end(r: Result) -> Section:
             "peak RSS MiB: worker main process / largest pool process",
             f"{mib(r.rss.get('worker'))} / {mib(r.rss.get('pool'))}",
         ],
+        ["memory MiB of all worker processes together (PSS, after the run)", mib(r.worker_pss)],
         ["peak RSS MiB: moto / redis-server", f"{mib(r.rss.get('moto'))} / {mib(r.rss.get('redis'))}"],
     ]
     s.notes.append("Latency: from the bench's SendMessageBatch call to the stand-in receiving the POST.")
@@ -112,6 +113,7 @@ def pools(pairs: list[tuple[Result, Result]], delay_ms: float) -> Section:
             "worker CPU ms/event",
             "machine CPU busy (not ours)",
             "peak RSS MiB main / pool process",
+            "worker memory MiB (PSS, all)",
             "retries / failures / non-201",
         ],
     )
@@ -128,6 +130,7 @@ def pools(pairs: list[tuple[Result, Result]], delay_ms: float) -> Section:
                 f"{per_event(zero, 'workers')} / {per_event(slow, 'workers')}",
                 f"{zero.busy:.0%} ({zero.others:.0%}) / {slow.busy:.0%} ({slow.others:.0%})",
                 f"{mib(slow.rss.get('worker'))} / {mib(slow.rss.get('pool'))}",
+                mib(slow.worker_pss),
                 f"{zero.anomalies}, {slow.anomalies}",
             ]
         )
@@ -151,6 +154,7 @@ def scaling(results: list[Result], delay_ms: float) -> Section:
             "x one worker",
             "worker CPU ms/event",
             "machine CPU busy (not ours)",
+            "worker memory MiB (PSS, all)",
             "retries / failures / non-201",
         ],
     )
@@ -167,6 +171,7 @@ def scaling(results: list[Result], delay_ms: float) -> Section:
                 f"{r.rate / base:.2f}" if base else "-",
                 per_event(r, "workers"),
                 f"{r.busy:.0%} ({r.others:.0%})",
+                mib(r.worker_pss),
                 r.anomalies,
             ]
         )

@@ -73,6 +73,7 @@ class Result:
     paced_latency: list[float] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds in the measured phase
     rss: dict[str, float] = field(default_factory=dict)  # role -> peak resident bytes of one process
+    worker_pss: float = 0.0  # bytes, all worker processes, at the end of the measured phase
     busy: float = 0.0  # share of all cores' time the machine was busy in the measured phase
     others: float = 0.0  # the part of it spent in processes this run did not start
     retries: int = 0  # chain steps retried (ninkik:stats), failures recorded, POSTs answered other than 201
@@ -160,6 +161,15 @@ class Watch:
                 t = proc.cpu_times()
                 out[proc.pid] = (role, t.user + t.system)
         return out
+
+    def worker_pss(self) -> float:
+        """Proportional set size of all worker processes together: their memory, shared pages counted once."""
+        total = 0.0
+        for role, proc in self.processes():
+            if role in ("worker", "pool"):
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    total += proc.memory_full_info().pss
+        return total
 
     def _loop(self) -> None:
         while not self._stop.wait(0.2):
@@ -289,6 +299,7 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
             before, machine_before = watch.cpu(), psutil.cpu_times()
             first, last = feed(sqs, queue_url, measured, arrivals, load.window, procs, load.stall)
             result.cpu = cpu_used(before, watch.cpu())
+            result.worker_pss = watch.worker_pss()
             busy_seconds, all_seconds = busy(machine_before, psutil.cpu_times())
             ours = sum(v for role, v in result.cpu.items() if role != "workers")  # "workers" = worker + pool
             result.busy = busy_seconds / all_seconds
