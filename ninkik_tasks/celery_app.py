@@ -45,6 +45,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
+        # Redis restarting must not break a chain between two steps: publishing the next step (or a
+        # retry) and storing a result wait for Redis to come back, for about two minutes.
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 60, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2},
+        result_backend_always_retry=True,
+        result_backend_max_retries=60,
+        result_backend_max_sleep_between_retries_ms=2000,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,

@@ -11,6 +11,7 @@ import redis
 from botocore.config import Config
 
 from .config import Settings
+from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
@@ -35,11 +36,14 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def ecr(region: str) -> ECRClient:
-    """This process's ECR client for `region`."""
+def ecr(region: str, limiter: RateLimiter | None = None) -> ECRClient:
+    """This process's ECR client for `region`; with a limiter, every HTTP attempt waits for its slot."""
     key = ("ecr", region)
     if key not in _cache:
-        _cache[key] = boto3.session.Session().client("ecr", region_name=region, config=AWS_CONFIG)
+        made = boto3.session.Session().client("ecr", region_name=region, config=AWS_CONFIG)
+        if limiter is not None:
+            made.meta.events.register("before-send.ecr", limiter.before_send)
+        _cache[key] = made
     client: ECRClient = _cache[key]
     return client
 

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     aws_give_up_seconds: int = 3600
     notify_give_up_seconds: int = 24 * 3600
     retry_backoff_max_seconds: int = 300
+    ecr_calls_per_second: float = 20.0  # shared by all workers, per region; 0 turns the limit off
 
     # Backfill, reconciliation (catches pushes whose events were lost) and findings refresh
     reconcile_interval_seconds: PositiveInt = 300

@@ -120,6 +120,8 @@ def start_redis(log_dir: Path, port: int | None = None, data_dir: Path | None = 
         "",
         "--protected-mode",
         "yes",
+        "--databases",
+        "64",  # tests give pipelines broker and result DBs of their own
     ]
     proc = Proc(f"redis-{port}", args, log_dir)
     url = f"redis://127.0.0.1:{port}"

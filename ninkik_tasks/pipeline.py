@@ -11,6 +11,9 @@ from typing import Any, TypeVar
 from celery import Task, chain
 from celery.result import AsyncResult
 from celery.signals import setup_logging
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import backfill as sweeps
 from . import logs
@@ -60,7 +63,11 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
     s = get_settings()
     first_try = first_try or time.time()
     try:
-        return step()
+        try:
+            return step()
+        except (RedisConnectionError, RedisTimeoutError, OperationalError) as exc:
+            # Redis restarting: the records, the broker and results come back; so does this step.
+            raise TransientError(f"Redis unavailable ({type(exc).__name__})") from None
     except TransientError as exc:
         budget = s.notify_give_up_seconds if stage == "notify" else s.aws_give_up_seconds
         if time.time() - first_try > budget and not isinstance(exc, ScanNotReady):

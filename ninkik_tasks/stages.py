@@ -21,6 +21,7 @@ from .findings import Image, Report
 from .idempotency import Records
 from .metrics import PipelineStats
 from .notify import idempotency_key, images_url, render, send
+from .ratelimit import RateLimiter
 from .records import Journal, failures
 from .tenants import Directory, Match
 
@@ -54,8 +55,13 @@ class Services:
         return failures(self.redis, self.settings.redis_namespace)
 
     def ecr(self, region: str) -> ECRClient:
-        """The ECR client for a region."""
-        return clients.ecr(region)
+        """The ECR client for a region, its calls limited across all workers by NINKIK_ECR_CALLS_PER_SECOND."""
+        s = self.settings
+        limiter = None
+        if s.ecr_calls_per_second > 0:
+            key = f"{s.redis_namespace}:ratelimit:ecr:{region}"
+            limiter = RateLimiter(self.redis, key, s.ecr_calls_per_second)
+        return clients.ecr(region, limiter)
 
     def directory(self) -> Directory:
         """The tenant directory (API or file)."""

@@ -9,54 +9,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-import boto3
 import pytest
-from conftest import TENANT_A, Stack, enforce_iam, guide_policy, ingest
+from conftest import TENANT_A, IamQueue, Stack, ingest
 
 from ninkik_tasks import local
 from ninkik_tasks.local import wait_for
-
-
-class IamQueue:
-    """An SQS emulator of its own with IAM enforced: the guide's ninkik user, an EventBridge-like sender."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.proc, self.url = local.start_moto(stack.work)
-        admin = boto3.session.Session(
-            aws_access_key_id="admin", aws_secret_access_key="admin", region_name=local.REGION
-        )
-        sqs, iam = admin.client("sqs", endpoint_url=self.url), admin.client("iam", endpoint_url=self.url)
-        self.queue_url = sqs.create_queue(
-            QueueName="ecr-docker-push", Attributes={"MessageRetentionPeriod": "60", "VisibilityTimeout": "2"}
-        )["QueueUrl"]
-        arn = iam.create_policy(PolicyName="ninkik-sqs", PolicyDocument=guide_policy("sqs"))["Policy"]["Arn"]
-        self.keys = {}
-        for user, policy in (("ninkik", arn), ("sender", None), ("nobody", None)):
-            iam.create_user(UserName=user)
-            if policy:
-                iam.attach_user_policy(UserName=user, PolicyArn=policy)
-            key = iam.create_access_key(UserName=user)["AccessKey"]
-            self.keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
-        iam.put_user_policy(
-            UserName="sender",
-            PolicyName="send",
-            PolicyDocument=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"}],
-                }
-            ),
-        )
-        enforce_iam(self.url)
-        key_id, secret = self.keys["sender"]
-        self.sender = boto3.session.Session(
-            aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=local.REGION
-        ).client("sqs", endpoint_url=self.url)
-
-    def env(self, stack: Stack, user: str) -> dict[str, str]:
-        """Ingest's environment as that IAM user, SQS on this emulator, ECR on the shared one."""
-        key_id, secret = self.keys[user]
-        return stack.env(AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret, AWS_ENDPOINT_URL_SQS=self.url)
 
 
 @pytest.fixture(scope="module")

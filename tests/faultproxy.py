@@ -1,0 +1,99 @@
+"""A fault-injecting HTTP proxy in front of moto: records every ECR call, answers a share with throttling."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class FaultProxy:
+    """Forwards to `upstream`; every `throttle_every`-th ECR call is answered 400 ThrottlingException or 429."""
+
+    upstream: str
+    throttle_every: int = 0
+    calls: list[float] = field(default_factory=list)  # monotonic times of every ECR request received
+    throttled: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        """Where to point AWS_ENDPOINT_URL_ECR."""
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> FaultProxy:
+        """Serve in a background thread."""
+        proxy = self
+        client = httpx.Client(base_url=self.upstream, timeout=30)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                target = self.headers.get("X-Amz-Target", "")
+                if target.startswith("AmazonEC2ContainerRegistry"):
+                    with proxy._lock:
+                        proxy.calls.append(time.monotonic())
+                        n = len(proxy.calls)
+                        throttle = proxy.throttle_every and n % proxy.throttle_every == 0
+                        if throttle:
+                            proxy.throttled += 1
+                    if throttle:
+                        # Alternate the two shapes ECR throttling takes.
+                        if n % (2 * proxy.throttle_every) == 0:
+                            self._answer(429, {"__type": "ThrottleException", "message": "Too many requests"})
+                        else:
+                            self._answer(400, {"__type": "ThrottlingException", "message": "Rate exceeded"})
+                        return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                answer = client.request("POST", self.path, content=body, headers=headers)
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def _answer(self, status: int, body: dict[str, str]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-amz-json-1.1")
+                self.send_header("x-amzn-ErrorType", body["__type"])
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="faultproxy").start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def peak_per_second(self) -> int:
+        """The most ECR calls seen in any one-second window."""
+        with self._lock:
+            times = sorted(self.calls)
+        peak, start = 0, 0
+        for end, t in enumerate(times):
+            while t - times[start] >= 1.0:
+                start += 1
+            peak = max(peak, end - start + 1)
+        return peak
