@@ -1,8 +1,6 @@
 #!/bin/sh
-# The schedule (`celery -A ninkik_tasks beat`): run exactly one, or every entry fires once per copy.
-# Its state file goes to a writable volume (/data), as the image's own files are read-only to its user.
+# The schedule (`celery -A ninkik_tasks beat`). It uses RedBeat: the schedule and a lock live in Redis,
+# so a second copy only stands by (and takes over if the first dies); entries never fire twice.
 set -eu
 
-exec celery -A ninkik_tasks beat \
-    --schedule="${NINKIK_BEAT_SCHEDULE_FILE:-/data/celerybeat-schedule}" \
-    "$@"
+exec celery -A ninkik_tasks beat "$@"

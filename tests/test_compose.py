@@ -200,13 +200,14 @@ def test_worker_scales() -> None:
     assert set(queues.split(",")) == set(QUEUES), "by default a worker takes every queue of celery_app.QUEUES"
 
 
-def test_beat_is_one_with_state_on_a_volume() -> None:
+def test_beat_is_one_and_keeps_its_schedule_in_redis() -> None:
     beat = _services()["beat"]
     assert beat.get("deploy", {}).get("replicas", 1) == 1
-    schedule = next(arg.split("=", 1)[1] for arg in _resolve(beat) if arg.startswith("--schedule="))
-    assert any(schedule.startswith(volume.split(":")[1].rstrip("/") + "/") for volume in beat.get("volumes", [])), (
-        f"beat's schedule file {schedule} is not on a volume"
-    )
+    # RedBeat keeps the schedule and its lock in Redis: no schedule file, nothing to persist locally.
+    assert not any(arg.startswith(("--schedule", "-s")) for arg in _resolve(beat))
+    from ninkik_tasks import app
+
+    assert app.conf.beat_scheduler == "redbeat.RedBeatScheduler"
 
 
 def test_flower_requires_basic_auth_and_keeps_state() -> None:
