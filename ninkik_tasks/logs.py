@@ -9,6 +9,18 @@ import time
 
 from .config import Settings
 
+# Control characters (newlines above all) in what a log line quotes from an event would let a message
+# forge log lines of its own: they are written escaped.
+_CONTROL = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)}
+
+
+class TextFormatter(logging.Formatter):
+    """The usual one-line text format, with control characters in the message escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line without any traceback (which stays multi-line)."""
+        return super().formatMessage(record).translate(_CONTROL)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the fields passed in `extra`."""
@@ -35,7 +47,7 @@ def configure(settings: Settings) -> None:
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
