@@ -53,6 +53,14 @@ def assert_each_once(received: list[object], digests: list[str]) -> None:
     assert not missing and not doubled, f"lost {len(missing)}, doubled {doubled}"
 
 
+def report(test: str, standin: Standin, digests: list[str], **facts: object) -> None:
+    """One line of figures per fault test, for docs/reliability.md (shown with -s)."""
+    keys = {r.key for r in standin.received if r.body["image"]["digest"] in digests}
+    repeats = sum(1 for status, key in standin.attempts if key in keys and status == 409)
+    extra = " ".join(f"{k}={v}" for k, v in facts.items())
+    print(f"\nRELIABILITY {test}: events={len(digests)} lost=0 duplicates=0 repeated_posts_409={repeats} {extra}")
+
+
 def all_notified(standin: Standin, digests: list[str]) -> bool:
     got = {r.body["image"]["digest"] for r in list(standin.received)}
     return all(d in got for d in digests)
@@ -93,6 +101,7 @@ def test_workers_killed_repeatedly(fresh: Stack) -> None:
         wait_for(lambda: all_notified(stack.standin, digests), 180, "every image after the kills")
         assert kills >= 2, "the run ended before the workers could be killed"
         assert_each_once(stack.standin.received, digests)
+        report("workers-sigkilled", stack.standin, digests, kills=kills)
     finally:
         feeder.stop()
         for proc in procs.values():
@@ -120,6 +129,7 @@ def test_ingest_killed_mid_batch(fresh: Stack, worker: local.Proc, deleting: boo
             wait_for(lambda: all_notified(stack.standin, digests), 120, "every image after the ingest kill")
             assert_each_once(stack.standin.received, digests)
             assert ("DeleteMessage is not granted" in second.output()) is not deleting
+            report(f"ingest-sigkilled-{'delete' if deleting else 'no-delete'}", stack.standin, digests, kills=1)
         finally:
             second.stop()
     finally:
@@ -154,6 +164,7 @@ def test_redis_restarted_mid_run(fresh: Stack, tmp_path: Path) -> None:
         wait_for(lambda: all_notified(stack.standin, digests), 180, "every image after the restart")
         assert_each_once(stack.standin.received, digests)
         assert feeder.alive() and all(w.alive() for w in workers)
+        report("redis-restarted", stack.standin, digests, restarts=1)
     finally:
         feeder.stop()
         for w in workers:
@@ -184,6 +195,7 @@ def test_ninkik_refusing_then_failing_then_slow(fresh: Stack) -> None:
         wait_for(lambda: all_notified(ninkik, digests), 180, "every image once ninkik is back")
         assert_each_once(ninkik.received, digests)
         assert not [f for f in stack.failures() if f["digest"] in digests]
+        report("ninkik-refused-503-slow", ninkik, digests, scripted_failures=3 * len(digests))
     finally:
         feeder.stop()
         own.stop()
@@ -209,6 +221,16 @@ def test_throttling_storm_with_the_shared_limiter(fresh: Stack) -> None:
         assert proxy.peak_per_second() <= rate + 1, proxy.peak_per_second()
         elapsed = proxy.calls[-1] - proxy.calls[0]
         assert len(proxy.calls) / max(elapsed, 1.0) <= rate * 1.05
+        report(
+            "ecr-throttling-storm",
+            stack.standin,
+            digests,
+            workers=3,
+            limit_per_s=rate,
+            ecr_calls=len(proxy.calls),
+            throttled=proxy.throttled,
+            peak_per_s=proxy.peak_per_second(),
+        )
     finally:
         feeder.stop()
         for w in workers:
@@ -244,9 +266,13 @@ def test_backlog_while_workers_are_down(fresh: Stack) -> None:
         leftovers = sum(broker.llen(q) for q in ("ninkik-api", "ninkik-aws", "ninkik-control"))
         assert leftovers == 0
         memory_after = int(broker.info("memory")["used_memory"])
-        print(
-            f"backlog {len(digests)}: broker used_memory {memory_before} -> {memory_after}, "
-            f"peak worker RSS {max(rss) / 2**20:.0f} MB"
+        report(
+            "backlog-workers-down",
+            stack.standin,
+            digests,
+            broker_used_memory_before=memory_before,
+            broker_used_memory_after=memory_after,
+            peak_worker_rss_mb=round(max(rss) / 2**20),
         )
     finally:
         feeder.stop()
