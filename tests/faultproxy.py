@@ -12,13 +12,22 @@ from typing import Any
 import httpx
 
 
+@dataclass(frozen=True)
+class EcrCall:
+    """One ECR request the proxy received."""
+
+    at: float  # time.monotonic()
+    action: str  # e.g. DescribeImages
+    params: dict[str, Any]
+
+
 @dataclass
 class FaultProxy:
-    """Forwards to `upstream`; every `throttle_every`-th ECR call is answered 400 ThrottlingException or 429."""
+    """Forwards to `upstream`, recording every ECR call; every `throttle_every`-th is answered with throttling."""
 
     upstream: str
     throttle_every: int = 0
-    calls: list[float] = field(default_factory=list)  # monotonic times of every ECR request received
+    calls: list[EcrCall] = field(default_factory=list)
     throttled: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -44,8 +53,12 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 target = self.headers.get("X-Amz-Target", "")
                 if target.startswith("AmazonEC2ContainerRegistry"):
+                    try:
+                        params = json.loads(body or b"{}")
+                    except ValueError:
+                        params = {"unreadable": body.decode(errors="replace")}
                     with proxy._lock:
-                        proxy.calls.append(time.monotonic())
+                        proxy.calls.append(EcrCall(time.monotonic(), target.split(".")[-1], params))
                         n = len(proxy.calls)
                         throttle = proxy.throttle_every and n % proxy.throttle_every == 0
                         if throttle:
@@ -87,10 +100,20 @@ class FaultProxy:
             self._server.shutdown()
             self._server.server_close()
 
+    def count(self) -> int:
+        """ECR calls so far."""
+        with self._lock:
+            return len(self.calls)
+
+    def named(self, repositories: set[str]) -> list[EcrCall]:
+        """ECR calls whose repositoryName is one of `repositories`."""
+        with self._lock:
+            return [c for c in self.calls if c.params.get("repositoryName") in repositories]
+
     def peak_per_second(self) -> int:
         """The most ECR calls seen in any one-second window."""
         with self._lock:
-            times = sorted(self.calls)
+            times = sorted(c.at for c in self.calls)
         peak, start = 0, 0
         for end, t in enumerate(times):
             while t - times[start] >= 1.0:

@@ -12,15 +12,12 @@ import copy
 import json
 import random
 import re
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 import redis
 from conftest import (
@@ -35,6 +32,7 @@ from conftest import (
     ingest,
     own_broker_db,
 )
+from faultproxy import FaultProxy
 
 from ninkik_tasks import local
 from ninkik_tasks.celery_app import QUEUES
@@ -68,78 +66,6 @@ def sqs_safe(text: str) -> str:
     return _NOT_FOR_SQS.sub("", text)
 
 
-# A counting proxy in front of moto's ECR
-
-
-@dataclass
-class EcrCounter:
-    """Forwards every request to moto; records each ECR call as (action, parameters)."""
-
-    upstream: str
-    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        """Where to point AWS_ENDPOINT_URL_ECR."""
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def count(self) -> int:
-        """ECR calls so far."""
-        with self._lock:
-            return len(self.calls)
-
-    def named(self, repositories: set[str]) -> list[tuple[str, dict[str, Any]]]:
-        """ECR calls whose repositoryName is one of `repositories`."""
-        with self._lock:
-            return [(a, p) for a, p in self.calls if p.get("repositoryName") in repositories]
-
-    def start(self) -> EcrCounter:
-        """Serve in a background thread."""
-        counter = self
-        client = httpx.Client(base_url=self.upstream, timeout=30)
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                target = self.headers.get("X-Amz-Target", "")
-                if target.startswith("AmazonEC2ContainerRegistry"):
-                    try:
-                        params = json.loads(body or b"{}")
-                    except ValueError:
-                        params = {"unreadable": body.decode(errors="replace")}
-                    with counter._lock:
-                        counter.calls.append((target.split(".")[-1], params))
-                skip = ("host", "content-length", "connection")
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
-                answer = client.request("POST", self.path, content=body, headers=headers)
-                self.send_response(answer.status_code)
-                for name, value in answer.headers.items():
-                    if name.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(answer.content)))
-                self.end_headers()
-                self.wfile.write(answer.content)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="ecr-counter").start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-
-
 # One pipeline of our own for the whole module
 
 
@@ -150,7 +76,7 @@ class Rig:
     stack: Stack
     db: int
     env: dict[str, str]
-    ecr: EcrCounter
+    ecr: FaultProxy
     worker: local.Proc
 
     def ingest(self, name: str) -> tuple[str, local.Proc]:
@@ -162,7 +88,7 @@ class Rig:
 @pytest.fixture(scope="module")
 def own_rig(stack: Stack) -> Iterator[Rig]:
     db = own_broker_db()
-    counter = EcrCounter(stack.moto_url).start()
+    counter = FaultProxy(stack.moto_url).start()  # forwards and records, injects nothing
     env = stack.env(
         broker_db=db,
         AWS_ENDPOINT_URL_ECR=counter.url,
@@ -502,7 +428,7 @@ def test_repository_names_that_escape_their_tenant_reach_neither_ecr_nor_ninkik(
         assert (failure["stage"], failure["reason"]) == ("describe_image", "image_gone")
         wait_for(lambda: stack.received_for(good), 30, "the valid event's notification")
         # The proxy sees ECR traffic: the valid event's calls, and the foreign one asked in its own registry.
-        asked = [(action, p.get("registryId")) for action, p in rig.ecr.calls[before:]]
+        asked = [(call.action, call.params.get("registryId")) for call in rig.ecr.calls[before:]]
         assert ("DescribeImages", OTHER_ACCOUNT) in asked, asked
         assert ("DescribeImages", local.ACCOUNT) in asked, asked
         assert rig.ecr.count() > before

@@ -219,7 +219,7 @@ def test_throttling_storm_with_the_shared_limiter(fresh: Stack) -> None:
         # Slots are spaced 1/rate apart on Redis's clock; a call that wakes a little late can share a
         # one-second window with the slot after its last, hence the one call of slack.
         assert proxy.peak_per_second() <= rate + 1, proxy.peak_per_second()
-        elapsed = proxy.calls[-1] - proxy.calls[0]
+        elapsed = proxy.calls[-1].at - proxy.calls[0].at
         assert len(proxy.calls) / max(elapsed, 1.0) <= rate * 1.05
         report(
             "ecr-throttling-storm",
