@@ -260,8 +260,11 @@ class IamQueue:
             aws_access_key_id="admin", aws_secret_access_key="admin", region_name=local.REGION
         )
         sqs, iam = admin.client("sqs", endpoint_url=self.url), admin.client("iam", endpoint_url=self.url)
+        # Without DeleteMessage every message comes back after each visibility timeout until it expires.
+        # moto hands out the oldest visible messages first, so a very short timeout lets redeliveries crowd
+        # out new messages until they expire (real SQS samples; its default timeout is 30 s): 10 s here.
         self.queue_url = sqs.create_queue(
-            QueueName="ecr-docker-push", Attributes={"MessageRetentionPeriod": "60", "VisibilityTimeout": "2"}
+            QueueName="ecr-docker-push", Attributes={"MessageRetentionPeriod": "60", "VisibilityTimeout": "10"}
         )["QueueUrl"]
         arn = iam.create_policy(PolicyName="ninkik-sqs", PolicyDocument=guide_policy("sqs"))["Policy"]["Arn"]
         self.keys = {}
