@@ -203,9 +203,8 @@ def machine() -> str:
     model = re.search(r"^Model name:\s*(.+)$", lscpu, re.M)
     redis_version = subprocess.run([local.redis_server_binary(), "--version"], capture_output=True, text=True).stdout
     redis_v = re.search(r"v=(\S+)", redis_version)
-    versions = ", ".join(
-        f"{name} {importlib.metadata.version(name)}" for name in ("celery", "kombu", "moto", "boto3", "redis")
-    )
+    packages = {"celery": "celery", "kombu": "kombu", "moto": "moto", "boto3": "boto3", "redis-py": "redis"}
+    versions = ", ".join(f"{label} {importlib.metadata.version(name)}" for label, name in packages.items())
     return (
         f"{cores} cores ({model.group(1).strip() if model else 'unknown CPU'}), Python {platform.python_version()}, "
         f"{versions}, redis-server {redis_v.group(1) if redis_v else '?'}"
