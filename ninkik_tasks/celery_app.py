@@ -40,6 +40,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.broker_visibility_timeout,
             "unacked_restore_interval": max(1, min(10, settings.broker_visibility_timeout // 5)),
             "unacked_restore_throttle": 1,
+            # The sweep holds a Redis mutex; a worker killed while holding it (SIGKILL, OOM) would stop
+            # every other worker's sweep for kombu's default 300 s. Half a visibility timeout is plenty
+            # for one sweep of ten messages.
+            "unacked_mutex_expire": max(5, min(300, settings.broker_visibility_timeout // 2)),
             # A Redis that vanishes without closing the connection (failover, NAT) must not hang a publish.
             "socket_timeout": 30,
             "socket_connect_timeout": 5,

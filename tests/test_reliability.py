@@ -22,8 +22,9 @@ from ninkik_tasks import local
 from ninkik_tasks.local import wait_for
 from ninkik_tasks.standin import Standin
 
-pytestmark = pytest.mark.reliability
 SCALE = float(os.environ.get("NINKIK_TEST_SCALE", "1"))
+# The waits below carry their own deadlines and say what is missing; pytest-timeout is only the backstop.
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(int(600 * SCALE))]
 REPOSITORY = f"{TENANT_A}/shop"
 
 
@@ -66,6 +67,25 @@ def all_notified(standin: Standin, digests: list[str]) -> bool:
     return all(d in got for d in digests)
 
 
+def wait_all_notified(
+    stack: Stack, digests: list[str], timeout: float, what: str, procs: list[local.Proc], standin: Standin | None = None
+) -> None:
+    """Wait until every image is notified; on timeout, fail with what is missing and where it got to."""
+    standin = standin or stack.standin
+    try:
+        wait_for(lambda: all_notified(standin, digests), timeout, what)
+    except TimeoutError:
+        got = {r.body["image"]["digest"] for r in list(standin.received)}
+        missing = [d for d in digests if d not in got]
+        failures = [f for f in stack.failures() if f.get("digest") in missing]
+        short = missing[0].removeprefix("sha256:")[:16]
+        traces = [line for p in procs for line in p.output().splitlines() if short in line]
+        raise AssertionError(
+            f"{what}: {len(missing)} of {len(digests)} never notified; failures recorded for them: {failures[:5]}; "
+            f"log lines naming {missing[0]}: {traces[-20:]}"
+        ) from None
+
+
 @pytest.fixture
 def fresh(stack: Stack) -> Stack:
     stack.standin.reset()
@@ -84,8 +104,8 @@ def test_workers_killed_repeatedly(fresh: Stack) -> None:
     try:
         send_events(stack, queue_url, digests, "kills")
         for round_ in range(3):
-            done = len({r.body["image"]["digest"] for r in list(stack.standin.received)})
-            target = min(len(digests) - 1, done + len(digests) // 5)
+            # Kill at a fifth, two fifths and three fifths of the run (at once if a restart took longer).
+            target = min(len(digests) - 1, len(digests) * (round_ + 1) // 5)
             wait_for(
                 lambda target=target: len({r.body["image"]["digest"] for r in list(stack.standin.received)}) >= target,
                 120,
@@ -98,7 +118,7 @@ def test_workers_killed_repeatedly(fresh: Stack) -> None:
             procs[victim].stop()
             kills += 1
             procs[victim] = celery_worker(stack, env, f"kill-{victim}{round_}")
-        wait_for(lambda: all_notified(stack.standin, digests), 180, "every image after the kills")
+        wait_all_notified(stack, digests, 180, "every image after the kills", [feeder, *procs.values()])
         assert kills >= 2, "the run ended before the workers could be killed"
         assert_each_once(stack.standin.received, digests)
         report("workers-sigkilled", stack.standin, digests, kills=kills)
@@ -126,7 +146,7 @@ def test_ingest_killed_mid_batch(fresh: Stack, worker: local.Proc, deleting: boo
                 first.stop()
                 second = ingest(stack, env, queue_url, name=f"ingest-restarted-{deleting}")
         try:
-            wait_for(lambda: all_notified(stack.standin, digests), 120, "every image after the ingest kill")
+            wait_all_notified(stack, digests, 120, "every image after the ingest kill", [first, second])
             assert_each_once(stack.standin.received, digests)
             assert ("DeleteMessage is not granted" in second.output()) is not deleting
             report(f"ingest-sigkilled-{'delete' if deleting else 'no-delete'}", stack.standin, digests, kills=1)
@@ -161,7 +181,7 @@ def test_redis_restarted_mid_run(fresh: Stack, tmp_path: Path) -> None:
         send_events(stack, queue_url, digests[half:], "redis-restart-b")  # arriving while Redis is down
         wait_for(lambda: "poll failed" in feeder.output(), 30, "ingest to notice Redis is gone")
         redis_proc, _ = local.start_redis(tmp_path, port=port, data_dir=data)
-        wait_for(lambda: all_notified(stack.standin, digests), 180, "every image after the restart")
+        wait_all_notified(stack, digests, 180, "every image after the restart", [feeder, *workers])
         assert_each_once(stack.standin.received, digests)
         assert feeder.alive() and all(w.alive() for w in workers)
         report("redis-restarted", stack.standin, digests, restarts=1)
@@ -192,7 +212,7 @@ def test_ninkik_refusing_then_failing_then_slow(fresh: Stack) -> None:
         ninkik.answer_next(503, times=2 * len(digests))
         ninkik.answer_next(0, times=len(digests), delay=3)  # past the 2 s client timeout: retried, then 409
         ninkik.start()
-        wait_for(lambda: all_notified(ninkik, digests), 180, "every image once ninkik is back")
+        wait_all_notified(stack, digests, 180, "every image once ninkik is back", [feeder, own], ninkik)
         assert_each_once(ninkik.received, digests)
         assert not [f for f in stack.failures() if f["digest"] in digests]
         report("ninkik-refused-503-slow", ninkik, digests, scripted_failures=3 * len(digests))
@@ -213,7 +233,7 @@ def test_throttling_storm_with_the_shared_limiter(fresh: Stack) -> None:
     feeder = ingest(stack, env, queue_url, name="ingest-throttle")
     try:
         send_events(stack, queue_url, digests, "throttle")
-        wait_for(lambda: all_notified(stack.standin, digests), 180, "every image through the storm")
+        wait_all_notified(stack, digests, 180, "every image through the storm", [feeder, *workers])
         assert_each_once(stack.standin.received, digests)
         assert proxy.throttled > 0
         # Slots are spaced 1/rate apart on Redis's clock; a call that wakes a little late can share a
@@ -256,7 +276,7 @@ def test_backlog_while_workers_are_down(fresh: Stack) -> None:
         assert backlog == len(digests)  # one match_tenant task per event, waiting
         memory_before = int(broker.info("memory")["used_memory"])
         workers = [celery_worker(stack, env, "backlog-a", concurrency=4)]
-        wait_for(lambda: all_notified(stack.standin, digests), 300, "the backlog to drain")
+        wait_all_notified(stack, digests, 300, "the backlog to drain", [feeder, *workers])
         assert_each_once(stack.standin.received, digests)
         rss = [p.memory_info().rss for w in workers for p in [psutil.Process(w.pid), *psutil.Process(w.pid).children()]]
         assert max(rss) < 300 * 2**20, f"a worker process reached {max(rss) / 2**20:.0f} MB"
