@@ -163,7 +163,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         redis_proc.stop()
 
 
-def celery_worker(stack: Stack, env: dict[str, str], name: str, concurrency: int = 2) -> local.Proc:
+def celery_worker(
+    stack: Stack, env: dict[str, str], name: str, concurrency: int = 2, pool: str = "prefork"
+) -> local.Proc:
     """A real `celery -A ninkik_tasks worker` process, waited on until it answers a ping."""
     proc = local.Proc(
         f"worker-{name}",
@@ -177,7 +179,7 @@ def celery_worker(stack: Stack, env: dict[str, str], name: str, concurrency: int
             "--loglevel",
             "INFO",
             "--pool",
-            "prefork",
+            pool,
             "--concurrency",
             str(concurrency),
             "-n",

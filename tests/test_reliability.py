@@ -98,7 +98,9 @@ def test_workers_killed_repeatedly(fresh: Stack) -> None:
     queue_url = stack.new_queue()
     digests = push_many(stack, n(200), "kills")
     stack.standin.answer_next(0, times=len(digests), delay=0.02)
-    procs = {"a": celery_worker(stack, env, "kill-a"), "b": celery_worker(stack, env, "kill-b")}
+    # Both pools: prefork, and threads as workers/entrypoint.sh runs them by default.
+    pools = {"a": ("prefork", 2), "b": ("threads", 8)}
+    procs = {v: celery_worker(stack, env, f"kill-{v}", pool=p, concurrency=c) for v, (p, c) in pools.items()}
     feeder = ingest(stack, env, queue_url, name="ingest-kills")
     kills = 0
     try:
@@ -117,7 +119,8 @@ def test_workers_killed_repeatedly(fresh: Stack) -> None:
             os.killpg(procs[victim].pid, signal.SIGKILL)
             procs[victim].stop()
             kills += 1
-            procs[victim] = celery_worker(stack, env, f"kill-{victim}{round_}")
+            pool, concurrency = pools[victim]
+            procs[victim] = celery_worker(stack, env, f"kill-{victim}{round_}", pool=pool, concurrency=concurrency)
         wait_all_notified(stack, digests, 180, "every image after the kills", [feeder, *procs.values()])
         assert kills >= 2, "the run ended before the workers could be killed"
         assert_each_once(stack.standin.received, digests)
