@@ -36,7 +36,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from pipeline_run import Load, Result, RunFailed, Setup, pct, run
+from pipeline_run import (
+    FloorResult,
+    IngestResult,
+    Load,
+    Result,
+    RunFailed,
+    Setup,
+    floor,
+    ingest_alone,
+    pct,
+    run,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -47,6 +58,7 @@ ROOT = BENCH.parent
 RESULTS = BENCH / "RESULTS.md"
 ENTRYPOINT = ROOT / "workers" / "entrypoint.sh"
 EMULATOR = "moto 5.2.5 server (slow: ~200-300 ECR calls/s here)"
+FAST = "bench/fast_aws.py (canned answers, real HTTP)"
 MIB = 1024 * 1024
 
 
@@ -72,9 +84,10 @@ class Section:
     notes: list[str] = field(default_factory=list)
 
 
-def end_to_end(r: Result) -> Section:
+def end_to_end(r: Result, number: str = "1") -> Section:
+    emulator = EMULATOR if r.setup.emulator == "moto" else FAST
     s = Section(
-        f"1. End-to-end: {r.events} events, workers/entrypoint.sh defaults ({r.setup.label}), AWS = {EMULATOR}",
+        f"{number}. End-to-end: {r.events} events, worker defaults ({r.setup.label}), AWS = {emulator}",
         ["figure", "value"],
     )
     if r.error:
@@ -86,7 +99,7 @@ def end_to_end(r: Result) -> Section:
         ["latency ms p50 / p95 / p99, saturated (about window / rate: queueing)", ms(r.latency)],
         ["CPU ms per event: ingest", per_event(r, "ingest")],
         ["CPU ms per event: workers (main + pool processes)", per_event(r, "workers")],
-        ["CPU ms per event: moto (emulator) / redis-server", f"{per_event(r, 'moto')} / {per_event(r, 'redis')}"],
+        ["CPU ms per event: emulator / redis-server", f"{per_event(r, 'emulator')} / {per_event(r, 'redis')}"],
         ["CPU ms per event: this script (feeder, ninkik stand-in)", per_event(r, "bench")],
         ["machine CPU busy, all cores (of which processes not ours)", f"{r.busy:.0%} ({r.others:.0%})"],
         ["retries / failures / POSTs not answered 201 (duplicates)", r.anomalies],
@@ -96,7 +109,7 @@ def end_to_end(r: Result) -> Section:
             f"{mib(r.rss.get('worker'))} / {mib(r.rss.get('pool'))}",
         ],
         ["memory MiB of all worker processes together (PSS, after the run)", mib(r.worker_pss)],
-        ["peak RSS MiB: moto / redis-server", f"{mib(r.rss.get('moto'))} / {mib(r.rss.get('redis'))}"],
+        ["peak RSS MiB: emulator / redis-server", f"{mib(r.rss.get('emulator'))} / {mib(r.rss.get('redis'))}"],
     ]
     s.notes.append("Latency: from the bench's SendMessageBatch call to the stand-in receiving the POST.")
     return s
@@ -178,6 +191,125 @@ def scaling(results: list[Result], delay_ms: float) -> Section:
     return s
 
 
+def ours(r: Result) -> float:
+    """CPU seconds per event of ingest and the workers together."""
+    return (r.cpu.get("ingest", 0.0) + r.cpu.get("workers", 0.0)) / r.events if r.events else 0.0
+
+
+def against_floor(r: Result, floors: list[FloorResult]) -> Section:
+    s = Section(
+        f"4. Against the floor: the same AWS calls and POSTs by a plain loop (bench/floor.py), AWS = {FAST}",
+        [
+            "run",
+            "events/s",
+            "CPU ms/event (ours)",
+            "emulator CPU ms/event",
+            "throughput / threaded floor",
+            "CPU / floor",
+        ],
+    )
+    threaded = next((f for f in floors if f.threads and not f.error), None)
+    for f in floors:
+        label = f"floor, threads x{f.threads}" if f.threads else "floor, sequential"
+        if f.error:
+            s.rows.append([label, f.error])
+            continue
+        s.rows.append(
+            [
+                label,
+                f"{f.rate:.1f}",
+                f"{f.cpu / f.images * 1000:.2f}",
+                f"{f.emulator_cpu / f.images * 1000:.2f}",
+                "",
+                "",
+            ]
+        )
+    if r.error:
+        s.rows.append(["pipeline", r.error])
+    else:
+        base_rate = threaded.rate if threaded else 0.0
+        base_cpu = threaded.cpu / threaded.images if threaded else 0.0
+        s.rows.append(
+            [
+                f"pipeline: ingest + {r.setup.label}",
+                f"{r.rate:.1f}",
+                f"{ours(r) * 1000:.2f}",
+                per_event(r, "emulator"),
+                f"{r.rate / base_rate:.0%}" if base_rate else "-",
+                f"{ours(r) / base_cpu:.1f}x" if base_cpu else "-",
+            ]
+        )
+    s.notes.append(
+        "CPU (ours): the loop's own process for the floor; ingest plus all worker processes for the pipeline "
+        "(redis-server, the emulator and the in-process ninkik stand-in are not counted in either)."
+    )
+    return s
+
+
+def ingest_section(results: list[IngestResult]) -> Section:
+    s = Section(
+        f"5. Ingest alone: SQS receive to chain queued in Redis, no workers, AWS = {FAST}",
+        ["DeleteMessage", "messages", "messages/s", "CPU ms/message", "peak RSS MiB"],
+    )
+    for r in results:
+        label = "denied (the guide's policy)" if r.deny_delete else "allowed"
+        if r.error:
+            s.rows.append([label, str(r.messages), r.error])
+            continue
+        s.rows.append([label, str(r.messages), f"{r.rate:.0f}", f"{r.cpu / r.messages * 1000:.2f}", mib(r.rss)])
+    s.notes.append("From the first ReceiveMessage the stand-in answered to the last chain seen in Redis (5 ms polls).")
+    return s
+
+
+def backfill_section(images: int) -> tuple[Section, dict[str, float]]:
+    """bench/backfill.py in a subprocess (moto), its figures parsed from what it prints."""
+    s = Section(f"6. Backfill: {images} images, AWS = {EMULATOR}", ["figure", "value"])
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "backfill.py"), "--images", str(images)], capture_output=True, text=True
+    )
+    rate = re.search(r"(\d+) images/s", done.stdout)
+    peak = re.search(r"peak ([\d.]+) MiB", done.stdout)
+    if done.returncode or not rate or not peak:
+        s.rows.append(["failed", (done.stdout + done.stderr).strip()[-200:]])
+        return s, {}
+    s.rows += [["images/s, chains started", rate.group(1)], ["backfill task's peak RSS MiB", peak.group(1)]]
+    return s, {"rate": float(rate.group(1)), "rss": float(peak.group(1))}
+
+
+def targets(
+    fast: Result | None,
+    floors: list[FloorResult],
+    ingests: list[IngestResult],
+    kept: float | None,
+    backfill: dict[str, float],
+) -> Section:
+    s = Section("Targets (issue 6; 2 cores)", ["target", "measured", "met"])
+
+    def add(name: str, value: float | None, fmt: str, ok: bool) -> None:
+        s.rows.append(
+            [name, "not run" if value is None else fmt.format(value), "-" if value is None else "yes" if ok else "no"]
+        )
+
+    threaded = next((f for f in floors if f.threads and not f.error), None)
+    usable = fast is not None and not fast.error
+    rate = fast.rate / threaded.rate if usable and threaded and threaded.rate else None
+    add("end-to-end >= 50% of the threaded floor's events/s", rate, "{:.0%}", (rate or 0) >= 0.5)
+    cpu = ours(fast) / (threaded.cpu / threaded.images) if usable and threaded else None  # type: ignore[arg-type]
+    add("CPU per event <= 2x the floor's", cpu, "{:.1f}x", (cpu or 99) <= 2)
+    ingest = min((r.rate for r in ingests if not r.error), default=None)
+    add(
+        "ingest >= 2,000 messages/s per process (slower of delete / no-delete)", ingest, "{:.0f}", (ingest or 0) >= 2000
+    )
+    p50 = pct(fast.paced_latency, 50) * 1000 if usable and fast and fast.paced_latency else None
+    p99 = pct(fast.paced_latency, 99) * 1000 if usable and fast and fast.paced_latency else None
+    add("latency p50 < 100 ms (paced, fast stand-in)", p50, "{:.0f} ms", (p50 or 1e9) < 100)
+    add("latency p99 < 500 ms (paced, fast stand-in)", p99, "{:.0f} ms", (p99 or 1e9) < 500)
+    add("30 ms per call keeps >= 80% of zero-delay events/s (default pool, moto)", kept, "{:.0%}", (kept or 0) >= 0.8)
+    add("backfill >= 500 images/s", backfill.get("rate"), "{:.0f}", backfill.get("rate", 0) >= 500)
+    add("backfill peak RSS < 200 MB", backfill.get("rss"), "{:.0f} MiB", backfill.get("rss", 1e9) < 190)
+    return s
+
+
 def show(console: Console, sections: list[Section]) -> None:
     for s in sections:
         table = Table(title=s.title, title_justify="left", caption="\n".join(s.notes), caption_justify="left")
@@ -245,7 +377,10 @@ def main() -> int:
         help="pool:concurrency pairs compared in scenario 2",
     )
     parser.add_argument("--scale", default="1,2,4", help="worker process counts in scenario 3")
-    parser.add_argument("--scenarios", default="1,2,3", help="which scenarios to run")
+    parser.add_argument("--scenarios", default="1,2,3,4,5,6", help="which scenarios to run")
+    parser.add_argument("--floor-events", type=int, default=1000, help="images through the floor (4)")
+    parser.add_argument("--ingest-messages", type=int, default=5000, help="messages for ingest alone (5)")
+    parser.add_argument("--backfill-images", type=int, default=5000, help="images for the backfill (6)")
     parser.add_argument("--stall", type=float, default=60.0, help="give a run up after this long without progress")
     parser.add_argument("--work", default=None, help="directory for logs (default: a new temporary one)")
     parser.add_argument("--no-write", action="store_true", help=f"do not append to {RESULTS.relative_to(ROOT)}")
@@ -275,8 +410,8 @@ def main() -> int:
             pool, concurrency = entrypoint_defaults()
             sections.append(end_to_end(attempt(Setup(pool, concurrency, paced=args.paced))))
         winner: Result | None = None
+        pairs: list[tuple[Result, Result]] = []
         if "2" in scenarios:
-            pairs = []
             for pool, concurrency in parse_pools(args.pools):
                 zero = attempt(Setup(pool, concurrency, proxy=True))
                 slow = attempt(Setup(pool, concurrency, delay=delay, proxy=True))
@@ -293,6 +428,28 @@ def main() -> int:
                 for n in args.scale.split(",")
             ]
             sections.append(scaling(runs, args.delay_ms))
+        fast: Result | None = None
+        floors: list[FloorResult] = []
+        if "4" in scenarios:
+            pool, concurrency = entrypoint_defaults()
+            fast = attempt(Setup(pool, concurrency, paced=args.paced, emulator="fast"))
+            sections.append(end_to_end(fast, "4a"))
+            floors = [floor(threads, args.floor_events, load) for threads in (0, concurrency)]
+            sections.append(against_floor(fast, floors))
+        ingests: list[IngestResult] = []
+        if "5" in scenarios:
+            ingests = [ingest_alone(args.ingest_messages, deny, load) for deny in (False, True)]
+            sections.append(ingest_section(ingests))
+        backfill: dict[str, float] = {}
+        if "6" in scenarios:
+            section, backfill = backfill_section(args.backfill_images)
+            sections.append(section)
+        default = entrypoint_defaults()
+        kept = next(
+            (b.rate / a.rate for a, b in pairs if (a.setup.pool, a.setup.concurrency) == default and a.rate and b.rate),
+            None,
+        )
+        sections.append(targets(fast, floors, ingests, kept, backfill))
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]: every process started was stopped")
         return 130
@@ -301,12 +458,8 @@ def main() -> int:
         stop_leftovers()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    not_done = (
-        "Not done in this slice (issue 6): a fast bench-only ECR/SQS stand-in (every figure here is moto's, "
-        "which is slow and shares the 2 cores), the no-Celery floor, ingest alone, and profiling."
-    )
     elapsed = time.monotonic() - began
-    sections[-1].notes += [*summary, not_done]
+    sections[-1].notes += summary
     show(console, sections)
     command = shlex.join(sys.orig_argv)
     console.print(f"{elapsed:.0f} s in all; command: {command}")

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +34,7 @@ from ninkik_tasks import local
 from ninkik_tasks.standin import Received, Standin
 
 PROXY = Path(__file__).resolve().parent / "delay_proxy.py"
+FAST_AWS = Path(__file__).resolve().parent / "fast_aws.py"
 QUEUES = "ninkik-aws,ninkik-api,ninkik-control"
 TENANT = "7d3c2b1a-0f9e-4d8c-8b7a-6f5e4d3c2b1a"
 PRODUCTS = [f"product-{i}" for i in range(10)]
@@ -53,6 +55,7 @@ class Setup:
     delay: float = 0.0
     proxy: bool = False  # AWS through the delay proxy, also at 0 ms, so both sides of a ratio pay for it
     paced: int = 0  # events sent afterwards at half the measured rate: latency without a backlog
+    emulator: str = "moto"  # or "fast": bench/fast_aws.py, canned answers, for our own cost
 
     @property
     def label(self) -> str:
@@ -215,17 +218,17 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
     with contextlib.ExitStack() as stack:
         redis_proc, redis_url = local.start_redis(work)
         stack.callback(redis_proc.stop)
-        moto_proc, moto_url = local.start_moto(work)
-        stack.callback(moto_proc.stop)
+        emulator_proc, emulator_url = start_emulator(setup.emulator, work)
+        stack.callback(emulator_proc.stop)
         token = secrets.token_urlsafe(16)
         standin = Standin(TENANTS, token, on_receive=arrivals.on_receive).start()
         stack.callback(standin.stop)
         if setup.delay:
             standin.answer_next(0, times=10**7, delay=setup.delay)  # status 0: answer normally, after the delay
-        aws_url = moto_url
+        aws_url = emulator_url
         if setup.proxy:
             port = local.free_port()
-            proxy_args = [sys.executable, str(PROXY), "--target", moto_url, "--port", str(port)]
+            proxy_args = [sys.executable, str(PROXY), "--target", emulator_url, "--port", str(port)]
             proxy = local.Proc("proxy", [*proxy_args, "--delay", str(setup.delay)], work)
             stack.callback(proxy.stop)
             aws_url = f"http://127.0.0.1:{port}"
@@ -235,12 +238,13 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
             aws_access_key_id="testing", aws_secret_access_key="testing", region_name=local.REGION
         )
         # The bench plays ECR and EventBridge: it talks to moto directly, never through the proxy.
-        ecr = session.client("ecr", endpoint_url=moto_url)
-        sqs = session.client("sqs", endpoint_url=moto_url)
+        ecr = session.client("ecr", endpoint_url=emulator_url)
+        sqs = session.client("sqs", endpoint_url=emulator_url)
         queue_url = sqs.create_queue(QueueName="ecr-docker-push", Attributes={"MessageRetentionPeriod": "60"})[
             "QueueUrl"
         ]
-        images = seed(ecr, load.warmup + load.events + setup.paced)
+        count = load.warmup + load.events + setup.paced
+        images = seed(ecr, count) if setup.emulator == "moto" else canned_images(count)
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("NINKIK_", "AWS_"))},
             **local.aws_env(aws_url),
@@ -285,7 +289,7 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
         roles = {
             "ingest": [ingest.pid],
             "worker": [p.pid for p in workers],
-            "moto": [moto_proc.pid],
+            "emulator": [emulator_proc.pid],
             "redis": [redis_proc.pid],
             "bench": [os.getpid(), *([proxy.pid] if setup.proxy else [])],  # feeder, stand-in, proxy
         }
@@ -320,6 +324,22 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
             f"{result.rate:7.1f} events/s  p50 {pct(result.latency, 50) * 1000:6.0f} ms"
         )
     return result
+
+
+def start_emulator(kind: str, work: Path, *extra: str) -> tuple[local.Proc, str]:
+    """moto's server, or bench/fast_aws.py; the process and its URL."""
+    if kind == "moto":
+        return local.start_moto(work)
+    port = local.free_port()
+    proc = local.Proc("fast-aws", [sys.executable, str(FAST_AWS), "--port", str(port), *extra], work)
+    url = f"http://127.0.0.1:{port}"
+    local.wait_for(lambda: httpx.get(f"{url}/stats").status_code == 200, 30, "bench/fast_aws.py")
+    return proc, url
+
+
+def canned_images(count: int) -> list[tuple[str, str]]:
+    """(repository, digest) for `count` images: bench/fast_aws.py knows every image without seeding."""
+    return [(f"{TENANT}/{PRODUCTS[i % len(PRODUCTS)]}", f"sha256:{uuid.uuid4().hex * 2}") for i in range(count)]
 
 
 def seed(ecr: Any, count: int) -> list[tuple[str, str]]:
@@ -428,3 +448,127 @@ def pct(values: list[float], p: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+
+
+# Ingest alone: SQS receive -> chain queued in Redis, no workers
+@dataclass
+class IngestResult:
+    messages: int
+    deny_delete: bool
+    seconds: float = 0.0
+    cpu: float = 0.0  # ingest's CPU seconds from its first poll to the last chain queued
+    rss: float = 0.0
+    error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+
+def ingest_alone(messages: int, deny_delete: bool, load: Load) -> IngestResult:
+    """`messages` push events already in bench/fast_aws.py's queue; one ingest, no workers; time to queue them."""
+    result = IngestResult(messages, deny_delete)
+    work = Path(tempfile.mkdtemp(prefix="ninkik-bench-ingest-", dir=load.work))
+    with contextlib.ExitStack() as stack:
+        redis_proc, redis_url = local.start_redis(work)
+        stack.callback(redis_proc.stop)
+        aws_proc, aws_url = start_emulator("fast", work, *(["--deny-delete"] if deny_delete else []))
+        stack.callback(aws_proc.stop)
+        session = boto3.session.Session(
+            aws_access_key_id="bench", aws_secret_access_key="bench", region_name=local.REGION
+        )
+        sqs = session.client("sqs", endpoint_url=aws_url)
+        queue_url = sqs.create_queue(QueueName="ecr-docker-push")["QueueUrl"]
+        for start in range(0, messages, 10):
+            batch = canned_images(min(10, messages - start))
+            entries = [
+                {"Id": str(i), "MessageBody": json.dumps(local.push_event(repository, digest, None))}
+                for i, (repository, digest) in enumerate(batch)
+            ]
+            sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("NINKIK_", "AWS_"))},
+            **local.aws_env(aws_url),
+            "NINKIK_BROKER_URL": f"{redis_url}/0",
+            "NINKIK_RESULT_BACKEND": f"{redis_url}/1",
+            "NINKIK_REDIS_URL": f"{redis_url}/2",
+            "NINKIK_SQS_QUEUE_URL": queue_url,
+            "NINKIK_AWS_ACCOUNT_IDS": local.ACCOUNT,
+            "NINKIK_AWS_REGIONS": local.REGION,
+            "NINKIK_METRICS_PORT": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+        ingest = local.Proc("ingest", [sys.executable, "-m", "ninkik_tasks.cli", "ingest"], work, env)
+        stack.callback(ingest.stop)
+        proc = psutil.Process(ingest.pid)
+        broker = redis.Redis.from_url(f"{redis_url}/0")
+
+        def queued() -> int:
+            return sum(int(broker.llen(q)) for q in QUEUES.split(","))
+
+        peak = 0.0
+        try:
+            local.wait_for(lambda: "polling" in ingest.output() or not ingest.alive(), 60, "ingest to poll")
+            alive([ingest])
+            t = proc.cpu_times()
+            cpu_before = t.user + t.system
+            deadline = time.monotonic() + load.stall
+            while queued() < messages:
+                peak = max(peak, float(proc.memory_info().rss))
+                if time.monotonic() > deadline:
+                    raise RunFailed(f"{queued()} of {messages} chains queued after {load.stall:.0f} s")
+                alive([ingest])
+                time.sleep(0.005)
+            done = time.time()
+            t = proc.cpu_times()
+            result.cpu = t.user + t.system - cpu_before
+            result.rss = max(peak, float(proc.memory_info().rss))
+            first = httpx.get(f"{aws_url}/stats").json()["first_receive"]
+            result.seconds = done - first
+        except (RunFailed, TimeoutError) as exc:
+            result.error = str(exc).splitlines()[0][:120]
+    return result
+
+
+# The floor: the same calls by a plain loop (bench/floor.py), on bench/fast_aws.py
+@dataclass
+class FloorResult:
+    threads: int
+    images: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0  # the loop's own process
+    emulator_cpu: float = 0.0
+    error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def floor(threads: int, count: int, load: Load, delay: float = 0.0) -> FloorResult:
+    """`count` images through bench/floor.py, sequentially (threads=0) or with a thread pool."""
+    result = FloorResult(threads)
+    work = Path(tempfile.mkdtemp(prefix="ninkik-bench-floor-", dir=load.work))
+    with contextlib.ExitStack() as stack:
+        aws_proc, aws_url = start_emulator("fast", work)
+        stack.callback(aws_proc.stop)
+        token = secrets.token_urlsafe(16)
+        standin = Standin(TENANTS, token).start()
+        stack.callback(standin.stop)
+        (work / "tenants.json").write_text(json.dumps(TENANTS))
+        (work / "images.json").write_text(json.dumps(canned_images(count + 1)))
+        emulator = psutil.Process(aws_proc.pid)
+        before = sum(emulator.cpu_times()[:2])
+        args = [sys.executable, str(Path(__file__).resolve().parent / "floor.py"), "--aws-url", aws_url]
+        args += ["--api-url", standin.url, f"--token={token}", "--threads", str(threads)]
+        args += ["--tenants", str(work / "tenants.json"), "--images", str(work / "images.json")]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=load.stall * 10)
+        if done.returncode:
+            result.error = (done.stderr.strip().splitlines() or ["floor.py failed"])[-1][:120]
+            return result
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        result.images, result.seconds, result.cpu = figures["images"], figures["seconds"], figures["cpu"]
+        result.emulator_cpu = sum(emulator.cpu_times()[:2]) - before  # includes the warm-up image
+        if len(standin.received) != count + 1:
+            result.error = f"the stand-in received {len(standin.received)} of {count + 1} POSTs"
+    return result
