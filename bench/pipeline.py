@@ -396,7 +396,6 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (`&`)
     began = time.monotonic()
     sections: list[Section] = []
-    summary: list[str] = []
 
     def attempt(setup: Setup) -> Result:
         try:
@@ -420,7 +419,7 @@ def main() -> int:
                     winner = slow
             sections.append(pools(pairs, args.delay_ms))
             if winner:
-                summary.append(f"Best with {args.delay_ms:.0f} ms per call: {winner.setup.label}.")
+                sections[-1].notes.append(f"Best with {args.delay_ms:.0f} ms per call: {winner.setup.label}.")
         if "3" in scenarios:
             pool, concurrency = (winner.setup.pool, winner.setup.concurrency) if winner else entrypoint_defaults()
             runs = [
@@ -459,7 +458,6 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     elapsed = time.monotonic() - began
-    sections[-1].notes += summary
     show(console, sections)
     command = shlex.join(sys.orig_argv)
     console.print(f"{elapsed:.0f} s in all; command: {command}")
