@@ -245,23 +245,16 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
         ]
         count = load.warmup + load.events + setup.paced
         images = seed(ecr, count) if setup.emulator == "moto" else canned_images(count)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("NINKIK_", "AWS_"))},
-            **local.aws_env(aws_url),
-            "NINKIK_BROKER_URL": f"{redis_url}/0",
-            "NINKIK_RESULT_BACKEND": f"{redis_url}/1",
-            "NINKIK_REDIS_URL": f"{redis_url}/2",
-            "NINKIK_SQS_QUEUE_URL": queue_url,
-            "NINKIK_AWS_ACCOUNT_IDS": local.ACCOUNT,
-            "NINKIK_AWS_REGIONS": local.REGION,
-            "NINKIK_API_URL": standin.url,
-            "NINKIK_API_TOKEN": token,
-            "NINKIK_METRICS_PORT": "0",
+        env = bench_env(
+            aws_url,
+            redis_url,
+            queue_url,
+            NINKIK_API_URL=standin.url,
+            NINKIK_API_TOKEN=token,
             # Measure what the workers can do, not the shared ECR limit (when there is one, it caps the
             # whole cluster at that many calls per second whatever the workers).
-            "NINKIK_ECR_CALLS_PER_SECOND": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
+            NINKIK_ECR_CALLS_PER_SECOND="0",
+        )
         workers = []
         for n in range(setup.workers):
             name = f"w{n + 1}"
@@ -324,6 +317,23 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
             f"{result.rate:7.1f} events/s  p50 {pct(result.latency, 50) * 1000:6.0f} ms"
         )
     return result
+
+
+def bench_env(aws_url: str, redis_url: str, queue_url: str, **extra: str) -> dict[str, str]:
+    """The environment of the ingest and worker processes a run starts."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("NINKIK_", "AWS_"))},
+        **local.aws_env(aws_url),
+        "NINKIK_BROKER_URL": f"{redis_url}/0",
+        "NINKIK_RESULT_BACKEND": f"{redis_url}/1",
+        "NINKIK_REDIS_URL": f"{redis_url}/2",
+        "NINKIK_SQS_QUEUE_URL": queue_url,
+        "NINKIK_AWS_ACCOUNT_IDS": local.ACCOUNT,
+        "NINKIK_AWS_REGIONS": local.REGION,
+        "NINKIK_METRICS_PORT": "0",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
 
 
 def start_emulator(kind: str, work: Path, *extra: str) -> tuple[local.Proc, str]:
@@ -486,18 +496,7 @@ def ingest_alone(messages: int, deny_delete: bool, load: Load) -> IngestResult:
                 for i, (repository, digest) in enumerate(batch)
             ]
             sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("NINKIK_", "AWS_"))},
-            **local.aws_env(aws_url),
-            "NINKIK_BROKER_URL": f"{redis_url}/0",
-            "NINKIK_RESULT_BACKEND": f"{redis_url}/1",
-            "NINKIK_REDIS_URL": f"{redis_url}/2",
-            "NINKIK_SQS_QUEUE_URL": queue_url,
-            "NINKIK_AWS_ACCOUNT_IDS": local.ACCOUNT,
-            "NINKIK_AWS_REGIONS": local.REGION,
-            "NINKIK_METRICS_PORT": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = bench_env(aws_url, redis_url, queue_url)
         ingest = local.Proc("ingest", [sys.executable, "-m", "ninkik_tasks.cli", "ingest"], work, env)
         stack.callback(ingest.stop)
         proc = psutil.Process(ingest.pid)
