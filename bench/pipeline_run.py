@@ -324,12 +324,7 @@ def bench_env(aws_url: str, redis_url: str, queue_url: str, **extra: str) -> dic
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("NINKIK_", "AWS_"))},
         **local.aws_env(aws_url),
-        "NINKIK_BROKER_URL": f"{redis_url}/0",
-        "NINKIK_RESULT_BACKEND": f"{redis_url}/1",
-        "NINKIK_REDIS_URL": f"{redis_url}/2",
-        "NINKIK_SQS_QUEUE_URL": queue_url,
-        "NINKIK_AWS_ACCOUNT_IDS": local.ACCOUNT,
-        "NINKIK_AWS_REGIONS": local.REGION,
+        **local.stack_env(redis_url, queue_url),
         "NINKIK_METRICS_PORT": "0",
         "PYTHONUNBUFFERED": "1",
         **extra,

@@ -102,12 +102,7 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
         env = {
             **os.environ,
             **aws,
-            "NINKIK_BROKER_URL": f"{redis_url}/0",
-            "NINKIK_RESULT_BACKEND": f"{redis_url}/1",
-            "NINKIK_REDIS_URL": f"{redis_url}/2",
-            "NINKIK_SQS_QUEUE_URL": queue_url,
-            "NINKIK_AWS_ACCOUNT_IDS": local.ACCOUNT,
-            "NINKIK_AWS_REGIONS": local.REGION,
+            **local.stack_env(redis_url, queue_url),
             "NINKIK_API_URL": standin.url,
             "NINKIK_API_TOKEN": token,
             "NINKIK_METRICS_PORT": str(local.free_port()),

@@ -165,6 +165,18 @@ def aws_env(moto_url: str) -> dict[str, str]:
     }
 
 
+def stack_env(redis_url: str, queue_url: str) -> dict[str, str]:
+    """What every ingest and worker of a local stack shares: Redis DBs 0-2, the queue, the emulator's account."""
+    return {
+        "NINKIK_BROKER_URL": f"{redis_url}/0",
+        "NINKIK_RESULT_BACKEND": f"{redis_url}/1",
+        "NINKIK_REDIS_URL": f"{redis_url}/2",
+        "NINKIK_SQS_QUEUE_URL": queue_url,
+        "NINKIK_AWS_ACCOUNT_IDS": ACCOUNT,
+        "NINKIK_AWS_REGIONS": REGION,
+    }
+
+
 # Emulator data
 def manifest(seed: str) -> str:
     """A Docker v2 image manifest that is unique per `seed`."""
