@@ -125,7 +125,7 @@ def _record(task: Task, stage: str, pushed: ImagePushed, match: Any, exc: Perman
     )
 
 
-@app.task(name="ninkik.match_tenant", bind=True, queue=NINKIK_QUEUE, max_retries=None)
+@app.task(name="ninkik.match_tenant", bind=True, ignore_result=True, queue=NINKIK_QUEUE, max_retries=None)
 def match_tenant(self: Task, event: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
     """Repository name -> tenant and product."""
     pushed = ImagePushed.model_validate(event)
@@ -133,7 +133,7 @@ def match_tenant(self: Task, event: dict[str, Any], first_try: float | None = No
     return out.model_dump(mode="json") if isinstance(out, Matched) else out
 
 
-@app.task(name="ninkik.describe_image", bind=True, queue=AWS_QUEUE, max_retries=None)
+@app.task(name="ninkik.describe_image", bind=True, ignore_result=True, queue=AWS_QUEUE, max_retries=None)
 def describe_image(self: Task, msg: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
     """ecr:DescribeImages for the pushed digest."""
     m = Matched.model_validate(msg)
@@ -141,7 +141,7 @@ def describe_image(self: Task, msg: dict[str, Any], first_try: float | None = No
     return out.model_dump(mode="json") if isinstance(out, Described) else out
 
 
-@app.task(name="ninkik.fetch_scan_findings", bind=True, queue=AWS_QUEUE, max_retries=None)
+@app.task(name="ninkik.fetch_scan_findings", bind=True, ignore_result=True, queue=AWS_QUEUE, max_retries=None)
 def fetch_scan_findings(self: Task, msg: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
     """Every page of ecr:DescribeImageScanFindings, waiting for the scan to finish."""
     m = Described.model_validate(msg)
@@ -178,7 +178,7 @@ def start(pushed: ImagePushed) -> AsyncResult:
 PROGRESS_EVERY = 100  # images between two PROGRESS updates of a backfill (what Flower shows)
 
 
-@app.task(name="ninkik.backfill", bind=True, queue=CONTROL_QUEUE, acks_late=False)
+@app.task(name="ninkik.backfill", bind=True, queue=CONTROL_QUEUE, acks_late=False, track_started=True)
 def backfill(
     self: Task, tenant: str | None = None, repository: str | None = None, since: str | None = None
 ) -> dict[str, Any]:
