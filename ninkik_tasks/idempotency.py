@@ -3,8 +3,34 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import redis
+
+# KEYS: sent, sending (the lock), report. ARGV: owner, lock seconds.
+BEGIN_SEND = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'sent'} end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) and redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return {'busy'}
+end
+local report = redis.call('GET', KEYS[3])
+if report then return {'ours', report} end
+return {'ours'}
+"""
+# KEYS: sent, sending. ARGV: owner, seconds to remember the send (0: it did not happen), now.
+END_SEND = """
+if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+"""
+
+
+@dataclass(frozen=True)
+class SendStart:
+    """What begin_send found: "sent" (ninkik has it), "busy" (another worker sends it) or "ours"."""
+
+    state: Literal["sent", "busy", "ours"]
+    report: str | None = None  # with "ours": the stored body, None if it expired
 
 
 class Records:
@@ -13,6 +39,8 @@ class Records:
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.r = client
         self.ns = namespace
+        self._begin = client.register_script(BEGIN_SEND)
+        self._end = client.register_script(END_SEND)
 
     def key(self, *parts: str) -> str:
         """A key inside the namespace."""
@@ -40,35 +68,22 @@ class Records:
         """True the first time a (bad) SQS message is seen, so redeliveries are recorded once."""
         return bool(self.r.set(self.key("message", message_id), "1", nx=True, ex=ttl))
 
-    # Reports
-    def was_sent(self, idempotency_key: str) -> bool:
-        """Whether ninkik already accepted this exact report."""
-        return bool(self.r.exists(self.key("sent", idempotency_key)))
+    # Reports: one round trip to start a send and one to end it (each a script, so a check and what
+    # depends on it cannot be split by another worker).
+    def begin_send(self, idempotency_key: str, owner: str, lock_ttl: int) -> SendStart:
+        """Whether ninkik has this report, another worker is sending it, or it is ours to send (with its body)."""
+        keys = [self.key(kind, idempotency_key) for kind in ("sent", "sending", "report")]
+        answer = self._begin(keys=keys, args=[owner, lock_ttl])
+        if answer[0] == "ours":
+            return SendStart("ours", answer[1] if len(answer) > 1 else None)
+        return SendStart(answer[0])
 
-    def mark_sent(self, idempotency_key: str, ttl: int) -> None:
-        """Remember that ninkik accepted this report."""
-        self.r.set(self.key("sent", idempotency_key), str(int(time.time())), ex=ttl)
-
-    def lock_send(self, idempotency_key: str, owner: str, ttl: int) -> bool:
-        """Take the right to send this report; False while another worker holds it."""
-        lock = self.key("sending", idempotency_key)
-        if self.r.set(lock, owner, nx=True, ex=ttl):
-            return True
-        # The same task redelivered after its worker died holds the lock already.
-        return self.r.get(lock) == owner
-
-    def unlock_send(self, idempotency_key: str, owner: str) -> None:
-        """Give the send back (only if still ours)."""
-        lock = self.key("sending", idempotency_key)
-        if self.r.get(lock) == owner:
-            self.r.delete(lock)
+    def end_send(self, idempotency_key: str, owner: str, sent_ttl: int | None) -> None:
+        """Give the send back (if still ours), first remembering for `sent_ttl` s that ninkik accepted it."""
+        keys = [self.key("sent", idempotency_key), self.key("sending", idempotency_key)]
+        self._end(keys=keys, args=[owner, sent_ttl or 0, int(time.time())])
 
     # Reports are kept out of task messages (Flower shows arguments); they travel by key.
     def put_report(self, fingerprint: str, payload: str, ttl: int) -> None:
         """Store a report body under its fingerprint."""
         self.r.set(self.key("report", fingerprint), payload, ex=ttl)
-
-    def get_report(self, fingerprint: str) -> str | None:
-        """A stored report body, if it has not expired."""
-        value = self.r.get(self.key("report", fingerprint))
-        return value if isinstance(value, str) else None

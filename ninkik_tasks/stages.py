@@ -151,20 +151,21 @@ def scan_step(svc: Services, msg: Described, now: datetime | None = None) -> Sca
 def notify_step(svc: Services, msg: Scanned, owner: str) -> str:
     """POST the report unless ninkik already has it; returns 'notified' or 'already_sent'."""
     s, records = svc.settings, svc.records
-    if records.was_sent(msg.key):
-        return "already_sent"
     if not s.api_url or not s.api_token:
         raise PermanentError("not_configured", "NINKIK_API_URL and NINKIK_API_TOKEN must be set to notify")
     lock_ttl = int(s.http_timeout_seconds * 3) + 30
-    if not records.lock_send(msg.key, owner, lock_ttl):
+    start = records.begin_send(msg.key, owner, lock_ttl)
+    if start.state == "sent":
+        return "already_sent"
+    if start.state == "busy":
         raise TransientError("another worker is sending this report", retry_after=5)
+    sent_ttl = None
     try:
-        payload = records.get_report(msg.key)
-        if payload is None:
+        if start.report is None:
             raise PermanentError("report_expired", "the report expired before it could be sent")
-        body: dict[str, Any] = json.loads(payload)
+        body: dict[str, Any] = json.loads(start.report)
         status = send(svc.http, images_url(s.api_url, msg.match), s.api_token.get_secret_value(), msg.key, body)
-        records.mark_sent(msg.key, s.sent_record_seconds)
+        sent_ttl = s.sent_record_seconds
     finally:
-        records.unlock_send(msg.key, owner)
+        records.end_send(msg.key, owner, sent_ttl)
     return "notified" if status != 409 else "already_had_it"
