@@ -37,12 +37,14 @@ from pathlib import Path
 
 import psutil
 from pipeline_run import (
+    CeleryFloorResult,
     FloorResult,
     IngestResult,
     Load,
     Result,
     RunFailed,
     Setup,
+    celery_floor,
     floor,
     ingest_alone,
     pct,
@@ -196,7 +198,7 @@ def ours(r: Result) -> float:
     return (r.cpu.get("ingest", 0.0) + r.cpu.get("workers", 0.0)) / r.events if r.events else 0.0
 
 
-def against_floor(r: Result, floors: list[FloorResult]) -> Section:
+def against_floor(r: Result, floors: list[FloorResult], celery: CeleryFloorResult | None = None) -> Section:
     s = Section(
         f"4. Against the floor: the same AWS calls and POSTs by a plain loop (bench/floor.py), AWS = {FAST}",
         [
@@ -224,11 +226,26 @@ def against_floor(r: Result, floors: list[FloorResult]) -> Section:
                 "",
             ]
         )
+    base_rate = threaded.rate if threaded else 0.0
+    base_cpu = threaded.cpu / threaded.images if threaded else 0.0
+    if celery is not None:
+        label = f"Celery alone: 4 no-op tasks, {celery.pool} x{celery.concurrency}"
+        if celery.error:
+            s.rows.append([label, celery.error])
+        else:
+            s.rows.append(
+                [
+                    label,
+                    f"{celery.rate:.1f}",
+                    f"{celery.cpu_per_chain * 1000:.2f}",
+                    "-",
+                    f"{celery.rate / base_rate:.0%}" if base_rate else "-",
+                    f"{celery.cpu_per_chain / base_cpu:.1f}x" if base_cpu else "-",
+                ]
+            )
     if r.error:
         s.rows.append(["pipeline", r.error])
     else:
-        base_rate = threaded.rate if threaded else 0.0
-        base_cpu = threaded.cpu / threaded.images if threaded else 0.0
         s.rows.append(
             [
                 f"pipeline: ingest + {r.setup.label}",
@@ -243,6 +260,14 @@ def against_floor(r: Result, floors: list[FloorResult]) -> Section:
         "CPU (ours): the loop's own process for the floor; ingest plus all worker processes for the pipeline "
         "(redis-server, the emulator and the in-process ninkik stand-in are not counted in either)."
     )
+    if celery is not None and not celery.error and celery.chains:
+        s.notes.append(
+            "Celery alone (bench/celery_floor.py): the chain's four tasks with the project's Celery settings, "
+            "events on, tasks that do nothing; its CPU is the publisher's "
+            f"({celery.publish_cpu / celery.chains * 1000:.2f} ms per chain, what ingest pays to start one) "
+            f"plus the worker's ({celery.worker_cpu / celery.chains * 1000:.2f} ms). "
+            "It is what four tasks per image cost before any work."
+        )
     return s
 
 
@@ -282,6 +307,7 @@ def targets(
     ingests: list[IngestResult],
     kept: float | None,
     backfill: dict[str, float],
+    celery: CeleryFloorResult | None = None,
 ) -> Section:
     s = Section("Targets (issue 6; 2 cores)", ["target", "measured", "met"])
 
@@ -307,6 +333,16 @@ def targets(
     add("30 ms per call keeps >= 80% of zero-delay events/s (default pool, moto)", kept, "{:.0%}", (kept or 0) >= 0.8)
     add("backfill >= 500 images/s", backfill.get("rate"), "{:.0f}", backfill.get("rate", 0) >= 500)
     add("backfill peak RSS < 200 MB", backfill.get("rss"), "{:.0f} MiB", backfill.get("rss", 1e9) < 190)
+    if celery is not None and not celery.error and celery.chains and threaded and threaded.images:
+        floor_cpu = threaded.cpu / threaded.images
+        s.notes.append(
+            f"What Celery alone allows (scenario 4): four no-op tasks per image cost "
+            f"{celery.cpu_per_chain / floor_cpu:.1f}x the floor's CPU and run at "
+            f"{celery.rate / threaded.rate:.0%} of its events/s; publishing one chain costs "
+            f"{celery.publish_cpu / celery.chains * 1000:.2f} ms, at most "
+            f"{celery.chains / celery.publish_cpu:.0f} chains/s per ingest process before it receives, "
+            "parses or dedupes anything."
+        )
     return s
 
 
@@ -429,12 +465,14 @@ def main() -> int:
             sections.append(scaling(runs, args.delay_ms))
         fast: Result | None = None
         floors: list[FloorResult] = []
+        celery: CeleryFloorResult | None = None
         if "4" in scenarios:
             pool, concurrency = entrypoint_defaults()
             fast = attempt(Setup(pool, concurrency, paced=args.paced, emulator="fast"))
             sections.append(end_to_end(fast, "4a"))
             floors = [floor(threads, args.floor_events, load) for threads in (0, concurrency)]
-            sections.append(against_floor(fast, floors))
+            celery = celery_floor(pool, concurrency, args.floor_events, load)
+            sections.append(against_floor(fast, floors, celery))
         ingests: list[IngestResult] = []
         if "5" in scenarios:
             ingests = [ingest_alone(args.ingest_messages, deny, load) for deny in (False, True)]
@@ -448,7 +486,7 @@ def main() -> int:
             (b.rate / a.rate for a, b in pairs if (a.setup.pool, a.setup.concurrency) == default and a.rate and b.rate),
             None,
         )
-        sections.append(targets(fast, floors, ingests, kept, backfill))
+        sections.append(targets(fast, floors, ingests, kept, backfill, celery))
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]: every process started was stopped")
         return 130

@@ -566,3 +566,38 @@ def floor(threads: int, count: int, load: Load, delay: float = 0.0) -> FloorResu
         if len(standin.received) != count + 1:
             result.error = f"the stand-in received {len(standin.received)} of {count + 1} POSTs"
     return result
+
+
+# Celery's own cost: four do-nothing tasks per chain (bench/celery_floor.py)
+@dataclass
+class CeleryFloorResult:
+    pool: str
+    concurrency: int
+    chains: int = 0
+    seconds: float = 0.0
+    publish_cpu: float = 0.0  # the publisher's CPU seconds (what ingest pays to start the chains)
+    worker_cpu: float = 0.0  # the worker's main and pool processes
+    error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.chains / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_per_chain(self) -> float:
+        return (self.publish_cpu + self.worker_cpu) / self.chains if self.chains else 0.0
+
+
+def celery_floor(pool: str, concurrency: int, chains: int, load: Load) -> CeleryFloorResult:
+    """`chains` chains of four no-op tasks through one worker with `pool` x `concurrency`."""
+    result = CeleryFloorResult(pool, concurrency)
+    args = [sys.executable, str(Path(__file__).resolve().parent / "celery_floor.py"), "--pool", pool]
+    args += ["--concurrency", str(concurrency), "--chains", str(chains), "--timeout", str(load.stall)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=load.stall * 3)
+    if done.returncode:
+        result.error = (done.stderr.strip().splitlines() or ["celery_floor.py failed"])[-1][:120]
+        return result
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    result.chains, result.seconds = figures["chains"], figures["seconds"]
+    result.publish_cpu, result.worker_cpu = figures["publish_cpu"], figures["worker_cpu"]
+    return result
