@@ -38,8 +38,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--chains", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--work", type=Path, help="directory for logs (default: a new temporary one)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="ninkik-bench-noop-"))
+    work = Path(tempfile.mkdtemp(prefix="ninkik-bench-noop-", dir=args.work))
     redis_proc, redis_url = local.start_redis(work)
     env = {**os.environ, **local.stack_env(redis_url, "http://127.0.0.1:1/000000000000/none")}
     env["PYTHONPATH"] = os.pathsep.join([str(BENCH), env.get("PYTHONPATH", "")])

@@ -1,8 +1,9 @@
 """Celery's own cost: the chain's four tasks with the project's Celery settings, doing nothing.
 
 Same app configuration (ninkik_tasks.celery_app.celery_config), the same task names, queues and options
-(the first three store no result), the same message shapes; the tasks only pass their argument on, and
-the last counts itself in Redis. bench/celery_floor.py runs a worker on this module.
+(the first three store no result); the first task gets a push event as the real chain does, each task
+passes its argument on (the real steps add the match, the image and the report's key), and the last
+counts itself in Redis. bench/celery_floor.py runs a worker on this module.
 """
 
 from __future__ import annotations

@@ -264,8 +264,8 @@ def against_floor(r: Result, floors: list[FloorResult], celery: CeleryFloorResul
         s.notes.append(
             "Celery alone (bench/celery_floor.py): the chain's four tasks with the project's Celery settings, "
             "events on, tasks that do nothing; its CPU is the publisher's "
-            f"({celery.publish_cpu / celery.chains * 1000:.2f} ms per chain, what ingest pays to start one) "
-            f"plus the worker's ({celery.worker_cpu / celery.chains * 1000:.2f} ms). "
+            f"({celery.publish_per_chain * 1000:.2f} ms per chain, what ingest pays to start one) "
+            f"plus the worker's ({(celery.cpu_per_chain - celery.publish_per_chain) * 1000:.2f} ms). "
             "It is what four tasks per image cost before any work."
         )
     return s
@@ -333,14 +333,14 @@ def targets(
     add("30 ms per call keeps >= 80% of zero-delay events/s (default pool, moto)", kept, "{:.0%}", (kept or 0) >= 0.8)
     add("backfill >= 500 images/s", backfill.get("rate"), "{:.0f}", backfill.get("rate", 0) >= 500)
     add("backfill peak RSS < 200 MB", backfill.get("rss"), "{:.0f} MiB", backfill.get("rss", 1e9) < 190)
-    if celery is not None and not celery.error and celery.chains and threaded and threaded.images:
+    if celery is not None and not celery.error and celery.publish_cpu and threaded and threaded.images:
         floor_cpu = threaded.cpu / threaded.images
         s.notes.append(
             f"What Celery alone allows (scenario 4): four no-op tasks per image cost "
             f"{celery.cpu_per_chain / floor_cpu:.1f}x the floor's CPU and run at "
             f"{celery.rate / threaded.rate:.0%} of its events/s; publishing one chain costs "
-            f"{celery.publish_cpu / celery.chains * 1000:.2f} ms, at most "
-            f"{celery.chains / celery.publish_cpu:.0f} chains/s per ingest process before it receives, "
+            f"{celery.publish_per_chain * 1000:.2f} ms, at most "
+            f"{1 / celery.publish_per_chain:.0f} chains/s per ingest process before it receives, "
             "parses or dedupes anything."
         )
     return s

@@ -584,6 +584,10 @@ class CeleryFloorResult:
         return self.chains / self.seconds if self.seconds else 0.0
 
     @property
+    def publish_per_chain(self) -> float:
+        return self.publish_cpu / self.chains if self.chains else 0.0
+
+    @property
     def cpu_per_chain(self) -> float:
         return (self.publish_cpu + self.worker_cpu) / self.chains if self.chains else 0.0
 
@@ -593,6 +597,7 @@ def celery_floor(pool: str, concurrency: int, chains: int, load: Load) -> Celery
     result = CeleryFloorResult(pool, concurrency)
     args = [sys.executable, str(Path(__file__).resolve().parent / "celery_floor.py"), "--pool", pool]
     args += ["--concurrency", str(concurrency), "--chains", str(chains), "--timeout", str(load.stall)]
+    args += ["--work", str(load.work)] if load.work else []
     done = subprocess.run(args, capture_output=True, text=True, timeout=load.stall * 3)
     if done.returncode:
         result.error = (done.stderr.strip().splitlines() or ["celery_floor.py failed"])[-1][:120]
