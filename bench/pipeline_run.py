@@ -31,7 +31,7 @@ import redis
 from celery import Celery
 
 from ninkik_tasks import local
-from ninkik_tasks.standin import Received, Standin
+from ninkik_tasks.local.standin import Received, Standin
 
 PROXY = Path(__file__).resolve().parent / "delay_proxy.py"
 FAST_AWS = Path(__file__).resolve().parent / "fast_aws.py"

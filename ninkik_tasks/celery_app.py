@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Queue
 
+from . import brokers
 from .config import Settings, get_settings
 from .schedule import beat_schedule
 
@@ -24,31 +25,14 @@ BEAT_LOCK_SECONDS = 30
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings that do not lose work: late acks, requeue on worker loss, prefetch 1."""
+    """Celery settings that do not lose work (late acks, requeue on worker loss, prefetch 1), and the broker's own."""
     return dict(
+        **brokers.for_url(settings.broker_url).celery_config(settings),
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
         result_expires=settings.result_expires_seconds,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        # ETA/countdown tasks stay unacked in Redis until they run: retry countdowns are kept
-        # well under this, or another worker would restore and run them a second time.
-        # A task held by a worker that died is restored by the sweep of any live worker; kombu's default
-        # sweep runs every 10 x 10 s, far too rarely for a short visibility timeout, so sweep every
-        # fifth of it (at most every 10 s; the sweep is one ZRANGE on an index).
-        broker_transport_options={
-            "visibility_timeout": settings.broker_visibility_timeout,
-            "unacked_restore_interval": max(1, min(10, settings.broker_visibility_timeout // 5)),
-            "unacked_restore_throttle": 1,
-            # The sweep holds a Redis mutex; a worker killed while holding it (SIGKILL, OOM) would stop
-            # every other worker's sweep for kombu's default 300 s. Half a visibility timeout is plenty
-            # for one sweep of ten messages.
-            "unacked_mutex_expire": max(5, min(300, settings.broker_visibility_timeout // 2)),
-            # A Redis that vanishes without closing the connection (failover, NAT) must not hang a publish.
-            "socket_timeout": 30,
-            "socket_connect_timeout": 5,
-            "socket_keepalive": True,
-        },
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
         redis_socket_timeout=30,
         redis_socket_connect_timeout=5,

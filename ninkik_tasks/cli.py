@@ -260,7 +260,7 @@ def _watch_backfill(result: Any) -> int:
 @click.option("--flower-port", default=5555, show_default=True, help="Flower's port (another if taken).")
 def dev(until_done: bool, flower_port: int) -> None:
     """Run the whole system on this machine: emulated AWS, a bundled Redis, a ninkik stand-in."""
-    from .dev import run
+    from .local.dev import run
 
     sys.exit(run(until_done=until_done, flower_port=flower_port))
 
@@ -273,7 +273,7 @@ def dev(until_done: bool, flower_port: int) -> None:
 @click.pass_context
 def standin(ctx: click.Context, /, **_: Any) -> None:
     """Run the local ninkik stand-in (tenant directory + receiver)."""
-    from .standin import serve
+    from .local.standin import serve
 
     ctx.forward(serve)
 

@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import backfill as sweeps
-from . import logs
+from . import brokers, logs
 from .celery_app import AWS_QUEUE, CONTROL_QUEUE, NINKIK_QUEUE, app
 from .config import get_settings
 from .errors import PermanentError, ScanNotReady, TransientError
@@ -74,7 +74,7 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
             failure = PermanentError("gave_up", f"still failing after {budget}s: {exc}")
             _record(task, stage, pushed, match, failure)
             raise failure from None
-        cap = min(float(s.retry_backoff_max_seconds), s.broker_visibility_timeout / 4)
+        cap = brokers.for_url(s.broker_url).countdown_cap(s)
         countdown = backoff(task.request.retries, cap)
         if isinstance(exc, ScanNotReady) and exc.remaining is not None:
             countdown = max(0.5, min(countdown, exc.remaining + 0.5))

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from ninkik_tasks import local
-from ninkik_tasks.standin import Standin
+from ninkik_tasks.local.standin import Standin
 
 TOKEN = "test-token-Zq81xv"  # recognisable, so tests can grep for leaks
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from ninkik_tasks import local
-from ninkik_tasks.dev import demo_images
+from ninkik_tasks.local.dev import demo_images
 
 
 def test_dev_shows_every_demo_notification_and_stops_cleanly() -> None:

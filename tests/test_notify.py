@@ -13,8 +13,8 @@ import pytest
 from ninkik_tasks import local
 from ninkik_tasks.errors import PermanentError, TransientError
 from ninkik_tasks.findings import Finding, Image, Report, Scan
+from ninkik_tasks.local.standin import Standin
 from ninkik_tasks.notify import idempotency_key, images_url, render, retry_after, send
-from ninkik_tasks.standin import Standin
 from ninkik_tasks.tenants import Match
 
 TOKEN = "notify-test-token-Qp4r"

@@ -20,7 +20,7 @@ from faultproxy import FaultProxy
 
 from ninkik_tasks import local
 from ninkik_tasks.local import wait_for
-from ninkik_tasks.standin import Standin
+from ninkik_tasks.local.standin import Standin
 
 SCALE = float(os.environ.get("NINKIK_TEST_SCALE", "1"))
 # The waits below carry their own deadlines and say what is missing; pytest-timeout is only the backstop.

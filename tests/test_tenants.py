@@ -13,7 +13,7 @@ import redis
 
 from ninkik_tasks import local
 from ninkik_tasks.errors import PermanentError, TransientError
-from ninkik_tasks.standin import Standin
+from ninkik_tasks.local.standin import Standin
 from ninkik_tasks.tenants import Directory, Product, RepositoryName, Tenant, load_tenants_file, pick_product, split
 
 TOKEN = "tenants-test-token-8Jw2"

@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 from rich.console import Console
 
-from . import local
+from .. import local
 from .standin import Received, Standin
 
 TENANT_A = "3f1c9a52-5d0e-4b8a-9c7e-0a1b2c3d4e5f"
