@@ -41,3 +41,29 @@ class InvalidEvent(Exception):
 
 class InvalidFilter(ValueError):
     """A backfill filter that cannot be used (not a UUID, not a date, unknown tenant); the message says which."""
+
+
+class IgnoredEvent(Exception):
+    """A well-formed AWS event that is simply not a push: counted and dropped, never quarantined."""
+
+    def __init__(self, reason: str, message: str, event: object = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.event = event  # the parsed event (ImageScanned, Inspector2Scanned) where there is a model for it
+
+
+# Reasons for IgnoredEvent: the label of ninkik_ingest_ignored_total{reason}.
+IGNORED_NOT_A_PUSH = "not_a_push"  # "ECR Image Action" DELETE, UPDATE_STORAGE_CLASS, ...
+IGNORED_PUSH_FAILED = "push_failed"  # "ECR Image Action" PUSH whose result is not SUCCESS
+IGNORED_IMAGE_SCAN = "image_scan"  # "ECR Image Scan": a basic scan finished
+IGNORED_INSPECTOR_SCAN = "inspector2_scan"  # "Inspector2 Scan": Amazon Inspector's initial scan finished
+IGNORED_INSPECTOR_FINDING = "inspector2_finding"  # "Inspector2 Finding": one finding created, updated or closed
+IGNORED_OTHER_EVENT = "other_aws_event"  # any other ECR or Inspector event: replication, referrer, pull through cache
+IGNORED_REASONS = (
+    IGNORED_NOT_A_PUSH,
+    IGNORED_PUSH_FAILED,
+    IGNORED_IMAGE_SCAN,
+    IGNORED_INSPECTOR_SCAN,
+    IGNORED_INSPECTOR_FINDING,
+    IGNORED_OTHER_EVENT,
+)

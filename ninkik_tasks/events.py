@@ -1,30 +1,35 @@
-"""EventBridge "ECR Image Action" models; `parse` turns a queue message body into an ImagePushed."""
+"""EventBridge models: `parse` turns a queue message body into an ImagePushed, or says why not."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import InvalidEvent
+from .errors import (
+    IGNORED_IMAGE_SCAN,
+    IGNORED_INSPECTOR_FINDING,
+    IGNORED_INSPECTOR_SCAN,
+    IGNORED_NOT_A_PUSH,
+    IGNORED_OTHER_EVENT,
+    IGNORED_PUSH_FAILED,
+    IgnoredEvent,
+    InvalidEvent,
+)
 
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,299}$"
 ACCOUNT_PATTERN = r"^\d{12}$"
 REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-\d$"
-
-
-class _Detail(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
-
-    result: str
-    action_type: str = Field(alias="action-type")
-    repository_name: str = Field(alias="repository-name", min_length=2, max_length=256)
-    image_digest: str = Field(alias="image-digest", pattern=DIGEST_PATTERN)
-    image_tag: str | None = Field(default=None, alias="image-tag", pattern=TAG_PATTERN)
+MEDIA_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$"
+# The sources whose events a customer's broader EventBridge rule can put on the queue, and their detail-types.
+AWS_SOURCES = {"aws.ecr": ("ECR ",), "aws.inspector2": ("Inspector2 ",)}
+CLOUDTRAIL = "AWS API Call via CloudTrail"
+_REPOSITORY_ARN = re.compile(r"^arn:aws[a-z-]*:ecr:[a-z0-9-]+:\d{12}:repository/(?P<name>.+)$")
 
 
 class _Envelope(BaseModel):
@@ -36,7 +41,46 @@ class _Envelope(BaseModel):
     account: str = Field(pattern=ACCOUNT_PATTERN)
     time: datetime
     region: str = Field(pattern=REGION_PATTERN)
-    detail: _Detail
+    detail: dict[str, Any]
+
+
+class _Action(BaseModel):
+    """What every "ECR Image Action" carries, push or not."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    result: str
+    action_type: str = Field(alias="action-type")
+
+
+class _Push(_Action):
+    repository_name: str = Field(alias="repository-name", min_length=2, max_length=256)
+    image_digest: str = Field(alias="image-digest", pattern=DIGEST_PATTERN)
+    image_tag: str | None = Field(default=None, alias="image-tag", pattern=TAG_PATTERN)
+    manifest_media_type: str | None = Field(default=None, alias="manifest-media-type")
+    artifact_media_type: str | None = Field(default=None, alias="artifact-media-type")
+
+    @field_validator("image_tag", mode="before")
+    @classmethod
+    def _untagged(cls, value: object) -> object:
+        # ECR sends an untagged push (a platform image of a multi-arch build, a push by digest) as "".
+        return None if value == "" else value
+
+    @field_validator("manifest_media_type", "artifact_media_type", mode="before")
+    @classmethod
+    def _media_type(cls, value: object) -> object:
+        # Only a fallback for what DescribeImages says: an odd one is dropped, never a reason to lose the push.
+        return value if isinstance(value, str) and re.fullmatch(MEDIA_TYPE_PATTERN, value) else None
+
+
+class _ScanDetail(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    scan_status: str = Field(alias="scan-status", min_length=1, max_length=64)
+    repository_name: str = Field(alias="repository-name", min_length=2, max_length=512)
+    image_digest: str = Field(alias="image-digest", pattern=DIGEST_PATTERN)
+    image_tags: list[str] = Field(default=[], alias="image-tags")
+    finding_severity_counts: dict[str, int] = Field(default={}, alias="finding-severity-counts")
 
 
 class ImagePushed(BaseModel):
@@ -52,6 +96,33 @@ class ImagePushed(BaseModel):
     tag: str | None = None
     time: datetime
     source: Literal["push", "backfill", "reconcile", "rescan"] = "push"
+    # From the push event; used where DescribeImages does not give them.
+    manifest_media_type: str | None = None
+    artifact_media_type: str | None = None
+
+
+class ImageScanned(BaseModel):
+    """An "ECR Image Scan" event: a basic scan of one image finished (not acted on yet)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    account: str
+    region: str
+    repository: str
+    digest: str
+    status: str
+    tags: list[str]
+    severity_counts: dict[str, int]
+    time: datetime
+
+
+class Inspector2Scanned(ImageScanned):
+    """An "Inspector2 Scan" event: Amazon Inspector's initial scan of one image finished (not acted on yet)."""
+
+
+_Scan = TypeVar("_Scan", bound=ImageScanned)
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 def parse(
@@ -61,7 +132,7 @@ def parse(
     regions: Collection[str],
     max_bytes: int = 256 * 1024,
 ) -> ImagePushed:
-    """Validate one message body; raise InvalidEvent with a reason code if it is not an accepted push."""
+    """Validate one message body: an ImagePushed, IgnoredEvent for another well-formed AWS event, else InvalidEvent."""
     try:
         raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     except UnicodeEncodeError:
@@ -74,34 +145,78 @@ def parse(
         raise InvalidEvent("not_json", f"message is not JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise InvalidEvent("wrong_shape", f"message is a JSON {type(data).__name__}, not an object")
-    if data.get("detail-type") != "ECR Image Action" or data.get("source") != "aws.ecr":
+    source, detail_type = data.get("source"), data.get("detail-type")
+    families = AWS_SOURCES.get(source, ()) if isinstance(source, str) else ()
+    known = isinstance(detail_type, str) and (detail_type.startswith(families) or detail_type == CLOUDTRAIL)
+    if not (families and known):
         raise InvalidEvent(
             "not_an_image_action",
-            f"detail-type {str(data.get('detail-type'))[:80]!r} from {str(data.get('source'))[:80]!r} "
-            "is not an ECR Image Action",
+            f"detail-type {str(detail_type)[:80]!r} from {str(source)[:80]!r} is not an ECR or Amazon Inspector event",
         )
-    try:
-        envelope = _Envelope.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise InvalidEvent("wrong_shape", f"{where}: {first['msg']}") from None
-    detail = envelope.detail
-    if detail.action_type != "PUSH" or detail.result != "SUCCESS":
-        raise InvalidEvent(
-            "not_a_successful_push",
-            f"action-type {detail.action_type[:40]!r} with result {detail.result[:40]!r} is not a successful push",
-        )
+    envelope = _validated(_Envelope, data, "")
     if envelope.account not in accounts:
         raise InvalidEvent("account_not_allowed", f"account {envelope.account} is not in NINKIK_AWS_ACCOUNT_IDS")
     if envelope.region not in regions:
         raise InvalidEvent("region_not_allowed", f"region {envelope.region} is not in NINKIK_AWS_REGIONS")
+    kind = (envelope.source, envelope.detail_type)
+    if kind == ("aws.ecr", "ECR Image Action"):
+        return _image_action(envelope)
+    if kind == ("aws.ecr", "ECR Image Scan"):
+        scanned = scan_event(envelope, ImageScanned)
+        raise IgnoredEvent(IGNORED_IMAGE_SCAN, f"basic scan {scanned.status} of {_ref(scanned)}", scanned)
+    if kind == ("aws.inspector2", "Inspector2 Scan"):
+        inspected = scan_event(envelope, Inspector2Scanned)
+        raise IgnoredEvent(IGNORED_INSPECTOR_SCAN, f"Inspector scan {inspected.status} of {_ref(inspected)}", inspected)
+    if kind == ("aws.inspector2", "Inspector2 Finding"):
+        raise IgnoredEvent(IGNORED_INSPECTOR_FINDING, "an Amazon Inspector finding changed (read again by rescan)")
+    raise IgnoredEvent(IGNORED_OTHER_EVENT, f"{envelope.detail_type[:80]!r} from {envelope.source} is not a push")
+
+
+def _image_action(envelope: _Envelope) -> ImagePushed:
+    action = _validated(_Action, envelope.detail, "detail.")
+    if action.action_type != "PUSH":
+        raise IgnoredEvent(IGNORED_NOT_A_PUSH, f"action-type {action.action_type[:40]!r} is not a push")
+    if action.result != "SUCCESS":
+        raise IgnoredEvent(IGNORED_PUSH_FAILED, f"a push whose result is {action.result[:40]!r}")
+    push = _validated(_Push, envelope.detail, "detail.")
     return ImagePushed(
         event_id=envelope.id,
         account=envelope.account,
         region=envelope.region,
-        repository=detail.repository_name,
+        repository=push.repository_name,
+        digest=push.image_digest,
+        tag=push.image_tag,
+        time=envelope.time,
+        manifest_media_type=push.manifest_media_type,
+        artifact_media_type=push.artifact_media_type,
+    )
+
+
+def scan_event(envelope: _Envelope, model: type[_Scan]) -> _Scan:
+    """An "ECR Image Scan" or "Inspector2 Scan" event as its model (repository-name may be the repository's ARN)."""
+    detail = _validated(_ScanDetail, envelope.detail, "detail.")
+    arn = _REPOSITORY_ARN.fullmatch(detail.repository_name)
+    return model(
+        event_id=envelope.id,
+        account=envelope.account,
+        region=envelope.region,
+        repository=arn["name"] if arn else detail.repository_name,
         digest=detail.image_digest,
-        tag=detail.image_tag,
+        status=detail.scan_status,
+        tags=sorted(t for t in detail.image_tags if t),
+        severity_counts=detail.finding_severity_counts,
         time=envelope.time,
     )
+
+
+def _validated(model: type[_Model], data: Any, prefix: str) -> _Model:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise InvalidEvent("wrong_shape", f"{prefix}{where}: {first['msg']}") from None
+
+
+def _ref(event: ImageScanned) -> str:
+    return f"repository={event.repository} digest={event.digest}"

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from . import metrics
 from .config import Settings
 from .ecr import DENIED, error_code
-from .errors import ConfigError, InvalidEvent
+from .errors import ConfigError, IgnoredEvent, InvalidEvent
 from .events import ImagePushed, parse
 from .idempotency import Records
 from .records import MAX_BODY_CHARS, Journal
@@ -161,6 +161,9 @@ class Ingest:
             body = message.get("Body", "")
             try:
                 valid.append((message, parse(body, accounts=accounts, regions=regions, max_bytes=s.max_message_bytes)))
+            except IgnoredEvent as exc:
+                self._ignore(message, exc)
+                handled.append(message)
             except InvalidEvent as exc:
                 self._quarantine(message, body, exc)
                 handled.append(message)
@@ -192,6 +195,20 @@ class Ingest:
             metrics.DUPLICATES.inc(duplicates)
             log.info("dropped %d duplicate event(s) (%d so far)", duplicates, self.counts["duplicates"])
         return handled
+
+    def _ignore(self, message: MessageTypeDef, exc: IgnoredEvent) -> None:
+        """Count and drop a well-formed AWS event that is not a push (the quarantine is for what operators fix)."""
+        first = self.counts[f"ignored:{exc.reason}"] == 0
+        self.counts[f"ignored:{exc.reason}"] += 1
+        metrics.IGNORED.labels(exc.reason).inc()
+        log.log(
+            logging.INFO if first else logging.DEBUG,
+            "ignored message %s (%s): %s%s",
+            message.get("MessageId", ""),
+            exc.reason,
+            exc,
+            "; further ones are counted in ninkik_ingest_ignored_total" if first else "",
+        )
 
     def _quarantine(self, message: MessageTypeDef, body: str, exc: InvalidEvent) -> None:
         self.counts[f"rejected:{exc.reason}"] += 1

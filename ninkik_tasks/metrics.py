@@ -16,6 +16,7 @@ RECEIVED = Counter("ninkik_ingest_messages_received", "SQS messages received by 
 ACCEPTED = Counter("ninkik_ingest_events_accepted", "Valid push events (new or duplicate)")
 DUPLICATES = Counter("ninkik_ingest_duplicates", "Events dropped because their id was already handled")
 REJECTED = Counter("ninkik_ingest_rejected", "Messages refused, by reason", ["reason"])
+IGNORED = Counter("ninkik_ingest_ignored", "Well-formed AWS events that are not pushes, dropped, by reason", ["reason"])
 QUARANTINED = Counter("ninkik_ingest_quarantined", "Messages recorded in the quarantine (once per message)")
 CHAINS = Counter("ninkik_ingest_chains_started", "Chains queued for new events")
 DELETED = Counter("ninkik_ingest_messages_deleted", "Messages deleted from SQS after handling")

@@ -119,6 +119,11 @@ def describe_step(svc: Services, msg: Matched) -> Described:
     """DescribeImages in the event's registry and region."""
     e = msg.event
     image = describe_image(svc.ecr(e.region), e.account, e.region, e.repository, e.digest)
+    # DescribeImages leaves out what it does not know (moto: the artifact type); the push event may say it.
+    fallback = {"manifest_media_type": e.manifest_media_type, "artifact_media_type": e.artifact_media_type}
+    missing = {k: v for k, v in fallback.items() if v and getattr(image, k) is None}
+    if missing:
+        image = image.model_copy(update=missing)
     return Described(event=e, match=msg.match, image=image)
 
 

@@ -1,28 +1,31 @@
-"""events.parse against recorded EventBridge payloads and against every kind of bad body."""
+"""events.parse against what AWS really sends (tests/aws/) and against every kind of bad body; the samples replayed."""
 
 from __future__ import annotations
 
 import copy
 import json
+import re
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TENANT_A, TENANT_B, Pipeline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ninkik_tasks.errors import InvalidEvent
-from ninkik_tasks.events import ImagePushed, parse
+from ninkik_tasks.errors import IGNORED_REASONS, IgnoredEvent, InvalidEvent
+from ninkik_tasks.events import ImagePushed, ImageScanned, Inspector2Scanned, parse
 
-EVENTS = Path(__file__).parent / "events"
+EVENTS = Path(__file__).parent / "aws" / "events"
 ACCOUNTS = {"123456789012"}
-REGIONS = {"eu-central-1"}
-TENANT = "3f2c1a9e-8d4b-4c6e-9a7f-2b1d0e5c4a83"
+REGIONS = {"us-west-2", "us-east-1", "us-east-2", "eu-central-1"}  # those of the samples
+BASE = "ecr-image-push.json"  # AWS's own sample push, the one the bad bodies below are made from
 
 
 def recorded(name: str) -> dict[str, Any]:
-    """A recorded payload from tests/events/."""
+    """A payload AWS published or delivered, from tests/aws/events/."""
     data: dict[str, Any] = json.loads((EVENTS / name).read_text())
     return data
 
@@ -32,18 +35,25 @@ def accept(body: str | bytes, **overrides: Any) -> ImagePushed:
 
 
 def reason(body: str | bytes, **overrides: Any) -> str:
-    """The reason code parse gives for refusing `body`."""
+    """The reason code parse gives for refusing `body` (to quarantine it)."""
     with pytest.raises(InvalidEvent) as caught:
         accept(body, **overrides)
     return caught.value.reason
+
+
+def ignored(body: str | bytes, **overrides: Any) -> IgnoredEvent:
+    """What parse says when it drops `body` as a well-formed AWS event that is not a push."""
+    with pytest.raises(IgnoredEvent) as caught:
+        accept(body, **overrides)
+    return caught.value
 
 
 DELETE = object()
 
 
 def changed(path: str, value: Any) -> str:
-    """The tagged push with the field at dotted `path` set to `value` (or removed, for DELETE)."""
-    event = copy.deepcopy(recorded("push_tagged.json"))
+    """AWS's sample push with the field at dotted `path` set to `value` (or removed, for DELETE)."""
+    event = copy.deepcopy(recorded(BASE))
     *parents, last = path.split(".")
     node = event
     for part in parents:
@@ -55,65 +65,135 @@ def changed(path: str, value: Any) -> str:
     return json.dumps(event, ensure_ascii=False)
 
 
-# Recorded payloads
+# What AWS sends
+
+D64 = "sha256:7f5b2640fe6fb4f46592dfd3410c4a79dac4f89e4782432e0378abcd12345678"
 
 
 @pytest.mark.parametrize("as_bytes", [False, True], ids=["str", "bytes"])
-def test_tagged_push(as_bytes: bool) -> None:
-    text = (EVENTS / "push_tagged.json").read_text()
+def test_aws_sample_push(as_bytes: bool) -> None:
+    text = (EVENTS / BASE).read_text()
     pushed = accept(text.encode() if as_bytes else text)
     assert pushed == ImagePushed(
         event_id="13cde686-328b-6117-af20-0e5566167482",
         account="123456789012",
-        region="eu-central-1",
-        repository=f"{TENANT}/web",
-        digest="sha256:9b2a1e7c4f0d83a65e2c7b1d4f9e0a3c6b8d2e5f7a1c4b9e3d6f0a2c5e8b1d4f",
-        tag="1.2.3",
-        time=datetime(2026, 11, 27, 10, 0, tzinfo=UTC),
+        region="us-west-2",
+        repository="my-repository-name",
+        digest=D64,
+        tag="latest",
+        time=datetime(2019, 11, 16, 1, 54, 34, tzinfo=UTC),
         source="push",
     )
 
 
-def test_untagged_push_has_no_tag() -> None:
-    pushed = accept((EVENTS / "push_untagged.json").read_text())
+def test_real_untagged_push_has_an_empty_tag_and_media_types() -> None:
+    # Delivered by ECR in 2025 (awslabs/cfn-ecr-aws-soci-index-builder#137): "image-tag": "" is an untagged push.
+    pushed = accept((EVENTS / "soci-pr137-untagged-push.json").read_text())
     assert pushed.tag is None
-    assert pushed.repository == f"{TENANT}/web/api"
-    assert pushed.digest == "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert pushed.digest == "sha256:2c2c0c11d801b86cfd661f214721d7a40c5368dc3c5777dd7c5f3f37860d4f4d"
+    assert pushed.manifest_media_type == "application/vnd.oci.image.manifest.v1+json"
+    assert pushed.artifact_media_type == "application/vnd.oci.image.config.v1+json"
+
+
+def test_real_index_push_keeps_its_tag_and_has_no_artifact_type() -> None:
+    pushed = accept((EVENTS / "soci-pr137-index-push.json").read_text())
+    assert pushed.tag == "v4-soci"
+    assert pushed.manifest_media_type == "application/vnd.oci.image.index.v1+json"
+    assert pushed.artifact_media_type is None
 
 
 def test_a_pushed_image_fits_in_a_task_message() -> None:
-    pushed = accept((EVENTS / "push_tagged.json").read_text())
+    pushed = accept((EVENTS / "soci-pr137-untagged-push.json").read_text())
     assert ImagePushed.model_validate(pushed.model_dump(mode="json")) == pushed
 
 
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("delete.json", "not_a_successful_push"),
-        ("push_failure.json", "not_a_successful_push"),
-        ("image_scan.json", "not_an_image_action"),
-        ("inspector2_scan.json", "not_an_image_action"),
+        ("ecr-image-delete.json", "not_a_push"),
+        ("ecr-image-scan.json", "image_scan"),
+        ("ecr-scan-resource-change.json", "other_aws_event"),
+        ("inspector2-scan.json", "inspector2_scan"),
+        ("inspector2-finding.json", "inspector2_finding"),
     ],
 )
-def test_other_recorded_events_are_refused(name: str, expected: str) -> None:
-    assert reason((EVENTS / name).read_text()) == expected
+def test_other_aws_events_are_ignored_not_quarantined(name: str, expected: str) -> None:
+    assert ignored((EVENTS / name).read_text()).reason == expected
+
+
+def test_every_sample_is_a_push_or_ignored() -> None:
+    names = sorted(p.name for p in EVENTS.glob("*.json"))
+    assert len(names) >= 8
+    for name in names:
+        try:
+            accept((EVENTS / name).read_text())
+        except IgnoredEvent as exc:
+            assert exc.reason in IGNORED_REASONS, name
+
+
+def test_basic_scan_event_is_parsed_for_later_use() -> None:
+    event = ignored((EVENTS / "ecr-image-scan.json").read_text()).event
+    assert isinstance(event, ImageScanned) and not isinstance(event, Inspector2Scanned)
+    assert (event.repository, event.digest, event.status) == ("my-repository-name", D64, "COMPLETE")
+    assert event.severity_counts == {"CRITICAL": 10, "MEDIUM": 9} and event.tags == []
+
+
+def test_inspector_scan_event_names_the_repository_by_arn() -> None:
+    event = ignored((EVENTS / "inspector2-scan.json").read_text()).event
+    assert isinstance(event, Inspector2Scanned)
+    assert event.repository == "amazon/amazon-ecs-sample"
+    assert event.status == "INITIAL_SCAN_COMPLETE" and event.tags == ["latest"]
+    assert event.digest == "sha256:36c7b282abd0186e01419f2e58743e1bf635808231049bbc9d77e50123456789"
+
+
+# Variations of AWS's samples (AWS publishes no sample of these; each changes one field of one)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("detail.action-type", "UPDATE_STORAGE_CLASS", "not_a_push"),
+        ("detail.action-type", "DELETE", "not_a_push"),
+        ("detail.result", "FAILURE", "push_failed"),
+        ("detail-type", "ECR Replication Action", "other_aws_event"),
+        ("detail-type", "ECR Referrer Action", "other_aws_event"),
+        ("detail-type", "ECR Pull Through Cache Action", "other_aws_event"),
+        ("detail-type", "AWS API Call via CloudTrail", "other_aws_event"),
+    ],
+)
+def test_variations_that_are_not_pushes_are_ignored(path: str, value: str, expected: str) -> None:
+    assert ignored(changed(path, value)).reason == expected
+
+
+def test_a_malformed_scan_event_is_quarantined() -> None:
+    # Right type and source, wrong body: not what AWS sends, so an operator should see it.
+    assert reason(changed("detail-type", "ECR Image Scan")) == "wrong_shape"
+
+
+def test_an_ignored_event_from_another_account_is_still_quarantined() -> None:
+    assert reason((EVENTS / "ecr-image-delete.json").read_text(), accounts={"210987654321"}) == "account_not_allowed"
+
+
+def test_odd_media_types_do_not_lose_the_push() -> None:
+    assert accept(changed("detail.manifest-media-type", "not a media type")).manifest_media_type is None
+    assert accept(changed("detail.artifact-media-type", 42)).artifact_media_type is None
 
 
 def test_account_not_allowed() -> None:
-    body = (EVENTS / "push_tagged.json").read_text()
+    body = (EVENTS / BASE).read_text()
     assert reason(body, accounts={"210987654321"}) == "account_not_allowed"
     assert reason(body, accounts=set()) == "account_not_allowed"
 
 
 def test_region_not_allowed() -> None:
-    body = (EVENTS / "push_tagged.json").read_text()
-    assert reason(body, regions={"us-west-2"}) == "region_not_allowed"
-    assert reason(changed("region", "us-west-2")) == "region_not_allowed"
+    body = (EVENTS / BASE).read_text()
+    assert reason(body, regions={"eu-west-1"}) == "region_not_allowed"
+    assert reason(changed("region", "eu-west-1")) == "region_not_allowed"
 
 
 def test_allow_lists_may_be_any_collection() -> None:
-    body = (EVENTS / "push_tagged.json").read_text()
-    assert accept(body, accounts=["210987654321", "123456789012"], regions=("eu-central-1",)).tag == "1.2.3"
+    body = (EVENTS / BASE).read_text()
+    assert accept(body, accounts=["210987654321", "123456789012"], regions=("us-west-2",)).tag == "latest"
 
 
 # Bad bodies
@@ -128,7 +208,7 @@ def test_not_json(body: str | bytes) -> None:
     assert reason(body) == "not_json"
 
 
-@pytest.mark.parametrize("body", ["[]", json.dumps([recorded("push_tagged.json")]), '"a string"', "42", "null"])
+@pytest.mark.parametrize("body", ["[]", json.dumps([recorded(BASE)]), '"a string"', "42", "null"])
 def test_json_that_is_not_an_object(body: str) -> None:
     assert reason(body) == "wrong_shape"
 
@@ -197,7 +277,12 @@ def test_digest_must_be_sha256_hex(digest: str) -> None:
     assert reason(changed("detail.image-digest", digest)) == "wrong_shape"
 
 
-@pytest.mark.parametrize("tag", ["v1/2", "../latest", ".hidden", "-rc", "", "a b", "latest\n", "x" * 301, "é"])
+def test_empty_tag_is_an_untagged_push() -> None:
+    assert accept(changed("detail.image-tag", "")).tag is None
+    assert accept(changed("detail.image-tag", DELETE)).tag is None
+
+
+@pytest.mark.parametrize("tag", ["v1/2", "../latest", ".hidden", "-rc", " ", "a b", "latest\n", "x" * 301, "é"])
 def test_bad_tag(tag: str) -> None:
     assert reason(changed("detail.image-tag", tag)) == "wrong_shape"
 
@@ -208,9 +293,9 @@ def test_good_tag(tag: str) -> None:
 
 
 def test_oversized_body() -> None:
-    body = (EVENTS / "push_tagged.json").read_text()
+    body = (EVENTS / BASE).read_text()
     size = len(body.encode())
-    assert accept(body, max_bytes=size).tag == "1.2.3"
+    assert accept(body, max_bytes=size).tag == "latest"
     assert reason(body, max_bytes=size - 1) == "too_large"
     assert reason(body.encode(), max_bytes=size - 1) == "too_large"
 
@@ -243,7 +328,7 @@ def test_json_schema_looking_body() -> None:
 
 
 def test_unknown_top_level_fields_are_ignored() -> None:
-    assert accept(changed("properties", {"detail": {"image-tag": "evil"}})).tag == "1.2.3"
+    assert accept(changed("properties", {"detail": {"image-tag": "evil"}})).tag == "latest"
 
 
 @pytest.mark.parametrize("depth", [100, 900, 100_000])
@@ -276,9 +361,7 @@ json_values = st.recursive(
     max_leaves=20,
 )
 near_events = st.builds(
-    lambda detail, top: json.dumps(
-        {**recorded("push_tagged.json"), **top, "detail": {**recorded("push_tagged.json")["detail"], **detail}}
-    ),
+    lambda detail, top: json.dumps({**recorded(BASE), **top, "detail": {**recorded(BASE)["detail"], **detail}}),
     st.dictionaries(
         st.sampled_from(["result", "action-type", "repository-name", "image-digest", "image-tag"]), json_values
     ),
@@ -292,15 +375,89 @@ bodies = st.one_of(st.text(), st.binary(), json_values.map(json.dumps), near_eve
 def test_parse_returns_a_push_or_raises_invalid_event(body: str | bytes) -> None:
     try:
         result = accept(body)
+    except IgnoredEvent as exc:
+        assert exc.reason in IGNORED_REASONS
     except InvalidEvent as exc:
         assert exc.reason in {
             "too_large",
             "not_json",
             "wrong_shape",
             "not_an_image_action",
-            "not_a_successful_push",
             "account_not_allowed",
             "region_not_allowed",
         }
     else:
         assert isinstance(result, ImagePushed)
+
+
+# The samples through the running pipeline (ingest, a worker, the stand-in as ninkik)
+
+
+def live(name: str, repository: str, digest: str) -> dict[str, Any]:
+    """A sample as it would arrive for an image in the emulated ECR: its identifiers replaced, the rest verbatim."""
+    from ninkik_tasks import local
+
+    event = recorded(name)
+    event.update(id=str(uuid.uuid4()), account=local.ACCOUNT, region=local.REGION)
+    detail = event["detail"]
+    if "image-digest" in detail:
+        detail["image-digest"] = digest
+    if "repository-name" in detail:
+        arn = detail["repository-name"].startswith("arn:")
+        detail["repository-name"] = (
+            f"arn:aws:ecr:{local.REGION}:{local.ACCOUNT}:repository/{repository}" if arn else repository
+        )
+    return event
+
+
+def test_every_sample_notifies_or_is_dropped_with_its_reason(pipeline: Pipeline) -> None:
+    from ninkik_tasks import local
+    from ninkik_tasks.local import wait_for
+
+    stack = pipeline.stack
+    pushes = {  # sample -> (repository, the tag the sample carries)
+        "ecr-image-push.json": (f"{TENANT_A}/shop", "latest"),
+        "soci-pr137-index-push.json": (f"{TENANT_A}/web", "v4-soci"),
+        "soci-pr137-untagged-push.json": (f"{TENANT_B}/web/api", None),
+    }
+    dropped = {
+        "ecr-image-delete.json": "not_a_push",
+        "ecr-image-scan.json": "image_scan",
+        "ecr-scan-resource-change.json": "other_aws_event",
+        "inspector2-scan.json": "inspector2_scan",
+        "inspector2-finding.json": "inspector2_finding",
+    }
+    assert set(pushes) | set(dropped) == {p.name for p in EVENTS.glob("*.json")}, "a sample without an outcome"
+    digests = {name: stack.push(repository, tag) for name, (repository, tag) in pushes.items()}
+    other = stack.push(f"{TENANT_A}/shop", "other")  # the image the other events speak of
+    for name in dropped:
+        stack.send(pipeline.queue_url, live(name, f"{TENANT_A}/shop", other))
+    for name, (repository, _) in pushes.items():
+        stack.send(pipeline.queue_url, live(name, repository, digests[name]))
+
+    wait_for(lambda: all(stack.received_for(d) for d in digests.values()), 60, "a notification per push")
+    for name, (repository, tag) in pushes.items():
+        [received] = stack.received_for(digests[name])
+        image = received.body["image"]
+        assert (image["repository"], image["tags"]) == (repository, [tag] if tag else []), name
+    untagged = stack.received_for(digests["soci-pr137-untagged-push.json"])[0].body["image"]
+    # The emulator's DescribeImages gives no artifact media type; the event's is used.
+    assert untagged["artifact_media_type"] == "application/vnd.oci.image.config.v1+json"
+
+    def reasons() -> set[str]:
+        return set(re.findall(r"ignored message \S+ \((\w+)\)", pipeline.ingest.output()))
+
+    wait_for(lambda: reasons() == set(dropped.values()), 30, "every other event dropped with its reason")
+    assert not stack.received_for(other)
+    assert not [q for q in stack.quarantined() if other in q.get("body", "")]
+    # Ingest is still running and taking pushes.
+    late = stack.push(f"{TENANT_A}/shop", "after")
+    stack.send(pipeline.queue_url, local.push_event(f"{TENANT_A}/shop", late, "after"))
+    wait_for(lambda: stack.received_for(late), 60, "a push after all of them")
+    assert pipeline.ingest.alive() and "Traceback" not in pipeline.ingest.output()
+
+
+def test_a_detail_type_of_another_service_is_quarantined() -> None:
+    assert reason(changed("detail-type", "Inspector2 Scan")) == "not_an_image_action"
+    assert reason(changed("source", "aws.inspector2")) == "not_an_image_action"
+    assert reason(changed("source", "aws.s3")) == "not_an_image_action"

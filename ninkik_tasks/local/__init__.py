@@ -287,14 +287,16 @@ def push_event(
     event_id: str | None = None,
 ) -> dict[str, Any]:
     """An EventBridge "ECR Image Action" PUSH/SUCCESS event as delivered to SQS."""
+    # As ECR sends it: an untagged push has "image-tag": "", and the media types are in the event.
     detail: dict[str, Any] = {
         "result": "SUCCESS",
         "repository-name": repository,
         "image-digest": digest,
         "action-type": "PUSH",
+        "image-tag": tag or "",
+        "manifest-media-type": "application/vnd.docker.distribution.manifest.v2+json",
+        "artifact-media-type": "application/vnd.docker.container.image.v1+json",
     }
-    if tag:
-        detail["image-tag"] = tag
     return {
         "version": "0",
         "id": event_id or str(uuid.uuid4()),
