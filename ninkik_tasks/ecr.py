@@ -30,6 +30,15 @@ FINAL_WITHOUT_FINDINGS = {
 }
 
 
+# What the guide's ECR policy lacks for images that Amazon Inspector scans (enhanced scanning): ListFindings has no
+# resource-level permissions, so "*" is the only resource it can be granted on.
+INSPECTOR_STATEMENT = '{"Effect": "Allow", "Action": "inspector2:ListFindings", "Resource": "*"}'
+INSPECTOR_FIX = (
+    "inspector2:ListFindings is not granted, and ECR needs it to read the findings of images scanned by Amazon "
+    f"Inspector (enhanced scanning): add the statement {INSPECTOR_STATEMENT} to the ECR policy of the setup guide"
+)
+
+
 def error_code(exc: ClientError) -> str:
     """The AWS error code of a ClientError."""
     return str(exc.response.get("Error", {}).get("Code", ""))
@@ -46,14 +55,24 @@ def classified(action: str) -> Iterator[None]:
         if code in THROTTLING or status == 429 or status >= 500:
             raise TransientError(f"{action} throttled or failed ({code or status})") from None
         if code in DENIED:
-            raise PermanentError(
-                "access_denied", f"{action} is not granted: add it to the ECR policy of the setup guide"
-            ) from None
+            raise PermanentError("access_denied", denied_message(exc, action)) from None
         if code in GONE:
             raise PermanentError("image_gone", f"{action}: {code}") from None
         raise
     except BotoCoreError as exc:
         raise TransientError(f"{action} failed: {type(exc).__name__}") from None
+
+
+def error_message(exc: ClientError) -> str:
+    """The AWS error message of a ClientError."""
+    return str(exc.response.get("Error", {}).get("Message", ""))
+
+
+def denied_message(exc: ClientError, action: str) -> str:
+    """What to grant for an AccessDenied answer to `action`: AWS's message names the action it refused."""
+    if "inspector2:" in error_message(exc):
+        return INSPECTOR_FIX
+    return f"{action} is not granted: add it to the ECR policy of the setup guide"
 
 
 def describe_image(ecr: ECRClient, registry_id: str, region: str, repository: str, digest: str) -> Image:

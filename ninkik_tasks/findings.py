@@ -14,17 +14,24 @@ SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNTRIAGED",
 
 
 class Finding(BaseModel):
-    """One vulnerability in one package."""
+    """One vulnerability in one package, with what a security user filters on where AWS gives it."""
 
     model_config = ConfigDict(frozen=True)
     id: str
     severity: str
     package: str | None = None
-    version: str | None = None
-    fixed_version: str | None = None
+    version: str | None = None  # installed: epoch:version-release where AWS gives them
+    fixed_version: str | None = None  # None where AWS says there is no fix ("NotAvailable")
     score: float | None = None
     title: str | None = None
     uri: str | None = None
+    fix_available: str | None = None  # YES | NO | PARTIAL (enhanced)
+    exploit_available: str | None = None  # YES | NO (enhanced)
+    package_manager: str | None = None  # OS, PIP, NPM, JAR, ... (enhanced)
+    cvss_vector: str | None = None
+    cvss_version: str | None = None
+    vendor_severity: str | None = None  # the distribution's or vendor's own rating (enhanced)
+    status: str | None = None  # Inspector's finding status: ACTIVE | SUPPRESSED | CLOSED (enhanced)
 
 
 class Image(BaseModel):
@@ -61,7 +68,10 @@ class Report(BaseModel):
     scan: Scan
 
     def fingerprint(self) -> str:
-        """A hash of what ninkik would see change: tags and the scan's status and findings, not times."""
+        """A hash of what ninkik would see change: tags and the scan's status and findings, not times.
+
+        Fields a finding does not have are left out, so a field added later changes only the reports that have it.
+        """
         material = {
             "image": {
                 "registry_id": self.image.registry_id,
@@ -74,7 +84,7 @@ class Report(BaseModel):
                 "type": self.scan.type,
                 "status": self.scan.status,
                 "findings": sorted(
-                    (f.model_dump(mode="json") for f in self.scan.findings),
+                    (f.model_dump(mode="json", exclude_none=True) for f in self.scan.findings),
                     key=lambda f: json.dumps(f, sort_keys=True),
                 ),
             },
@@ -90,10 +100,19 @@ def severity_counts(findings: list[Finding]) -> dict[str, int]:
     return {**ordered, **dict(sorted(counts.items()))}
 
 
+# What Amazon Inspector writes where a package has no fixed version.
+NO_FIX = {"notavailable", "not available", "none", "n/a", ""}
+
+
 def from_basic(raw: dict[str, Any]) -> Finding:
     """A basic-scanning (Clair) finding."""
     attributes = {a.get("key"): a.get("value") for a in raw.get("attributes", []) if isinstance(a, dict)}
-    score = attributes.get("CVSS3_SCORE") or attributes.get("CVSS2_SCORE")
+    if attributes.get("CVSS3_SCORE") or attributes.get("CVSS3_VECTOR"):
+        score, vector, version = attributes.get("CVSS3_SCORE"), attributes.get("CVSS3_VECTOR"), "3"
+    else:
+        score, vector, version = attributes.get("CVSS2_SCORE"), attributes.get("CVSS2_VECTOR"), "2.0"
+    if isinstance(vector, str) and vector.startswith("CVSS:"):
+        version = vector.split("/", 1)[0].removeprefix("CVSS:")  # CVSS:3.1/AV:N/... says 3.1
     return Finding(
         id=str(raw.get("name", "")),
         severity=str(raw.get("severity", "UNDEFINED")).upper(),
@@ -103,18 +122,30 @@ def from_basic(raw: dict[str, Any]) -> Finding:
         score=_float(score),
         title=raw.get("description"),
         uri=raw.get("uri"),
+        cvss_vector=_text(vector),
+        cvss_version=version if score is not None or vector else None,
     )
 
 
 def from_enhanced(raw: dict[str, Any]) -> list[Finding]:
-    """An enhanced-scanning (Amazon Inspector) finding: one Finding per vulnerable package."""
+    """An enhanced-scanning (Amazon Inspector) finding: one Finding per vulnerable package.
+
+    Takes DescribeImageScanFindings' shape (`score`, `scoreDetails`) and Inspector's own (`inspectorScore`,
+    `inspectorScoreDetails`), as in ListFindings answers and "Inspector2 Finding" events.
+    """
     details = raw.get("packageVulnerabilityDetails") or {}
     vulnerability_id = details.get("vulnerabilityId") or raw.get("title") or raw.get("findingArn", "")
     severity = str(raw.get("severity", "UNDEFINED")).upper()
-    score = raw.get("score")
-    if score is None:
-        cvss = details.get("cvss") or []
-        score = cvss[0].get("baseScore") if cvss else None
+    cvss_list = [c for c in details.get("cvss") or [] if isinstance(c, dict)]
+    chosen = (raw.get("scoreDetails") or {}).get("cvss") or (raw.get("inspectorScoreDetails") or {}).get("adjustedCvss")
+    score = _first(raw.get("score"), raw.get("inspectorScore"), (chosen or {}).get("score"))
+    if score is None and cvss_list:
+        score = cvss_list[0].get("baseScore")
+    if not chosen:
+        # The CVSS entry behind the score, else the first one.
+        chosen = next((c for c in cvss_list if _float(c.get("baseScore")) == _float(score)), None) or next(
+            iter(cvss_list), {}
+        )
     uri = details.get("sourceUrl") or next(iter(details.get("referenceUrls") or []), None)
     packages = details.get("vulnerablePackages") or [{}]
     return [
@@ -122,14 +153,47 @@ def from_enhanced(raw: dict[str, Any]) -> list[Finding]:
             id=str(vulnerability_id),
             severity=severity,
             package=package.get("name"),
-            version=package.get("version"),
-            fixed_version=package.get("fixedInVersion"),
+            version=installed_version(package),
+            fixed_version=fixed_version(package.get("fixedInVersion")),
             score=_float(score),
             title=raw.get("title"),
             uri=uri,
+            fix_available=_text(raw.get("fixAvailable")),
+            exploit_available=_text(raw.get("exploitAvailable")),
+            package_manager=_text(package.get("packageManager")),
+            cvss_vector=_text(chosen.get("scoringVector")),
+            cvss_version=_text(chosen.get("version")),
+            vendor_severity=_text(details.get("vendorSeverity")),
+            status=_text(raw.get("status")),
         )
         for package in packages
+        if isinstance(package, dict)
     ]
+
+
+def installed_version(package: dict[str, Any]) -> str | None:
+    """epoch:version-release as the package manager writes it (epoch 0 and a missing release left out)."""
+    version = _text(package.get("version"))
+    if version is None:
+        return None
+    epoch, release = package.get("epoch"), _text(package.get("release"))
+    prefix = f"{epoch}:" if epoch not in (None, 0, "0", "") and f"{epoch}:" not in version else ""
+    suffix = f"-{release}" if release and not version.endswith(f"-{release}") else ""
+    return f"{prefix}{version}{suffix}"
+
+
+def fixed_version(value: Any) -> str | None:
+    """Inspector's fixedInVersion, or None where it says there is none."""
+    text = _text(value)
+    return None if text is None or text.strip().lower() in NO_FIX else text
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else (str(value) if isinstance(value, int | float) else None)
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
 
 
 def _float(value: Any) -> float | None:

@@ -1,13 +1,33 @@
-"""Basic and enhanced findings normalised, severity counts, and the report fingerprint."""
+"""Findings normalised (basic and enhanced), severity counts, the fingerprint; AWS's own findings bodies replayed."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import boto3
+import httpx
 import pytest
+from botocore.stub import Stubber
+from conftest import TENANT_A, Pipeline
 
-from ninkik_tasks.findings import Finding, Image, Report, Scan, from_basic, from_enhanced, severity_counts
+from ninkik_tasks import local
+from ninkik_tasks.ecr import INSPECTOR_FIX, INSPECTOR_STATEMENT, scan_findings
+from ninkik_tasks.errors import PermanentError
+from ninkik_tasks.findings import (
+    Finding,
+    Image,
+    Report,
+    Scan,
+    fixed_version,
+    from_basic,
+    from_enhanced,
+    installed_version,
+    severity_counts,
+)
+from ninkik_tasks.local import wait_for
 
 DIGEST = "sha256:9b2a1e7c4f0d83a65e2c7b1d4f9e0a3c6b8d2e5f7a1c4b9e3d6f0a2c5e8b1d4f"
 REPOSITORY = "3f2c1a9e-8d4b-4c6e-9a7f-2b1d0e5c4a83/web"
@@ -83,12 +103,18 @@ def test_from_basic() -> None:
         score=5.0,
         title="A security vulnerability has been identified in all supported versions of OpenSSL.",
         uri="https://security-tracker.debian.org/tracker/CVE-2023-0464",
+        cvss_vector="AV:N/AC:L/Au:N/C:N/I:N/A:P",
+        cvss_version="2.0",
     )
 
 
 def test_from_basic_prefers_cvss3() -> None:
     raw = {**BASIC, "attributes": [*BASIC["attributes"], {"key": "CVSS3_SCORE", "value": "7.5"}]}
     assert from_basic(raw).score == 7.5
+    assert from_basic(raw).cvss_version == "3"
+    vector = {"key": "CVSS3_VECTOR", "value": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:N/A:N"}
+    raw["attributes"].append(vector)
+    assert (from_basic(raw).cvss_vector, from_basic(raw).cvss_version) == (vector["value"], "3.1")
 
 
 def test_from_basic_with_little_information() -> None:
@@ -106,8 +132,8 @@ def test_from_basic_with_an_unreadable_score() -> None:
 def test_from_enhanced_gives_one_finding_per_vulnerable_package() -> None:
     findings = from_enhanced(ENHANCED)
     assert [(f.package, f.version, f.fixed_version) for f in findings] == [
-        ("curl", "7.88.1", "7.88.1-10+deb12u4"),
-        ("libcurl4", "7.88.1", "7.88.1-10+deb12u4"),
+        ("curl", "7.88.1-10+deb12u1", "7.88.1-10+deb12u4"),
+        ("libcurl4", "7.88.1-10+deb12u1", "7.88.1-10+deb12u4"),
     ]
     for finding in findings:
         assert finding.id == "CVE-2023-38545"
@@ -115,6 +141,8 @@ def test_from_enhanced_gives_one_finding_per_vulnerable_package() -> None:
         assert finding.score == 9.8
         assert finding.title == "CVE-2023-38545 - curl, libcurl4"
         assert finding.uri == "https://nvd.nist.gov/vuln/detail/CVE-2023-38545"
+        assert (finding.cvss_vector, finding.cvss_version) == ("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", "3.1")
+        assert (finding.package_manager, finding.status) == ("OS", "ACTIVE")
 
 
 def test_from_enhanced_falls_back_to_cvss_and_reference_urls() -> None:
@@ -238,3 +266,148 @@ def test_fingerprint_changes_with_what_ninkik_sees(other: Any) -> None:
 def test_fingerprint_changes_with_scan_type() -> None:
     enhanced = report().model_copy(update={"scan": report().scan.model_copy(update={"type": "ENHANCED"})})
     assert enhanced.fingerprint() != report().fingerprint()
+
+
+# What AWS really returns (tests/aws/findings/)
+
+AWS = Path(__file__).parent / "aws" / "findings"
+
+
+def sample(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((AWS / name).read_text())
+    return data
+
+
+def test_aws_enhanced_finding_as_a_security_user_reads_it() -> None:
+    [raw] = sample("enhanced-api-reference.json")["imageScanFindings"]["enhancedFindings"]
+    assert from_enhanced(raw) == [
+        Finding(
+            id="CVE-2022-49043",
+            severity="HIGH",
+            package="libxml2",
+            version="2.9.14+dfsg-1.3~deb12u1",  # version-release; epoch 0 is not written
+            fixed_version=None,  # AWS says "NotAvailable"
+            score=8.1,
+            title="CVE-2022-49043 - libxml2",
+            uri="https://security-tracker.debian.org/tracker/CVE-2022-49043",
+            fix_available="NO",
+            exploit_available="NO",
+            package_manager="OS",
+            cvss_vector="CVSS:3.1/AV:L/AC:H/PR:N/UI:N/S:C/C:H/I:H/A:H",
+            cvss_version="3.1",
+            vendor_severity="not yet assigned",
+            status="ACTIVE",
+        )
+    ]
+
+
+def test_aws_basic_finding() -> None:
+    [raw] = sample("basic-awscli.json")["imageScanFindings"]["findings"]
+    finding = from_basic(raw)
+    assert (finding.id, finding.package, finding.version, finding.score) == (
+        "CVE-2019-5188",
+        "e2fsprogs",
+        "1.44.1-1ubuntu1.1",
+        4.6,
+    )
+    assert (finding.cvss_vector, finding.cvss_version, finding.fixed_version) == (
+        "AV:L/AC:L/Au:N/C:P/I:P/A:P",
+        "2.0",
+        None,
+    )
+
+
+def test_inspector_event_finding_uses_inspector_score_fields() -> None:
+    # "Inspector2 Finding" events (and Inspector's ListFindings) say inspectorScore, not score.
+    event = json.loads((Path(__file__).parent / "aws" / "events" / "inspector2-finding.json").read_text())
+    [finding] = from_enhanced(event["detail"])
+    assert (finding.score, finding.cvss_version, finding.vendor_severity) == (6.5, "3.0", "Moderate")
+    assert finding.version == "1.4.3-12.amzn2.2" and finding.fixed_version is None
+
+
+@pytest.mark.parametrize(
+    ("package", "expected"),
+    [
+        ({"version": "1.1.1k", "release": "5.el8_5", "epoch": 1}, "1:1.1.1k-5.el8_5"),
+        ({"version": "2.9.14+dfsg", "release": "1.3~deb12u1", "epoch": 0}, "2.9.14+dfsg-1.3~deb12u1"),
+        ({"version": "4.17.21"}, "4.17.21"),  # a language package: no epoch, no release
+        ({"version": "3.0.2", "release": ""}, "3.0.2"),
+        ({"release": "1"}, None),
+    ],
+)
+def test_installed_version(package: dict[str, Any], expected: str | None) -> None:
+    assert installed_version(package) == expected
+
+
+@pytest.mark.parametrize("value", ["NotAvailable", "notavailable", "", None, "None", "N/A"])
+def test_no_fixed_version(value: Any) -> None:
+    assert fixed_version(value) is None
+
+
+def test_a_fixed_version_is_kept() -> None:
+    assert fixed_version("1:1.1.1k-7.el8_6") == "1:1.1.1k-7.el8_6"
+
+
+def test_fields_a_finding_lacks_do_not_enter_the_fingerprint() -> None:
+    # So a field added later changes only the reports that have it: the basic report below is what it was
+    # before fix_available & co. existed, as long as its findings carry none of them.
+    plain = [Finding(id="CVE-2026-0001", severity="HIGH", package="zlib", version="1.2.11")]
+    material = report(plain).scan.findings[0].model_dump(mode="json", exclude_none=True)
+    assert set(material) == {"id", "severity", "package", "version"}
+    assert report(plain).fingerprint() == report(plain).fingerprint()
+
+
+# ECR's answer for enhanced-scanned images without inspector2:ListFindings
+
+
+def test_inspector_denial_names_the_statement_to_add() -> None:
+    ecr = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="x", region_name="eu-central-1").client(
+        "ecr"
+    )
+    message = (
+        "User: arn:aws:iam::123456789012:user/ninkik is not authorized to perform: inspector2:ListFindings "
+        "on resource: arn:aws:inspector2:eu-central-1:123456789012:/findings/list"
+    )
+    image = report().image
+    with Stubber(ecr) as stub:
+        stub.add_client_error("describe_image_scan_findings", "AccessDeniedException", message, http_status_code=400)
+        with pytest.raises(PermanentError) as caught:
+            scan_findings(ecr, image)
+    assert caught.value.reason == "access_denied"
+    assert str(caught.value) == INSPECTOR_FIX
+    assert INSPECTOR_STATEMENT in str(caught.value)
+    assert json.loads(INSPECTOR_STATEMENT) == {"Effect": "Allow", "Action": "inspector2:ListFindings", "Resource": "*"}
+
+
+# AWS's findings bodies through moto and the running pipeline
+
+
+@pytest.mark.parametrize(
+    ("name", "scan_type"), [("basic-awscli.json", "BASIC"), ("enhanced-api-reference.json", "ENHANCED")]
+)
+def test_aws_findings_bodies_are_notified_as_normalised(pipeline: Pipeline, name: str, scan_type: str) -> None:
+    stack = pipeline.stack
+    repository = f"{TENANT_A}/shop"
+    digest = stack.push(repository, None, scan=False)
+    body = sample(name)
+    body.update(registryId=local.ACCOUNT, repositoryName=repository, imageId={"imageDigest": digest})
+    stack.ecr.start_image_scan(repositoryName=repository, imageId={"imageDigest": digest})
+    httpx.post(
+        f"{stack.moto_url}/moto-api/static/ecr/scan-finding-results", json={"results": [body], "region": local.REGION}
+    ).raise_for_status()
+    stack.send(pipeline.queue_url, local.push_event(repository, digest))
+    [received] = wait_for(lambda: stack.received_for(digest), 60, "the notification")
+    scan = received.body["scan"]
+    assert (scan["type"], scan["status"]) == (scan_type, body["imageScanStatus"]["status"])
+    assert scan["completed_at"]
+    expected = [
+        f.model_dump(mode="json") for raw in body["imageScanFindings"].get("findings", []) for f in [from_basic(raw)]
+    ] + [
+        f.model_dump(mode="json")
+        for raw in body["imageScanFindings"].get("enhancedFindings", [])
+        for f in from_enhanced(raw)
+    ]
+    assert scan["findings"] == expected
+    if scan_type == "ENHANCED":
+        assert scan["findings"][0]["fixed_version"] is None
+        assert scan["findings"][0]["version"] == "2.9.14+dfsg-1.3~deb12u1"
