@@ -7,7 +7,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from botocore.exceptions import ClientError
 
 from .config import Settings
-from .ecr import classified, error_code
+from .ecr import DENIED, classified, error_code, error_message
 from .errors import ConfigError, InvalidFilter, PermanentError, TransientError
 from .events import ImagePushed
-from .tenants import split
+from .inventory import Inventory
+from .tenants import REPOSITORY, Directory, load_tenants_file, split
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
@@ -40,14 +41,14 @@ class Filters:
     """Which images a sweep covers; every field optional."""
 
     tenant: str | None = None
-    repository: str | None = None
+    repositories: tuple[str, ...] = ()
     since: datetime | None = None
 
-    def as_kwargs(self) -> dict[str, str | None]:
+    def as_kwargs(self) -> dict[str, str | list[str] | None]:
         """The filters as the backfill task's keyword arguments (JSON-friendly)."""
         return {
             "tenant": self.tenant,
-            "repository": self.repository,
+            "repository": list(self.repositories) or None,
             "since": self.since.isoformat() if self.since else None,
         }
 
@@ -60,25 +61,31 @@ def validate(
     tenant_known: Callable[[str], bool],
     now: datetime | None = None,
 ) -> Filters:
-    """Check and normalise backfill filters; InvalidFilter with a one-line reason if one is unusable."""
+    """Check and normalise backfill filters; InvalidFilter with a one-line reason if one is unusable.
+
+    `repository` is one name or a list of them (`backfill --repository` may be given more than once).
+    """
     if tenant is not None:
         if not isinstance(tenant, str) or not _UUID.fullmatch(tenant.strip()):
             raise InvalidFilter(f"tenant {tenant!r} is not a UUID (like 3f1c9a52-5d0e-4b8a-9c7e-0a1b2c3d4e5f)")
         tenant = tenant.strip().lower()
-    if repository is not None:
-        if not isinstance(repository, str):
-            raise InvalidFilter(f"repository {repository!r} is not a repository name")
+    names: list[object] = (
+        [] if repository is None else list(repository) if isinstance(repository, list | tuple) else [repository]
+    )
+    owners: set[str] = set()
+    for name in names:
+        if not isinstance(name, str):
+            raise InvalidFilter(f"repository {name!r} is not a repository name")
         try:
-            owner = split(repository).tenant
+            owner = split(name).tenant
         except PermanentError:
             raise InvalidFilter(
-                f"repository {repository[:300]!r} is not a ninkik repository (${{TENANT_UUID}}/${{PRODUCT}}[/...])"
+                f"repository {name[:300]!r} is not a ninkik repository (${{TENANT_UUID}}/${{PRODUCT}}[/...])"
             ) from None
         if tenant is not None and owner != tenant:
-            raise InvalidFilter(f"repository {repository} belongs to tenant {owner}, not to tenant {tenant}")
-    else:
-        owner = None
-    for uuid_ in {t for t in (tenant, owner) if t}:
+            raise InvalidFilter(f"repository {name} belongs to tenant {owner}, not to tenant {tenant}")
+        owners.add(owner)
+    for uuid_ in sorted({t for t in (tenant, *owners) if t}):
         if not tenant_known(uuid_):
             raise InvalidFilter(f"tenant {uuid_} is not known to ninkik")
     when = None
@@ -86,7 +93,8 @@ def validate(
         when = parse_since(since)
         if when > (now or datetime.now(UTC)):
             raise InvalidFilter(f"since {since!r} is in the future: no image would match")
-    return Filters(tenant=tenant, repository=repository, since=when)
+    repositories = tuple(dict.fromkeys(n for n in names if isinstance(n, str)))
+    return Filters(tenant=tenant, repositories=repositories, since=when)
 
 
 def parse_since(value: object) -> datetime:
@@ -120,6 +128,19 @@ def registries(settings: Settings) -> list[Registry]:
     return [Registry(account, region) for account in settings.aws_account_ids for region in regions]
 
 
+# The accepted limit of sweeping without a full listing, as sweeps and `check` state it.
+LIMIT = (
+    "without a listing of the registry, a repository that is neither a product's (TENANT/PRODUCT_UUID or "
+    "TENANT/PRODUCT_NAME), nor seen in a push event, nor named in NINKIK_REPOSITORIES or `backfill --repository` "
+    "(a sub-path one such as TENANT/web/api whose events were all lost) cannot be found"
+)
+LISTING_STATEMENT = (
+    '{"Effect": "Allow", "Action": "ecr:DescribeRepositories", '
+    '"Resource": "arn:aws:ecr:<region>:<account>:repository/*"}'
+)
+_listing_denied: set[Registry] = set()  # registries whose listing was refused, logged once per process
+
+
 @dataclass
 class Progress:
     """What a sweep has done so far; also its summary."""
@@ -130,8 +151,11 @@ class Progress:
     already_started: int = 0  # reconcile: started by an earlier run
     not_ready: int = 0  # rescan: a scan running right now is read next time
     other_repositories: int = 0  # not named ${TENANT_UUID}/${PRODUCT}: no image call made
+    missing_repositories: int = 0  # named (a product's, seen in an event, by the operator) but not in the registry
+    by_name: list[str] = field(default_factory=list)  # registries that could not be listed: enumerated by name
+    unreachable: list[str] = field(default_factory=list)  # "repository: why" for each one the policy refused
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         """The counts, for task state and results."""
         return asdict(self)
 
@@ -141,22 +165,33 @@ class Progress:
             setattr(self, name, getattr(self, name) + value)
 
 
+class _ListingDenied(Exception):
+    """DescribeRepositories without names was refused (the policy is scoped to some tenants' repositories)."""
+
+
+class _Missing(Exception):
+    """The repository named is not in the registry."""
+
+
 def repositories(ecr: ECRClient, registry_id: str, filters: Filters, progress: Progress) -> Iterator[str]:
-    """The registry's ninkik repositories (every page), only the filtered tenant's or repository when given."""
-    if filters.repository:
-        with classified("ecr:DescribeRepositories"):
-            try:
-                ecr.describe_repositories(registryId=registry_id, repositoryNames=[filters.repository])
-            except ClientError as exc:
-                if error_code(exc) != "RepositoryNotFoundException":
-                    raise
-                log.info("no repository %s in registry %s", filters.repository, registry_id)
-                return
-        yield filters.repository
-        return
+    """The registry's ninkik repositories (every page), only the filtered tenant's when given.
+
+    _ListingDenied if the policy refuses the listing, raised before any name is given out.
+    """
     paginator = ecr.get_paginator("describe_repositories")
+    first = True
     with classified("ecr:DescribeRepositories"):
-        for page in paginator.paginate(registryId=registry_id, PaginationConfig={"PageSize": PAGE_SIZE}):
+        pages = iter(paginator.paginate(registryId=registry_id, PaginationConfig={"PageSize": PAGE_SIZE}))
+        while True:
+            try:
+                page = next(pages)
+            except StopIteration:
+                return
+            except ClientError as exc:
+                if first and error_code(exc) in DENIED:
+                    raise _ListingDenied(error_message(exc)) from None
+                raise
+            first = False
             for repository in page.get("repositories", []):
                 name = repository["repositoryName"]
                 try:
@@ -170,7 +205,7 @@ def repositories(ecr: ECRClient, registry_id: str, filters: Filters, progress: P
 
 
 def image_pages(ecr: ECRClient, registry_id: str, repository: str) -> Iterator[list[ImageDetailTypeDef]]:
-    """Every page of DescribeImages for one repository (nothing if it was deleted meanwhile)."""
+    """Every page of DescribeImages for one repository; _Missing if there is no such repository."""
     paginator = ecr.get_paginator("describe_images")
     pages = paginator.paginate(
         registryId=registry_id, repositoryName=repository, PaginationConfig={"PageSize": PAGE_SIZE}
@@ -182,7 +217,51 @@ def image_pages(ecr: ECRClient, registry_id: str, repository: str) -> Iterator[l
         except ClientError as exc:
             if error_code(exc) != "RepositoryNotFoundException":
                 raise
-            log.info("repository deleted during the sweep: repository=%s", repository)
+            raise _Missing(repository) from None
+
+
+@dataclass
+class Known:
+    """The repositories a sweep can name when the registry cannot be listed.
+
+    For each tenant: its products' repositories (by UUID and by name, from the tenant directory), those seen in
+    push events (the inventory), and those the operator named (NINKIK_REPOSITORIES). The tenants are
+    NINKIK_TENANT_UUIDS, the tenants file's and those seen in events.
+    """
+
+    inventory: Inventory
+    directory: Callable[[], Directory]
+    tenants: set[str] = field(default_factory=set)
+    named: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, svc: Services) -> Known:
+        """What this deployment knows, from its settings, tenant directory and Redis."""
+        s = svc.settings
+        tenants = set(s.tenant_uuids)
+        if s.tenants_file:
+            tenants |= set(load_tenants_file(s.tenants_file))
+        return cls(Inventory(svc.redis, s.redis_namespace), svc.directory, tenants, tuple(s.repositories))
+
+    def all_tenants(self) -> set[str]:
+        """Every tenant whose repositories a sweep without --tenant names."""
+        owners = set()
+        for name in self.named:
+            with suppress(PermanentError):
+                owners.add(split(name).tenant)
+        return self.tenants | self.inventory.tenants() | owners
+
+    def names(self, registry: Registry, tenant: str) -> list[str]:
+        """The repositories of `tenant` in `registry` a sweep can name."""
+        names = {n for n in self.inventory.known(registry.account, registry.region) if n.startswith(f"{tenant}/")}
+        names |= {n for n in self.named if n.startswith(f"{tenant}/")}
+        directory_tenant = self.directory().tenant(tenant)
+        for product in directory_tenant.products if directory_tenant else []:
+            for segment in (product.uuid.lower(), product.name.lower()):
+                candidate = f"{tenant}/{segment}"
+                if REPOSITORY.fullmatch(candidate):
+                    names.add(candidate)
+        return sorted(names)
 
 
 def pushed_at(detail: ImageDetailTypeDef) -> datetime | None:
@@ -206,6 +285,8 @@ def pushed_event(source: Source, detail: ImageDetailTypeDef, region: str) -> Ima
         tag=tags[0] if tags else None,
         time=pushed_at(detail) or datetime.now(UTC),
         source=source,
+        manifest_media_type=detail.get("imageManifestMediaType"),
+        artifact_media_type=detail.get("artifactMediaType"),
     )
 
 
@@ -221,6 +302,8 @@ class Sweep:
     # reconcile: (event ids) -> those already started, and (event ids) -> remember them as started
     seen: Callable[[list[str]], set[str]] | None = None
     mark: Callable[[list[str]], None] | None = None
+    # where names come from when the registry cannot be listed (None: such a sweep fails)
+    known: Known | None = None
     progress: Progress = field(default_factory=Progress)
 
     def run(self, registry: Registry, filters: Filters) -> Progress:
@@ -238,32 +321,71 @@ class Sweep:
                 registry.account,
                 registry.region,
             )
+        if mine.unreachable:
+            log.warning(
+                "%s: %d repositories in %s/%s could not be read: %s",
+                self.source,
+                len(mine.unreachable),
+                registry.account,
+                registry.region,
+                "; ".join(mine.unreachable[:5]),
+            )
         return mine
+
+    def _names(self, ecr: ECRClient, registry: Registry, filters: Filters, mine: Progress) -> Iterator[str]:
+        """The repositories to read: those named by the filters, else the listing, else what is known by name."""
+        if filters.repositories:
+            yield from filters.repositories
+            return
+        try:
+            yield from repositories(ecr, registry.account, filters, mine)
+            return
+        except _ListingDenied as exc:
+            if self.known is None:
+                raise PermanentError("access_denied", f"ecr:DescribeRepositories is not granted: {exc}") from None
+            where = f"{registry.account}/{registry.region}"
+            mine.by_name.append(where)
+            if registry not in _listing_denied:
+                _listing_denied.add(registry)
+                log.warning(
+                    "the policy does not grant ecr:DescribeRepositories on repository/* in %s: sweeps name the "
+                    "repositories they know (tenants' products, repositories seen in events, NINKIK_REPOSITORIES); "
+                    "%s. To list instead, add %s",
+                    where,
+                    LIMIT,
+                    LISTING_STATEMENT,
+                )
+        tenants = [filters.tenant] if filters.tenant else sorted(self.known.all_tenants())
+        if not tenants:
+            log.warning(
+                "%s: no tenant is known in %s/%s (set NINKIK_TENANT_UUIDS, or NINKIK_TENANTS_FILE): nothing to sweep",
+                self.source,
+                registry.account,
+                registry.region,
+            )
+        for tenant in tenants:
+            names = self.known.names(registry, tenant)
+            if not names:
+                log.info("%s: tenant %s has no repository known by name: nothing to sweep", self.source, tenant)
+            yield from names
 
     def _run(self, registry: Registry, filters: Filters, mine: Progress) -> None:
         ecr = self.ecr(registry.region)
-        for repository in repositories(ecr, registry.account, filters, mine):
+        for repository in self._names(ecr, registry, filters, mine):
             mine.repositories += 1
             self._report(mine)
-            for page in image_pages(ecr, registry.account, repository):
-                before = mine.images
-                mine.images += len(page)
-                wanted = [d for d in page if filters.since is None or (pushed_at(d) or filters.since) >= filters.since]
-                if self.source == "rescan":
-                    ready = [d for d in wanted if (d.get("imageScanStatus") or {}).get("status") not in NOT_READY]
-                    mine.not_ready += len(wanted) - len(ready)
-                    wanted = ready
-                events = [pushed_event(self.source, d, registry.region) for d in wanted]
-                if self.seen is not None:
-                    seen = self.seen([e.event_id for e in events])
-                    mine.already_started += len(seen)
-                    events = [e for e in events if e.event_id not in seen]
-                for event in events:
-                    self.start(event)
-                    mine.chains_started += 1
-                if self.mark is not None and events:
-                    self.mark([e.event_id for e in events])  # only once their chains are queued
-                self._report(mine, before)
+            try:
+                self._repository(ecr, registry, repository, filters, mine)
+            except _Missing:
+                mine.repositories -= 1
+                mine.missing_repositories += 1
+                log.debug("no repository %s in %s/%s", repository, registry.account, registry.region)
+                if self.known is not None:
+                    self.known.inventory.forget(registry.account, registry.region, repository)
+            except PermanentError as exc:
+                if exc.reason != "access_denied":
+                    raise
+                mine.unreachable.append(f"{repository}: {exc}")
             log.log(
                 logging.INFO if self.source == "backfill" else logging.DEBUG,  # scheduled sweeps: totals only
                 "%s: repository=%s registry=%s region=%s, %d chains started in this registry so far",
@@ -273,6 +395,29 @@ class Sweep:
                 registry.region,
                 mine.chains_started,
             )
+
+    def _repository(
+        self, ecr: ECRClient, registry: Registry, repository: str, filters: Filters, mine: Progress
+    ) -> None:
+        for page in image_pages(ecr, registry.account, repository):
+            before = mine.images
+            mine.images += len(page)
+            wanted = [d for d in page if filters.since is None or (pushed_at(d) or filters.since) >= filters.since]
+            if self.source == "rescan":
+                ready = [d for d in wanted if (d.get("imageScanStatus") or {}).get("status") not in NOT_READY]
+                mine.not_ready += len(wanted) - len(ready)
+                wanted = ready
+            events = [pushed_event(self.source, d, registry.region) for d in wanted]
+            if self.seen is not None:
+                seen = self.seen([e.event_id for e in events])
+                mine.already_started += len(seen)
+                events = [e for e in events if e.event_id not in seen]
+            for event in events:
+                self.start(event)
+                mine.chains_started += 1
+            if self.mark is not None and events:
+                self.mark([e.event_id for e in events])  # only once their chains are queued
+            self._report(mine, before)
 
     def _report(self, mine: Progress, images_before: int | None = None) -> None:
         """Report the running total at each new repository and whenever another `progress_every` images were read."""
@@ -286,6 +431,11 @@ class Sweep:
         self.on_progress(total)
 
 
+def summary_notes(progress: Progress) -> dict[str, Any]:
+    """What a sweep's result says beyond its counts: the accepted limit when it enumerated by name."""
+    return {"limit": LIMIT} if progress.by_name else {}
+
+
 def backfill(
     svc: Services,
     filters: Filters,
@@ -296,10 +446,14 @@ def backfill(
 ) -> dict[str, Any]:
     """Start a chain (source backfill) for every image the filters select, in every registry."""
     began = time.monotonic()
-    sweep = Sweep("backfill", svc.ecr, start, on_progress, progress_every)
+    sweep = Sweep("backfill", svc.ecr, start, on_progress, progress_every, known=Known.of(svc))
     for registry in registries(svc.settings):
         sweep.run(registry, filters)
-    summary = {**sweep.progress.as_dict(), "seconds": round(time.monotonic() - began, 3)}
+    summary = {
+        **sweep.progress.as_dict(),
+        **summary_notes(sweep.progress),
+        "seconds": round(time.monotonic() - began, 3),
+    }
     log.info("backfill done %s: %s", filters.as_kwargs(), summary)
     return {**summary, "filters": filters.as_kwargs()}
 
@@ -326,6 +480,7 @@ def reconcile(svc: Services, start: Start, *, now: datetime | None = None) -> di
             start,
             seen=records.seen_events,
             mark=lambda ids: records.mark_events(ids, s.event_dedupe_seconds),
+            known=Known.of(svc),
         )
         out: dict[str, Any] = {}
         errors: list[str] = []
@@ -352,7 +507,7 @@ def reconcile(svc: Services, start: Start, *, now: datetime | None = None) -> di
         log.info("reconcile done: %s", sweep.progress.as_dict())
         if errors:
             raise TransientError("reconcile failed for " + "; ".join(errors))
-        return {**sweep.progress.as_dict(), "registries": out}
+        return {**sweep.progress.as_dict(), **summary_notes(sweep.progress), "registries": out}
 
 
 def rescan(svc: Services, start: Start, *, now: datetime | None = None) -> dict[str, Any]:
@@ -366,11 +521,11 @@ def rescan(svc: Services, start: Start, *, now: datetime | None = None) -> dict[
             log.info("rescan skipped: another rescan is running")
             return {"skipped": "another rescan is running"}
         since = (now or datetime.now(UTC)) - timedelta(days=s.rescan_days)
-        sweep = Sweep("rescan", svc.ecr, start)
+        sweep = Sweep("rescan", svc.ecr, start, known=Known.of(svc))
         for registry in registries(s):
             sweep.run(registry, Filters(since=since))
         log.info("rescan done: %s", sweep.progress.as_dict())
-        return {**sweep.progress.as_dict(), "since": since.isoformat()}
+        return {**sweep.progress.as_dict(), **summary_notes(sweep.progress), "since": since.isoformat()}
 
 
 @contextmanager

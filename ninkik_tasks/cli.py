@@ -175,10 +175,12 @@ def failures_retry(entry_id: str) -> None:
 
 @main.command()
 @click.option("--tenant", help="Only this tenant's repositories (its UUID).")
-@click.option("--repository", help="Only this repository (TENANT_UUID/PRODUCT[/...]).")
+@click.option(
+    "--repository", multiple=True, help="Only this repository (TENANT_UUID/PRODUCT[/...]); may be given more than once."
+)
 @click.option("--since", help="Only images pushed at or after this ISO-8601 date or time (UTC unless given).")
 @click.option("--wait", is_flag=True, help="Show progress until it is done (Ctrl-C stops waiting, not the backfill).")
-def backfill(tenant: str | None, repository: str | None, since: str | None, wait: bool) -> None:
+def backfill(tenant: str | None, repository: tuple[str, ...], since: str | None, wait: bool) -> None:
     """Queue a backfill: start the chain for every image in the registries, or only the filtered ones."""
     from kombu.exceptions import OperationalError
     from redis import RedisError
@@ -191,7 +193,9 @@ def backfill(tenant: str | None, repository: str | None, since: str | None, wait
 
     svc = services(get_settings())
     try:
-        filters = validate(tenant, repository, since, tenant_known=lambda t: svc.directory().tenant(t) is not None)
+        filters = validate(
+            tenant, list(repository) or None, since, tenant_known=lambda t: svc.directory().tenant(t) is not None
+        )
     except InvalidFilter as exc:
         click.echo(f"ninkik-tasks: {exc}", err=True)
         sys.exit(2)
@@ -252,6 +256,10 @@ def _watch_backfill(result: Any) -> int:
         f"done: {summary['repositories']} repositories, {summary['images']} images, "
         f"{summary['chains_started']} chains started in {summary['seconds']} s"
     )
+    for unreachable in summary.get("unreachable") or []:
+        click.echo(f"not read: {unreachable}")
+    if summary.get("by_name"):
+        click.echo(f"registry not listable ({', '.join(summary['by_name'])}): {summary.get('limit', '')}")
     return 0
 
 

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     api_url: str | None = None
     api_token: SecretStr | None = None
     tenants_file: Path | None = None
+    # Sweeps under a policy that cannot list the registry: the tenants and repositories to name (besides the
+    # tenants file's and those seen in events).
+    tenant_uuids: CsvList = Field(default_factory=list)
+    repositories: CsvList = Field(default_factory=list)
     tenant_cache_seconds: int = 300
     http_timeout_seconds: float = 10.0
 
@@ -66,7 +70,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
-    @field_validator("aws_account_ids", "aws_regions", mode="before")
+    @field_validator("aws_account_ids", "aws_regions", "tenant_uuids", "repositories", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -80,6 +84,14 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"\d{12}", account):
                 raise ValueError(f"{account!r} is not a 12-digit AWS account ID")
         return value
+
+    @field_validator("tenant_uuids")
+    @classmethod
+    def _tenants_are_uuids(cls, value: list[str]) -> list[str]:
+        for tenant in value:
+            if not re.fullmatch(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", tenant):
+                raise ValueError(f"{tenant!r} is not a tenant UUID")
+        return [t.lower() for t in value]
 
     def allowed_regions(self) -> list[str]:
         """The configured regions, else the queue's region, else boto3's default region."""

@@ -20,6 +20,7 @@ from .ecr import DENIED, error_code
 from .errors import ConfigError, IgnoredEvent, InvalidEvent
 from .events import ImagePushed, parse
 from .idempotency import Records
+from .inventory import Inventory
 from .records import MAX_BODY_CHARS, Journal
 
 if TYPE_CHECKING:
@@ -44,11 +45,16 @@ class Ingest:
     records: Records
     quarantine: Journal
     start: Callable[[ImagePushed], Any]
+    inventory: Inventory | None = None  # where accepted pushes' repositories are remembered for sweeps
     counts: Counter[str] = field(default_factory=Counter)
     deleting: bool = True
     _delete_retry_at: float = 0.0
     _stopping: bool = False
     _waiting: bool = False
+
+    def __post_init__(self) -> None:
+        if self.inventory is None:
+            self.inventory = Inventory(self.records.r, self.settings.redis_namespace)
 
     @property
     def queue_url(self) -> str:
@@ -168,6 +174,9 @@ class Ingest:
                 self._quarantine(message, body, exc)
                 handled.append(message)
         metrics.ACCEPTED.inc(len(valid))
+        if valid and self.inventory is not None:
+            # Sweeps name these when the registry cannot be listed (the guide's policy): see backfill.py.
+            self.inventory.remember((p.account, p.region, p.repository) for _, p in valid)
         seen = self.records.seen_events([pushed.event_id for _, pushed in valid])
         started: list[str] = []
         duplicates = 0

@@ -180,9 +180,9 @@ PROGRESS_EVERY = 100  # images between two PROGRESS updates of a backfill (what 
 
 @app.task(name="ninkik.backfill", bind=True, queue=CONTROL_QUEUE, acks_late=False, track_started=True)
 def backfill(
-    self: Task, tenant: str | None = None, repository: str | None = None, since: str | None = None
+    self: Task, tenant: str | None = None, repository: str | list[str] | None = None, since: str | None = None
 ) -> dict[str, Any]:
-    """Start the chain for every image in the registries, or the tenant's, the repository's, pushed since."""
+    """Start the chain for every image in the registries, or the tenant's, the repositories', pushed since."""
     svc = _svc()
     filters = sweeps.validate(tenant, repository, since, tenant_known=lambda t: svc.directory().tenant(t) is not None)
 

@@ -24,9 +24,11 @@ import boto3
 import httpx
 import pytest
 import redis
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from celery import Celery
 from conftest import TENANT_A, TENANT_B, TOKEN, Stack, celery_worker, ingest
+from iamproxy import IamProxy
 
 from ninkik_tasks import local
 from ninkik_tasks.backfill import Filters, Progress, Registry, Sweep, reconcile, rescan, watermark_key
@@ -562,3 +564,180 @@ def test_ctrl_c_stops_waiting_not_the_backfill(stack: Stack, scratch: Scratch) -
         assert [json.loads(m)["headers"]["id"] for m in queued] == [task_id]
     finally:
         waiting.stop()
+
+
+# 8. Under the guide's exact policy, as AWS evaluates it (tests/iamproxy.py in front of moto)
+
+
+@pytest.fixture
+def guarded(stack: Stack) -> Iterator[IamProxy]:
+    """An IAM layer granting the guide's two policies, the ECR one for TENANT_A and one new tenant per test."""
+    proxy = IamProxy(stack.moto_url, tenants={TENANT_A}).start()
+    yield proxy
+    proxy.stop()
+
+
+def test_backfill_under_the_guides_policy_names_every_known_repository(
+    stack: Stack, scratch: Scratch, guarded: IamProxy
+) -> None:
+    stack.standin.reset()
+    mine, other = new_tenant(stack), new_tenant(stack)
+    guarded.tenants.add(mine)
+    region = "ap-south-1"  # a region of its own: its repositories are only this test's
+    guarded.regions.add(region)
+    product = next(t for t in stack.standin.tenants if t["uuid"] == mine)["products"][0]["uuid"]
+    ecr = stack.session.client("ecr", endpoint_url=stack.moto_url, region_name=region)
+
+    def push(repository: str, tag: str | None) -> str:
+        digest = local.push_image(ecr, repository, uuid.uuid4().hex, tag)
+        local.set_scan_result(stack.moto_url, ecr, repository, digest, region=region)
+        return digest
+
+    expected = {
+        "by product name": push(f"{mine}/app", "1"),
+        "by product UUID": push(f"{mine}/{product}", "2"),
+        "seen in an event": push(f"{mine}/app/api", None),
+        "named by the operator": push(f"{mine}/app/worker", "4"),
+    }
+    lost = push(f"{mine}/app/batch", "5")  # sub-path, never seen, never named: the accepted limit
+    foreign = [push(f"{other}/app", "6"), push(f"{other}/app/api", "7")]
+    env = scratch.env(
+        stack,
+        **guarded.env(),
+        NINKIK_AWS_REGIONS=region,
+        NINKIK_REDIS_NAMESPACE=f"iam-{uuid.uuid4().hex[:8]}",
+        NINKIK_REPOSITORIES=f"{mine}/app/worker",
+    )
+    proc = celery_worker(stack, env, "guarded")
+    queue_url = stack.new_queue()
+    feeder = ingest(stack, env, queue_url, name="ingest-guarded")
+    try:
+        # The push of the sub-path repository arrives: ingest (behind the guide's SQS policy) remembers it.
+        stack.send(queue_url, local.push_event(f"{mine}/app/api", expected["seen in an event"], region=region))
+        wait_for(lambda: stack.received_for(expected["seen in an event"]), 60, "the pushed image's notification")
+        assert wait_for(lambda: guarded.refusals("sqs:DeleteMessage"), 30, "a refused DeleteMessageBatch")
+        wait_for(lambda: "sqs:DeleteMessage is not granted" in feeder.output(), 30, "ingest's warning")
+
+        done = cli(env, "backfill", "--tenant", mine, "--wait")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "4 repositories, 4 images, 4 chains started" in done.stdout, done.stdout
+        assert f"registry not listable ({local.ACCOUNT}/{region})" in done.stdout
+        assert "sub-path" in done.stdout and "cannot be found" in done.stdout
+        wait_for(lambda: once_each(stack, list(expected.values())), 60, "every known image notified once")
+        assert not stack.received_for(lost) and not any(stack.received_for(d) for d in foreign)
+        # What AWS refused: the one unfiltered listing, and the deletes; nothing of the other tenant was asked for.
+        assert {r.action for r in guarded.refusals()} == {"ecr:DescribeRepositories", "sqs:DeleteMessage"}
+        [listing] = guarded.refusals("ecr:DescribeRepositories")
+        assert listing.resource == f"arn:aws:ecr:{region}:{local.ACCOUNT}:repository/*"
+        assert not {n for n in guarded.repositories_read() if n.startswith(other)}
+        assert logged(proc, "sweeps name the repositories they know")
+
+        # The operator names repositories for one backfill; one of them does not exist.
+        again = cli(env, "backfill", "--repository", f"{mine}/app/batch", "--repository", f"{mine}/nope", "--wait")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "1 repositories, 1 images, 1 chains started" in again.stdout, again.stdout
+        wait_for(lambda: once_each(stack, [lost]), 60, "the named repository's image")
+        summary = client(env).send_task("ninkik.backfill", kwargs={"repository": [f"{mine}/nope"]}, queue=CONTROL)
+        assert summary.get(timeout=30)["missing_repositories"] == 1
+    finally:
+        feeder.stop()
+        proc.stop()
+
+
+def test_reconcile_and_rescan_under_the_guides_policy(stack: Stack, scratch: Scratch, guarded: IamProxy) -> None:
+    stack.standin.reset()
+    mine = new_tenant(stack)
+    guarded.tenants.add(mine)
+    region = "ap-southeast-2"
+    guarded.regions.add(region)
+    ecr = stack.session.client("ecr", endpoint_url=stack.moto_url, region_name=region)
+    env = scratch.env(
+        stack,
+        **guarded.env(),
+        NINKIK_AWS_REGIONS=region,
+        NINKIK_REDIS_NAMESPACE=f"iam-{uuid.uuid4().hex[:8]}",
+        NINKIK_TENANT_UUIDS=mine,
+    )
+    proc = celery_worker(stack, env, "guarded-sweeps")
+    try:
+        # Ingest is down: these pushes' events are lost. Both repositories are the product's, by name.
+        lost = []
+        for tag in ("r1", None):
+            digest = local.push_image(ecr, f"{mine}/app", uuid.uuid4().hex, tag)
+            local.set_scan_result(stack.moto_url, ecr, f"{mine}/app", digest, region=region)
+            lost.append(digest)
+        summary = client(env).send_task("ninkik.reconcile", queue=CONTROL).get(timeout=30)
+        assert summary["chains_started"] == 2 and summary["by_name"] == [f"{local.ACCOUNT}/{region}"]
+        assert "cannot be found" in summary["limit"] and summary["unreachable"] == []
+        wait_for(lambda: once_each(stack, lost), 60, "the reconciled images' notifications")
+        assert {r.body["source"] for d in lost for r in stack.received_for(d)} == {"reconcile"}
+
+        rescanned = client(env).send_task("ninkik.rescan", queue=CONTROL).get(timeout=30)
+        assert rescanned["chains_started"] == 2 and rescanned["by_name"]
+        wait_for(lambda: logged(proc, "already_sent", "event=rescan:"), 60, "the rescan's chains")
+        assert once_each(stack, lost)
+        assert {r.action for r in guarded.refusals()} == {"ecr:DescribeRepositories"}
+    finally:
+        proc.stop()
+
+
+def test_a_policy_that_allows_the_listing_is_used(stack: Stack, scratch: Scratch, guarded: IamProxy) -> None:
+    stack.standin.reset()
+    mine = new_tenant(stack)
+    guarded.tenants.add(mine)
+    guarded.list_registry = True
+    region = "ca-central-1"
+    guarded.regions.add(region)
+    ecr = stack.session.client("ecr", endpoint_url=stack.moto_url, region_name=region)
+    digest = local.push_image(ecr, f"{mine}/app/never-seen", uuid.uuid4().hex, "1")
+    local.set_scan_result(stack.moto_url, ecr, f"{mine}/app/never-seen", digest, region=region)
+    env = scratch.env(stack, **guarded.env(), NINKIK_AWS_REGIONS=region)
+    proc = celery_worker(stack, env, "listing")
+    try:
+        done = cli(env, "backfill", "--tenant", mine, "--wait")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 chains started" in done.stdout and "not listable" not in done.stdout
+        wait_for(lambda: once_each(stack, [digest]), 60, "the listed image's notification")
+        assert not guarded.refusals()
+    finally:
+        proc.stop()
+
+
+def test_the_iam_layer_refuses_what_aws_refuses(stack: Stack, guarded: IamProxy) -> None:
+    stack.push(f"{TENANT_A}/shop", "iam")
+    stack.push(f"{TENANT_B}/web", "iam")
+    ecr = stack.session.client("ecr", endpoint_url=guarded.url)
+    sqs = stack.session.client("sqs", endpoint_url=guarded.url)
+    with pytest.raises(ClientError) as listing:
+        ecr.describe_repositories()
+    assert listing.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert listing.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert listing.value.response["Error"]["Message"] == (
+        f"User: arn:aws:iam::{local.ACCOUNT}:user/ninkik is not authorized to perform: ecr:DescribeRepositories "
+        f"on resource: arn:aws:ecr:{local.REGION}:{local.ACCOUNT}:repository/* because no identity-based policy "
+        "allows the ecr:DescribeRepositories action"
+    )
+    assert ecr.describe_repositories(repositoryNames=[f"{TENANT_A}/shop"])["repositories"]
+    assert ecr.describe_images(repositoryName=f"{TENANT_A}/shop")["imageDetails"]
+    for call in (
+        lambda: ecr.describe_images(repositoryName=f"{TENANT_B}/web"),
+        lambda: ecr.describe_repositories(repositoryNames=[f"{TENANT_A}/shop", f"{TENANT_B}/web"]),
+        lambda: ecr.batch_get_image(repositoryName=f"{TENANT_A}/shop", imageIds=[{"imageTag": "iam"}]),
+        lambda: stack.session.client("ecr", endpoint_url=guarded.url, region_name=WEST).describe_images(
+            repositoryName=f"{TENANT_A}/shop"
+        ),
+    ):
+        with pytest.raises(ClientError) as refused:
+            call()
+        assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+    queue_url = stack.new_queue()
+    assert sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    for call in (
+        lambda: sqs.delete_message_batch(QueueUrl=queue_url, Entries=[{"Id": "0", "ReceiptHandle": "x"}]),
+        lambda: sqs.send_message(QueueUrl=queue_url, MessageBody="{}"),
+    ):
+        with pytest.raises(ClientError) as refused:
+            call()
+        assert refused.value.response["Error"]["Code"] == "AccessDenied"  # from x-amzn-query-error
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert [r.action for r in guarded.refusals()][-2:] == ["sqs:DeleteMessage", "sqs:SendMessage"]
