@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import httpx
 import redis
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from .backfill import LIMIT, LISTING_STATEMENT, Known, Registry
 from .config import Settings
-from .ecr import DENIED, error_code
-from .errors import ConfigError
-from .tenants import load_tenants_file
+from .ecr import DENIED, INSPECTOR_FIX, INSPECTOR_STATEMENT, error_code, error_message
+from .errors import ConfigError, PermanentError, TransientError
+from .inventory import Inventory
+from .tenants import Directory, load_tenants_file, split
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
-    from mypy_boto3_ecr.type_defs import ImageIdentifierTypeDef
     from mypy_boto3_sqs import SQSClient
 
 Level = Literal["OK", "WARN", "FAIL"]
@@ -51,7 +53,7 @@ def run(
         yield from _queue(settings, sqs())
     for account in settings.aws_account_ids:
         for region in settings.allowed_regions():
-            yield from _registry(ecr(region), account, region)
+            yield from _registry(settings, ecr(region), account, region, http)
     yield from _ninkik(settings, http)
 
 
@@ -131,46 +133,196 @@ def _queue(s: Settings, sqs: SQSClient) -> Iterator[Check]:
     yield Check("OK", "sqs", "sqs:DeleteMessage is granted: handled messages are deleted")
 
 
-def _registry(ecr: ECRClient, account: str, region: str) -> Iterator[Check]:
+def _registry(s: Settings, ecr: ECRClient, account: str, region: str, http: httpx.Client) -> Iterator[Check]:
+    """ECR as AWS evaluates the guide's policy: the listing, a named repository, an image, its findings."""
     where = f"registry {account} in {region}"
+    registry = Registry(account, region)
+    listed: list[str] | None = None
     try:
         answer = ecr.describe_repositories(registryId=account, maxResults=100)
+    except NoCredentialsError:
+        yield Check("FAIL", "aws", "no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+        return
     except ClientError as exc:
-        yield Check("FAIL", "ecr", _denied_or(exc, "ecr:DescribeRepositories", where))
-        return
-    except BotoCoreError as exc:
-        yield Check("FAIL", "ecr", f"cannot reach ECR for {where}: {exc}")
-        return
-    names = [r["repositoryName"] for r in answer.get("repositories", [])]
-    if not names:
+        if error_code(exc) not in DENIED:
+            yield Check("FAIL", "ecr", _denied_or(exc, "ecr:DescribeRepositories", where))
+            return
+        statement = LISTING_STATEMENT.replace("<region>", region).replace("<account>", account)
         yield Check(
             "WARN",
             "ecr",
-            f"{where} has no repository this user can see: create "
-            "${TENANT_UUID}/${PRODUCT} repositories as the setup guide says",
+            f"{where}: ecr:DescribeRepositories on repository/* is not granted (the guide scopes ECR to "
+            f"repository/${{TENANT_UUID}}/*), so sweeps name the repositories they know instead: {LIMIT}; "
+            f"to let them list the registry, add {statement}",
+        )
+    except BotoCoreError as exc:
+        yield Check("FAIL", "ecr", f"cannot reach ECR for {where}: {exc}")
+        return
+    else:
+        listed = []
+        for repository in answer.get("repositories", []):
+            with suppress(PermanentError):
+                split(repository["repositoryName"])
+                listed.append(repository["repositoryName"])
+        yield Check("OK", "ecr", f"{where}: ecr:DescribeRepositories is granted on the whole registry (listing works)")
+
+    by_tenant = _names_by_tenant(s, http, registry, listed)
+    for problem in by_tenant.pop("", []):
+        yield Check("WARN", "tenants", problem)
+    if not by_tenant:
+        if listed is None:
+            yield Check(
+                "WARN",
+                "ecr",
+                f"{where}: no tenant is known, so sweeps have nothing to read: set NINKIK_TENANT_UUIDS "
+                "(or NINKIK_TENANTS_FILE) to the tenants this deployment serves",
+            )
+        else:
+            yield Check(
+                "WARN",
+                "ecr",
+                f"{where} has no repository this user can see: create "
+                "${TENANT_UUID}/${PRODUCT} repositories as the setup guide says",
+            )
+        return
+    for tenant, names in sorted(by_tenant.items()):
+        if not names:
+            yield Check(
+                "WARN",
+                "ecr",
+                f"tenant {tenant} has nothing to sweep in {where}: no product in ninkik's directory, no repository "
+                "seen in a push event, none in NINKIK_REPOSITORIES",
+            )
+    candidates = [name for names in by_tenant.values() for name in names]
+    existing = None
+    for name in candidates[:10]:
+        try:
+            ecr.describe_repositories(registryId=account, repositoryNames=[name])
+        except ClientError as exc:
+            if error_code(exc) == "RepositoryNotFoundException":
+                continue
+            if error_code(exc) in DENIED:
+                tenant = name.split("/", 1)[0]
+                yield Check(
+                    "FAIL",
+                    "ecr",
+                    f"ecr:DescribeRepositories is not granted on {name}: attach the setup guide's ECR policy with "
+                    f"Resource arn:aws:ecr:{region}:{account}:repository/{tenant}/* to this IAM user",
+                )
+                return
+            yield Check("FAIL", "ecr", _denied_or(exc, "ecr:DescribeRepositories", name))
+            return
+        existing = name
+        break
+    if existing is None:
+        yield Check(
+            "WARN",
+            "ecr",
+            f"none of the {len(candidates)} repositories known by name exists in {where} yet: "
+            "could not check ecr:DescribeImages and ecr:DescribeImageScanFindings",
         )
         return
-    yield Check("OK", "ecr", f"{where}: ecr:DescribeRepositories is granted ({len(names)} repositories seen)")
-    probe: ImageIdentifierTypeDef = {"imageDigest": "sha256:" + "0" * 64}
-    for action, call in (
-        (
-            "ecr:DescribeImages",
-            lambda: ecr.describe_images(registryId=account, repositoryName=names[0], imageIds=[probe]),
-        ),
-        (
-            "ecr:DescribeImageScanFindings",
-            lambda: ecr.describe_image_scan_findings(registryId=account, repositoryName=names[0], imageId=probe),
-        ),
-    ):
-        try:
-            call()
-        except ClientError as exc:
-            if error_code(exc) in DENIED:
-                yield Check(
-                    "FAIL", "ecr", f"{action} is not granted on {names[0]}: add it to the ECR policy of the setup guide"
-                )
-                continue
-        yield Check("OK", "ecr", f"{action} is granted")
+    yield Check("OK", "ecr", f"ecr:DescribeRepositories is granted on {existing}")
+    yield from _images(ecr, account, existing)
+
+
+def _images(ecr: ECRClient, account: str, repository: str) -> Iterator[Check]:
+    """DescribeImages on a repository, and the findings of one of its images (enhanced scanning or not)."""
+    try:
+        details = ecr.describe_images(registryId=account, repositoryName=repository, maxResults=10)["imageDetails"]
+    except ClientError as exc:
+        yield Check("FAIL", "ecr", _ecr_fix(exc, "ecr:DescribeImages", repository))
+        return
+    yield Check("OK", "ecr", f"ecr:DescribeImages is granted on {repository}")
+    if not details:
+        yield Check(
+            "WARN",
+            "ecr",
+            f"{repository} has no image: could not tell whether enhanced scanning (Amazon Inspector) is on; if it "
+            f"is, reading its findings needs {INSPECTOR_STATEMENT} added to the ECR policy",
+        )
+        return
+    digest = details[0]["imageDigest"]
+    try:
+        findings = ecr.describe_image_scan_findings(
+            registryId=account, repositoryName=repository, imageId={"imageDigest": digest}, maxResults=1
+        )
+    except ClientError as exc:
+        if error_code(exc) == "ScanNotFoundException":
+            yield Check("OK", "ecr", f"ecr:DescribeImageScanFindings is granted on {repository}")
+            yield Check(
+                "WARN",
+                "ecr",
+                f"{repository}@{digest[:19]} has no scan: could not tell whether enhanced scanning (Amazon "
+                f"Inspector) is on; if it is, reading its findings needs {INSPECTOR_STATEMENT} added to the ECR policy",
+            )
+            return
+        yield Check("FAIL", "ecr", _ecr_fix(exc, "ecr:DescribeImageScanFindings", repository))
+        return
+    yield Check("OK", "ecr", f"ecr:DescribeImageScanFindings is granted on {repository}")
+    body: Any = findings.get("imageScanFindings") or {}
+    status = (findings.get("imageScanStatus") or {}).get("status", "")
+    if body.get("enhancedFindings") or status in ENHANCED_STATUSES:
+        yield Check(
+            "OK",
+            "ecr",
+            "enhanced scanning (Amazon Inspector) is on and its findings are readable (inspector2:ListFindings)",
+        )
+    else:
+        yield Check(
+            "OK",
+            "ecr",
+            f"basic scanning findings are readable ({status or 'no status'}); enhanced scanning, if turned on, "
+            f"needs {INSPECTOR_STATEMENT} added to the ECR policy",
+        )
+
+
+# Scan statuses only enhanced scanning gives (basic scanning's are COMPLETE, FAILED, ...).
+ENHANCED_STATUSES = {"ACTIVE", "SCAN_ELIGIBILITY_EXPIRED", "FINDINGS_UNAVAILABLE"}
+
+
+def _ecr_fix(exc: ClientError, action: str, repository: str) -> str:
+    if error_code(exc) in DENIED:
+        if "inspector2:" in error_message(exc):
+            return INSPECTOR_FIX
+        return f"{action} is not granted on {repository}: add it to the ECR policy of the setup guide"
+    return f"{action} on {repository} failed: {error_code(exc)}"
+
+
+def _names_by_tenant(
+    s: Settings, http: httpx.Client, registry: Registry, listed: list[str] | None
+) -> dict[str, list[str]]:
+    """Tenant -> repositories sweeps would read ("" -> problems met on the way)."""
+    out: dict[str, list[str]] = {}
+    problems: list[str] = []
+    if listed is not None:
+        for name in listed:
+            out.setdefault(split(name).tenant, []).append(name)
+    try:
+        client = redis.Redis.from_url(s.redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=3)
+        directory = Directory(
+            client,
+            s.redis_namespace,
+            http=http,
+            api_url=s.api_url,
+            token=s.api_token.get_secret_value() if s.api_token else None,
+            tenants_file=s.tenants_file,
+            cache_seconds=s.tenant_cache_seconds,
+        )
+        known = Known(
+            Inventory(client, s.redis_namespace), lambda: directory, set(s.tenant_uuids), tuple(s.repositories)
+        )
+        if s.tenants_file:
+            with suppress(OSError, ValueError):
+                known.tenants |= set(load_tenants_file(s.tenants_file))
+        if listed is None:
+            for tenant in sorted(known.all_tenants()):
+                out[tenant] = known.names(registry, tenant)
+    except (redis.RedisError, TransientError, PermanentError, ConfigError) as exc:
+        problems.append(f"could not work out the repositories known by name: {exc}")
+    if problems:
+        out[""] = problems
+    return out
 
 
 def _ninkik(s: Settings, http: httpx.Client) -> Iterator[Check]:

@@ -171,7 +171,8 @@ class IamProxy:
                 self._relay(self._forward(body))
 
             def _forward(self, body: bytes) -> httpx.Response:
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                # The Host header stays as signed: an upstream that checks signatures (moto with IAM) accepts it.
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "content-length"}
                 return client.request("POST", self.path, content=body, headers=headers)
 
             def _relay(self, answer: httpx.Response) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 
 import boto3
 import pytest
 from conftest import TENANT_A, Stack, enforce_iam, guide_policy
+from iamproxy import IamProxy
 
 from ninkik_tasks import local
 
@@ -17,7 +19,7 @@ from ninkik_tasks import local
 class GuideAccount:
     """An emulated AWS account set up as the customer guide says, with IAM enforced afterwards."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, enhanced: bool = False) -> None:
         self.proc, self.url = local.start_moto(stack.work)
         admin = boto3.session.Session(
             aws_access_key_id="admin", aws_secret_access_key="admin", region_name=local.REGION
@@ -26,7 +28,11 @@ class GuideAccount:
         self.queue_url = sqs.create_queue(QueueName="ecr-docker-push", Attributes={"MessageRetentionPeriod": "60"})[
             "QueueUrl"
         ]
-        local.push_image(admin.client("ecr", endpoint_url=self.url), f"{TENANT_A}/shop", "check", "1.0")
+        ecr = admin.client("ecr", endpoint_url=self.url)
+        digest = local.push_image(ecr, f"{TENANT_A}/shop", "check", "1.0")
+        if enhanced:  # scanned by Amazon Inspector: what ECR answers then needs inspector2:ListFindings
+            finding = local.enhanced_finding("CVE-2026-1234", "CRITICAL", "log4j-core", "2.14.1", "2.17.1")
+            local.set_scan_result(self.url, ecr, f"{TENANT_A}/shop", digest, status="ACTIVE", enhanced=[finding])
         # moto checks ECR actions against the resource "*" only, so the guide's ECR policy is used with
         # its Resource widened to "*": the actions are exactly the guide's. The SQS policy is verbatim.
         ecr_policy = json.loads(guide_policy("ecr"))
@@ -45,13 +51,18 @@ class GuideAccount:
             self.keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
         enforce_iam(self.url)
 
-    def check(self, stack: Stack, user: str) -> subprocess.CompletedProcess[str]:
+    def check(self, stack: Stack, user: str, **overrides: str) -> subprocess.CompletedProcess[str]:
         key_id, secret = self.keys[user]
         env = stack.env(
             AWS_ENDPOINT_URL=self.url,
             AWS_ACCESS_KEY_ID=key_id,
             AWS_SECRET_ACCESS_KEY=secret,
             NINKIK_SQS_QUEUE_URL=self.queue_url,
+            **{
+                "NINKIK_REDIS_NAMESPACE": f"check-{uuid.uuid4().hex[:8]}",  # nothing remembered by other tests
+                "NINKIK_TENANT_UUIDS": TENANT_A,
+                **overrides,
+            },
         )
         return subprocess.run(
             [sys.executable, "-m", "ninkik_tasks.cli", "check"], env=env, capture_output=True, text=True, timeout=60
@@ -92,6 +103,61 @@ def test_a_missing_permission_fails_and_is_named(stack: Stack, account: GuideAcc
     failures = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
     assert len(failures) == 1
     assert "ecr:DescribeRepositories is not granted" in failures[0] and "policy" in failures[0]
+
+
+# As AWS evaluates the guide's ECR policy: scoped to repository/${TENANT_UUID}/* (tests/iamproxy.py)
+
+
+def guided(stack: Stack, account: GuideAccount, proxy: IamProxy, **overrides: str) -> list[str]:
+    proxy.start()
+    try:
+        done = account.check(stack, "ninkik", AWS_ENDPOINT_URL_ECR=proxy.url, **overrides)
+    finally:
+        proxy.stop()
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_check_under_the_scoped_policy_says_what_works_and_what_is_lost(stack: Stack, account: GuideAccount) -> None:
+    nobody = "12345678-1234-4234-8234-123456789abc"  # a tenant ninkik does not know: nothing to sweep
+    lines = guided(stack, account, IamProxy(account.url, {TENANT_A}), NINKIK_TENANT_UUIDS=f"{TENANT_A},{nobody}")
+    assert not [line for line in lines if line.startswith("FAIL")], lines
+    [listing] = [line for line in lines if "on repository/* is not granted" in line]
+    assert listing.startswith("WARN") and "sweeps name the repositories they know" in listing
+    assert "cannot be found" in listing and '"Action": "ecr:DescribeRepositories"' in listing
+    assert f"arn:aws:ecr:{local.REGION}:{local.ACCOUNT}:repository/*" in listing
+    for granted in ("ecr:DescribeRepositories", "ecr:DescribeImages", "ecr:DescribeImageScanFindings"):
+        assert f"OK   ecr: {granted} is granted on {TENANT_A}/shop" in lines, (granted, lines)
+    # The image has no scan: enhanced scanning cannot be seen, and its statement is given.
+    assert any(
+        line.startswith("WARN")
+        and "could not tell whether enhanced scanning" in line
+        and "inspector2:ListFindings" in line
+        for line in lines
+    )
+    assert any(line.startswith("WARN") and f"tenant {nobody} has nothing to sweep" in line for line in lines)
+
+
+def test_check_names_the_statement_enhanced_scanning_needs(stack: Stack) -> None:
+    guide = GuideAccount(stack, enhanced=True)
+    try:
+        denied = guided(stack, guide, IamProxy(guide.url, {TENANT_A}))
+        [failure] = [line for line in denied if line.startswith("FAIL")]
+        assert "inspector2:ListFindings is not granted" in failure
+        assert '{"Effect": "Allow", "Action": "inspector2:ListFindings", "Resource": "*"}' in failure
+
+        granted = guided(stack, guide, IamProxy(guide.url, {TENANT_A}, inspector=True))
+        assert not [line for line in granted if line.startswith("FAIL")]
+        assert any(line.startswith("OK") and "enhanced scanning (Amazon Inspector) is on" in line for line in granted)
+    finally:
+        guide.proc.stop()
+
+
+def test_check_without_any_known_tenant_says_sweeps_have_nothing_to_read(stack: Stack, account: GuideAccount) -> None:
+    lines = guided(stack, account, IamProxy(account.url, {TENANT_A}), NINKIK_TENANT_UUIDS="")
+    assert any(
+        line.startswith("WARN") and "no tenant is known" in line and "NINKIK_TENANT_UUIDS" in line for line in lines
+    )
 
 
 def test_wrong_token_and_unreachable_redis_are_named(stack: Stack, account: GuideAccount) -> None:
