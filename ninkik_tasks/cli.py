@@ -110,7 +110,7 @@ def quarantine_replay(entry_id: str) -> None:
     """Run a quarantined message through ingest again (after fixing what refused it)."""
     from . import clients
     from .config import get_settings
-    from .errors import InvalidEvent
+    from .errors import IgnoredEvent, InvalidEvent
     from .events import parse
     from .idempotency import Records
     from .pipeline import start
@@ -128,6 +128,8 @@ def quarantine_replay(entry_id: str) -> None:
         )
     except InvalidEvent as exc:
         raise ConfigError(f"still refused ({exc.reason}): {exc}") from None
+    except IgnoredEvent as exc:  # quarantined before such events were dropped instead
+        raise ConfigError(f"not a push ({exc.reason}): {exc}; there is nothing to replay") from None
     result = start(pushed)
     Records(clients.redis_client(settings), settings.redis_namespace).mark_events(
         [pushed.event_id], settings.event_dedupe_seconds

@@ -173,7 +173,10 @@ class IamProxy:
             def _forward(self, body: bytes) -> httpx.Response:
                 # The Host header stays as signed: an upstream that checks signatures (moto with IAM) accepts it.
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "content-length"}
-                return client.request("POST", self.path, content=body, headers=headers)
+                try:
+                    return client.request("POST", self.path, content=body, headers=headers)
+                except httpx.RemoteProtocolError:  # a kept-alive connection moto closed meanwhile: once more
+                    return client.request("POST", self.path, content=body, headers=headers)
 
             def _relay(self, answer: httpx.Response) -> None:
                 self.send_response(answer.status_code)

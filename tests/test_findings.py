@@ -11,7 +11,8 @@ import boto3
 import httpx
 import pytest
 from botocore.stub import Stubber
-from conftest import TENANT_A, Pipeline
+from conftest import TENANT_A, Pipeline, Stack, celery_worker, ingest, own_broker_db
+from iamproxy import IamProxy
 
 from ninkik_tasks import local
 from ninkik_tasks.ecr import INSPECTOR_FIX, INSPECTOR_STATEMENT, scan_findings
@@ -411,3 +412,30 @@ def test_aws_findings_bodies_are_notified_as_normalised(pipeline: Pipeline, name
     if scan_type == "ENHANCED":
         assert scan["findings"][0]["fixed_version"] is None
         assert scan["findings"][0]["version"] == "2.9.14+dfsg-1.3~deb12u1"
+
+
+def test_enhanced_findings_refused_at_run_time_name_the_statement(stack: Stack) -> None:
+    # The chain on a worker whose ECR goes through the IAM layer: the guide's policy, no inspector2:ListFindings.
+    proxy = IamProxy(stack.moto_url, {TENANT_A}).start()
+    db = own_broker_db()
+    env = stack.env(db, **proxy.env())
+    proc = celery_worker(stack, env, "inspector", concurrency=1)
+    queue_url = stack.new_queue()
+    feeder = ingest(stack, env, queue_url, name="ingest-inspector")
+    try:
+        repository = f"{TENANT_A}/shop"
+        enhanced = [local.enhanced_finding("CVE-2026-4321", "HIGH", "libxml2", "2.9.14", "NotAvailable")]
+        digest = stack.push(repository, None, enhanced=enhanced, status="ACTIVE")
+        stack.send(queue_url, local.push_event(repository, digest))
+        failure = wait_for(
+            lambda: next((f for f in stack.failures() if f.get("digest") == digest), None), 60, "the recorded failure"
+        )
+        assert (failure["stage"], failure["reason"]) == ("fetch_scan_findings", "access_denied")
+        assert (
+            INSPECTOR_STATEMENT in failure["message"] and "inspector2:ListFindings is not granted" in failure["message"]
+        )
+        assert proxy.refusals("inspector2:ListFindings") and not stack.received_for(digest)
+    finally:
+        feeder.stop()
+        proc.stop()
+        proxy.stop()

@@ -7,10 +7,13 @@ import re
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import TENANT_A, IamQueue, Stack, ingest
+from iamproxy import IamProxy
 
 from ninkik_tasks import local
 from ninkik_tasks.local import wait_for
@@ -103,3 +106,29 @@ def test_sigterm_while_polling_exits_cleanly(stack: Stack) -> None:
     assert code == (0,)
     assert "stopped" in proc.output() and "Traceback" not in proc.output()
     proc.stop()
+
+
+def test_a_real_untagged_push_under_the_iam_layer_is_notified_once(stack: Stack, worker: local.Proc) -> None:
+    # Ingest behind tests/iamproxy.py: the guide's SQS policy as AWS answers it (DeleteMessageBatch refused
+    # with AccessDenied in x-amzn-query-error), and ECR's delivery of an untagged push ("image-tag": "").
+    proxy = IamProxy(stack.moto_url, {TENANT_A}).start()
+    queue_url = stack.new_queue()
+    proc = ingest(stack, stack.env(**proxy.env()), queue_url, name="ingest-iam-layer")
+    try:
+        repository = f"{TENANT_A}/web"
+        digest = stack.push(repository, None)
+        event = json.loads((Path(__file__).parent / "aws" / "events" / "soci-pr137-untagged-push.json").read_text())
+        event.update(id=str(uuid.uuid4()), account=local.ACCOUNT, region=local.REGION)
+        event["detail"].update({"repository-name": repository, "image-digest": digest})
+        for _ in range(2):
+            stack.send(queue_url, event)
+        [received] = wait_for(lambda: stack.received_for(digest), 60, "the notification")
+        assert received.body["image"]["tags"] == []
+        wait_for(lambda: proxy.refusals("sqs:DeleteMessage"), 30, "a refused DeleteMessageBatch")
+        wait_for(lambda: "dropped 1 duplicate event(s)" in proc.output(), 30, "the second copy dropped")
+        warnings = [line for line in proc.output().splitlines() if "sqs:DeleteMessage is not granted" in line]
+        assert len(warnings) == 1 and len(stack.received_for(digest)) == 1
+        assert proc.alive() and "Traceback" not in proc.output()
+    finally:
+        proc.stop()
+        proxy.stop()
