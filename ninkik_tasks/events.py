@@ -26,9 +26,26 @@ TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,299}$"
 ACCOUNT_PATTERN = r"^\d{12}$"
 REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-\d$"
 MEDIA_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$"
-# The sources whose events a customer's broader EventBridge rule can put on the queue, and their detail-types.
-AWS_SOURCES = {"aws.ecr": ("ECR ",), "aws.inspector2": ("Inspector2 ",)}
+# The events a customer's broader EventBridge rule can put on the queue: source -> the detail-types AWS
+# documents for it (EventBridge's event reference for ECR, Amazon Inspector's EventBridge schema page).
+# Anything else (a detail-type of another service, a misspelt one) is not what AWS sends: quarantined.
 CLOUDTRAIL = "AWS API Call via CloudTrail"
+AWS_EVENTS = {
+    "aws.ecr": {
+        "ECR Image Action",
+        "ECR Image Scan",
+        "ECR Replication Action",
+        "ECR Artifact Action",
+        "ECR Referrer Action",
+        "ECR Scan Resource Change",
+        "ECR Pull Through Cache Action",
+        CLOUDTRAIL,
+    },
+    "aws.inspector2": {"Inspector2 Finding", "Inspector2 Scan", "Inspector2 Coverage", CLOUDTRAIL},
+}
+# "ECR Image Action": what action-type and result say besides PUSH / SUCCESS.
+IMAGE_ACTIONS = {"PUSH", "DELETE", "UPDATE_STORAGE_CLASS"}
+RESULTS = {"SUCCESS", "FAILURE"}
 _REPOSITORY_ARN = re.compile(r"^arn:aws[a-z-]*:ecr:[a-z0-9-]+:\d{12}:repository/(?P<name>.+)$")
 
 
@@ -146,9 +163,7 @@ def parse(
     if not isinstance(data, dict):
         raise InvalidEvent("wrong_shape", f"message is a JSON {type(data).__name__}, not an object")
     source, detail_type = data.get("source"), data.get("detail-type")
-    families = AWS_SOURCES.get(source, ()) if isinstance(source, str) else ()
-    known = isinstance(detail_type, str) and (detail_type.startswith(families) or detail_type == CLOUDTRAIL)
-    if not (families and known):
+    if not (isinstance(source, str) and isinstance(detail_type, str) and detail_type in AWS_EVENTS.get(source, ())):
         raise InvalidEvent(
             "not_an_image_action",
             f"detail-type {str(detail_type)[:80]!r} from {str(source)[:80]!r} is not an ECR or Amazon Inspector event",
@@ -174,6 +189,12 @@ def parse(
 
 def _image_action(envelope: _Envelope) -> ImagePushed:
     action = _validated(_Action, envelope.detail, "detail.")
+    if action.action_type not in IMAGE_ACTIONS or action.result not in RESULTS:
+        raise InvalidEvent(
+            "not_a_successful_push",
+            f"action-type {action.action_type[:40]!r} with result {action.result[:40]!r} is not an image action "
+            "ECR sends",
+        )
     if action.action_type != "PUSH":
         raise IgnoredEvent(IGNORED_NOT_A_PUSH, f"action-type {action.action_type[:40]!r} is not a push")
     if action.result != "SUCCESS":

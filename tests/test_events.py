@@ -383,6 +383,7 @@ def test_parse_returns_a_push_or_raises_invalid_event(body: str | bytes) -> None
             "not_json",
             "wrong_shape",
             "not_an_image_action",
+            "not_a_successful_push",
             "account_not_allowed",
             "region_not_allowed",
         }
@@ -429,7 +430,8 @@ def test_every_sample_notifies_or_is_dropped_with_its_reason(pipeline: Pipeline)
     }
     assert set(pushes) | set(dropped) == {p.name for p in EVENTS.glob("*.json")}, "a sample without an outcome"
     digests = {name: stack.push(repository, tag) for name, (repository, tag) in pushes.items()}
-    other = stack.push(f"{TENANT_A}/shop", "other")  # the image the other events speak of
+    # The image the other events speak of; no scan result (moto hands injected results to the next image read).
+    other = stack.push(f"{TENANT_A}/shop", "other", scan=False)
     for name in dropped:
         stack.send(pipeline.queue_url, live(name, f"{TENANT_A}/shop", other))
     for name, (repository, _) in pushes.items():
@@ -455,6 +457,14 @@ def test_every_sample_notifies_or_is_dropped_with_its_reason(pipeline: Pipeline)
     stack.send(pipeline.queue_url, local.push_event(f"{TENANT_A}/shop", late, "after"))
     wait_for(lambda: stack.received_for(late), 60, "a push after all of them")
     assert pipeline.ingest.alive() and "Traceback" not in pipeline.ingest.output()
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [("detail-type", "ECR Imge Action"), ("detail.action-type", "PUSh"), ("detail.result", "SUCCES")],
+)
+def test_what_aws_does_not_send_is_quarantined(path: str, value: str) -> None:
+    assert reason(changed(path, value)) in {"not_an_image_action", "not_a_successful_push"}
 
 
 def test_a_detail_type_of_another_service_is_quarantined() -> None:
