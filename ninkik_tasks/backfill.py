@@ -252,11 +252,18 @@ class Known:
         return self.tenants | self.inventory.tenants() | owners
 
     def names(self, registry: Registry, tenant: str) -> list[str]:
-        """The repositories of `tenant` in `registry` a sweep can name."""
+        """The repositories of `tenant` in `registry` a sweep can name (none for a tenant ninkik does not know).
+
+        Only the known tenant's names are read: a chain for any other would end at tenant matching anyway, and
+        names remembered from events of unknown tenants get no AWS call.
+        """
+        directory_tenant = self.directory().tenant(tenant)
+        if directory_tenant is None:
+            log.info("tenant %s is not known to ninkik: none of its repositories is read", tenant)
+            return []
         names = {n for n in self.inventory.known(registry.account, registry.region) if n.startswith(f"{tenant}/")}
         names |= {n for n in self.named if n.startswith(f"{tenant}/")}
-        directory_tenant = self.directory().tenant(tenant)
-        for product in directory_tenant.products if directory_tenant else []:
+        for product in directory_tenant.products:
             for segment in (product.uuid.lower(), product.name.lower()):
                 candidate = f"{tenant}/{segment}"
                 if REPOSITORY.fullmatch(candidate):

@@ -190,8 +190,8 @@ def _registry(s: Settings, ecr: ECRClient, account: str, region: str, http: http
             yield Check(
                 "WARN",
                 "ecr",
-                f"tenant {tenant} has nothing to sweep in {where}: no product in ninkik's directory, no repository "
-                "seen in a push event, none in NINKIK_REPOSITORIES",
+                f"tenant {tenant} has nothing to sweep in {where}: ninkik does not know it or it has no product, "
+                "and no repository of it was seen in a push event or is in NINKIK_REPOSITORIES",
             )
     candidates = [name for names in by_tenant.values() for name in names]
     existing = None

@@ -31,13 +31,15 @@ from conftest import TENANT_A, TENANT_B, TOKEN, Stack, celery_worker, ingest
 from iamproxy import IamProxy
 
 from ninkik_tasks import local
-from ninkik_tasks.backfill import Filters, Progress, Registry, Sweep, reconcile, rescan, watermark_key
+from ninkik_tasks.backfill import Filters, Known, Progress, Registry, Sweep, reconcile, rescan, watermark_key
 from ninkik_tasks.clients import AWS_CONFIG
 from ninkik_tasks.config import Settings
 from ninkik_tasks.errors import TransientError
 from ninkik_tasks.events import ImagePushed
+from ninkik_tasks.inventory import Inventory
 from ninkik_tasks.local import wait_for
 from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step, scan_step
+from ninkik_tasks.tenants import Directory
 
 CONTROL = "ninkik-control"
 WEST, NORTH = "eu-west-1", "eu-north-1"  # regions of their own, so sweeps there see only their test's images
@@ -741,3 +743,28 @@ def test_the_iam_layer_refuses_what_aws_refuses(stack: Stack, guarded: IamProxy)
         assert refused.value.response["Error"]["Code"] == "AccessDenied"  # from x-amzn-query-error
         assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     assert [r.action for r in guarded.refusals()][-2:] == ["sqs:DeleteMessage", "sqs:SendMessage"]
+
+
+def test_names_come_from_products_events_and_the_operator_for_known_tenants_only(stack: Stack) -> None:
+    namespace = f"known-{uuid.uuid4().hex[:8]}"
+    mine, unknown = new_tenant(stack), str(uuid.uuid4())
+    product = next(t for t in stack.standin.tenants if t["uuid"] == mine)["products"][0]["uuid"]
+    records = redis.Redis.from_url(f"{stack.redis_url}/2", decode_responses=True)
+    inventory = Inventory(records, namespace)
+    registry = Registry(ACCOUNT, REGION)
+    # What ingest remembers: a sub-path repository of `mine`, one of a tenant ninkik does not know, and a
+    # repository that is not a ninkik one at all (never remembered).
+    inventory.remember(
+        [(ACCOUNT, REGION, f"{mine}/app/api"), (ACCOUNT, REGION, f"{unknown}/app"), (ACCOUNT, REGION, "hello-world")]
+    )
+    with httpx.Client() as http:
+        directory = Directory(records, namespace, http=http, api_url=stack.standin.url, token=TOKEN)
+        known = Known(inventory, lambda: directory, tenants=set(), named=(f"{mine}/app/worker",))
+        assert known.all_tenants() == {mine, unknown}
+        assert known.names(registry, mine) == sorted(
+            [f"{mine}/app", f"{mine}/{product}", f"{mine}/app/api", f"{mine}/app/worker"]
+        )
+        assert known.names(registry, unknown) == []  # no AWS call for a tenant ninkik does not know
+    assert inventory.known(ACCOUNT, REGION) == {f"{mine}/app/api", f"{unknown}/app"}
+    inventory.forget(ACCOUNT, REGION, f"{unknown}/app")
+    assert inventory.known(ACCOUNT, REGION) == {f"{mine}/app/api"}
