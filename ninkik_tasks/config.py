@@ -45,6 +45,7 @@ class Settings(BaseSettings):
 
     # Chain
     scan_wait_seconds: int = 900
+    scan_poll_seconds: float = Field(default=5.0, gt=0)  # a waiting scan's status is read this often (at least)
     result_expires_seconds: int = 7 * 24 * 3600
     sent_record_seconds: int = 90 * 24 * 3600
     broker_visibility_timeout: int = 3600

@@ -76,6 +76,10 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
             raise failure from None
         cap = brokers.for_url(s.broker_url).countdown_cap(s)
         countdown = backoff(task.request.retries, cap)
+        if isinstance(exc, ScanNotReady) and exc.next_read is not None:
+            # A scan is waited for at a steady pace, not a growing one: its findings reach ninkik at most
+            # one read after it finishes (ScanWaits spreads the reads over the ECR budget).
+            countdown = min(exc.next_read, cap)
         if isinstance(exc, ScanNotReady) and exc.remaining is not None:
             countdown = max(0.5, min(countdown, exc.remaining + 0.5))
         elif exc.retry_after is not None:

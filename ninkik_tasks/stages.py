@@ -23,6 +23,7 @@ from .metrics import PipelineStats
 from .notify import idempotency_key, images_url, render, send
 from .ratelimit import RateLimiter
 from .records import Journal, failures
+from .scanwait import ScanWaits
 from .tenants import Directory, Match
 
 if TYPE_CHECKING:
@@ -48,6 +49,12 @@ class Services:
     def stats(self) -> PipelineStats:
         """Cluster-wide outcome counters (exported by ingest's /metrics)."""
         return PipelineStats(self.redis, self.settings.redis_namespace)
+
+    @property
+    def scan_waits(self) -> ScanWaits:
+        """The images waiting for their scan, and how often each may be read."""
+        s = self.settings
+        return ScanWaits(self.redis, s.redis_namespace, s.scan_poll_seconds, s.ecr_calls_per_second)
 
     @property
     def failures(self) -> Journal:
@@ -133,14 +140,17 @@ def scan_deadline(svc: Services, msg: Described) -> datetime:
 def scan_step(svc: Services, msg: Described, now: datetime | None = None) -> Scanned:
     """Read the scan's findings; ScanNotReady until done or the wait ran out (then NOT_SCANNED)."""
     now = now or datetime.now(UTC)
+    region, waiting_as = msg.event.region, f"{msg.image.registry_id}/{msg.image.repository}@{msg.image.digest}"
     try:
-        scan = scan_findings(svc.ecr(msg.event.region), msg.image)
+        scan = scan_findings(svc.ecr(region), msg.image)
     except ScanNotReady as exc:
         remaining = (scan_deadline(svc, msg) - now).total_seconds()
         if remaining > 0:
-            raise ScanNotReady(str(exc), remaining=remaining) from None
+            next_read = svc.scan_waits.next_read(region, waiting_as)
+            raise ScanNotReady(str(exc), remaining=remaining, next_read=next_read) from None
         log.info("not scanned within %ss: %s", svc.settings.scan_wait_seconds, describe(msg.event, msg.match))
         scan = not_scanned()
+    svc.scan_waits.done(region, waiting_as)
     report = Report(image=msg.image, scan=scan)
     key = idempotency_key(msg.match, report)
     ttl = svc.settings.result_expires_seconds
