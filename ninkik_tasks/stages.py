@@ -129,12 +129,21 @@ def describe_step(svc: Services, msg: Matched) -> Described:
     return Described(event=e, match=msg.match, image=image)
 
 
+def pushed_at(msg: Described) -> datetime:
+    """When the image was pushed (DescribeImages, else the event's time), as an aware datetime."""
+    when = msg.image.pushed_at or msg.event.time
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
 def scan_deadline(svc: Services, msg: Described) -> datetime:
     """When to stop waiting for the scan: the configured wait after the push."""
-    pushed_at = msg.image.pushed_at or msg.event.time
-    if pushed_at.tzinfo is None:
-        pushed_at = pushed_at.replace(tzinfo=UTC)
-    return pushed_at + timedelta(seconds=svc.settings.scan_wait_seconds)
+    return pushed_at(msg) + timedelta(seconds=svc.settings.scan_wait_seconds)
+
+
+def settle_deadline(svc: Services, msg: Described) -> datetime:
+    """Until when an enhanced scan that is ACTIVE with no findings is not taken as final."""
+    s = svc.settings
+    return pushed_at(msg) + timedelta(seconds=min(s.enhanced_settle_seconds, s.scan_wait_seconds))
 
 
 def scan_step(svc: Services, msg: Described, now: datetime | None = None) -> Scanned:
@@ -143,6 +152,9 @@ def scan_step(svc: Services, msg: Described, now: datetime | None = None) -> Sca
     region, waiting_as = msg.event.region, f"{msg.image.registry_id}/{msg.image.repository}@{msg.image.digest}"
     try:
         scan = scan_findings(svc.ecr(region), msg.image)
+        if scan.status == "ACTIVE" and not scan.findings and now < settle_deadline(svc, msg):
+            # ACTIVE says continuous scanning is on, not that Inspector's first scan is done (aws/aws-cli#6759).
+            raise ScanNotReady("enhanced scan ACTIVE with no findings yet: Inspector's first scan may be running")
     except ScanNotReady as exc:
         remaining = (scan_deadline(svc, msg) - now).total_seconds()
         if remaining > 0:

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import boto3
+import httpx
 import pytest
-from conftest import TENANT_A, Stack, celery_worker, ingest, own_broker_db
+from botocore.stub import Stubber
+from conftest import PRODUCT_A1, TENANT_A, Stack, celery_worker, ingest, own_broker_db
 from faultproxy import FaultProxy
 
 from ninkik_tasks import local
+from ninkik_tasks.config import Settings
+from ninkik_tasks.errors import ScanNotReady
+from ninkik_tasks.events import ImagePushed
+from ninkik_tasks.findings import Image
 from ninkik_tasks.local import wait_for
 from ninkik_tasks.scanwait import ScanWaits
+from ninkik_tasks.stages import Described, Services, scan_step
+from ninkik_tasks.tenants import Match
 
 
 @pytest.fixture
@@ -84,3 +95,56 @@ def test_a_scan_that_finishes_later_is_read_at_a_steady_pace_not_a_growing_one(s
 
 def _digest(call: object) -> str | None:
     return (call.params.get("imageId") or {}).get("imageDigest")  # type: ignore[attr-defined, no-any-return]
+
+
+# Enhanced scanning: ACTIVE is not "done" (moto cannot answer ACTIVE with no findings: Stubber plays ECR).
+
+
+class _Stubbed(Services):
+    stubbed: Any = None
+
+    def ecr(self, region: str) -> Any:
+        return self.stubbed
+
+
+def _active(findings: list[dict[str, Any]]) -> dict[str, Any]:
+    # The shape alexjurkiewicz/ecr-scan-image issue 45 quotes for continuous enhanced scanning.
+    return {
+        "registryId": local.ACCOUNT,
+        "repositoryName": f"{TENANT_A}/shop",
+        "imageId": {"imageDigest": "sha256:" + "ab" * 32},
+        "imageScanStatus": {"status": "ACTIVE", "description": "Continuous scan is selected for image."},
+        "imageScanFindings": {"enhancedFindings": findings} if findings else {},
+    }
+
+
+@pytest.mark.parametrize(("age", "findings", "ready"), [(60, False, False), (60, True, True), (400, False, True)])
+def test_an_active_enhanced_scan_without_findings_waits_for_inspectors_first_scan(
+    stack: Stack, age: int, findings: bool, ready: bool
+) -> None:
+    settings = Settings(
+        redis_url=f"{stack.redis_url}/2",
+        redis_namespace=f"t-{uuid.uuid4().hex[:8]}",
+        scan_wait_seconds=900,
+        enhanced_settle_seconds=300,
+    )
+    svc = _Stubbed(settings, stack.records, httpx.Client())
+    svc.stubbed = boto3.session.Session(
+        aws_access_key_id="x", aws_secret_access_key="x", region_name=local.REGION
+    ).client("ecr")
+    pushed = datetime.now(UTC) - timedelta(seconds=age)
+    repository, digest = f"{TENANT_A}/shop", "sha256:" + "ab" * 32
+    event = ImagePushed(
+        event_id="e", account=local.ACCOUNT, region=local.REGION, repository=repository, digest=digest, time=pushed
+    )
+    image = Image(registry_id=local.ACCOUNT, region=local.REGION, repository=repository, digest=digest, tags=[])
+    match = Match(tenant=TENANT_A, product=PRODUCT_A1, product_name="shop", component="")
+    enhanced = [local.enhanced_finding("CVE-2026-1234", "CRITICAL", "log4j-core", "2.14.1", "2.17.1")]
+    with Stubber(svc.stubbed) as stub:
+        stub.add_response("describe_image_scan_findings", _active(enhanced if findings else []))
+        if ready:
+            assert scan_step(svc, Described(event=event, match=match, image=image)).status == "ACTIVE"
+        else:
+            with pytest.raises(ScanNotReady, match="first scan") as caught:
+                scan_step(svc, Described(event=event, match=match, image=image))
+            assert caught.value.next_read is not None
