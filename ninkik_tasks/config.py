@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # Chain
     scan_wait_seconds: int = 900
     scan_poll_seconds: float = Field(default=5.0, gt=0)  # a waiting scan's status is read this often (at least)
+    # A push's scan takes seconds at least: its first read waits this long (0: read at once).
+    scan_first_read_seconds: float = Field(default=5.0, ge=0)
     # Enhanced scanning says ACTIVE before Inspector's first scan of the image is done: an ACTIVE scan with no
     # findings is waited for this long after the push (within NINKIK_SCAN_WAIT_SECONDS) before it is reported.
     enhanced_settle_seconds: NonNegativeInt = 300

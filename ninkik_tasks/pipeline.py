@@ -168,10 +168,16 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
 
 def start(pushed: ImagePushed) -> AsyncResult:
     """Queue the chain for one pushed image."""
+    fetch = fetch_scan_findings.s()
+    first_read = get_settings().scan_first_read_seconds
+    if pushed.source == "push" and first_read > 0:
+        # A scan started by the push is not done a few milliseconds later: the first read would only spend
+        # the ECR budget. Sweeps read at once: their images were pushed long ago.
+        fetch = fetch.set(countdown=first_read)
     return chain(
         match_tenant.s(pushed.model_dump(mode="json")),
         describe_image.s(),
-        fetch_scan_findings.s(),
+        fetch,
         notify.s(),
     ).apply_async(add_to_parent=False)  # from inside a sweep task: no growing list of child results
 

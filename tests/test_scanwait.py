@@ -66,16 +66,17 @@ def test_a_scan_that_finishes_later_is_read_at_a_steady_pace_not_a_growing_one(s
         NINKIK_SCAN_WAIT_SECONDS="120",
         NINKIK_RETRY_BACKOFF_MAX_SECONDS="60",
         NINKIK_BROKER_VISIBILITY_TIMEOUT="600",
+        NINKIK_SCAN_FIRST_READ_SECONDS="2",
     )
     repository = f"{TENANT_A}/shop"
     queue_url = stack.new_queue()
     stack.standin.reset()
     digests = [stack.push(repository, f"scan-later-{i}") for i in range(3)]
+    worker = celery_worker(stack, env, "scanwait")
+    feeder = ingest(stack, env, queue_url, name="ingest-scanwait")
     began = time.monotonic()
     for i, digest in enumerate(digests):
         proxy.scanning[digest] = began + 4 * (i + 1)  # scans of 4, 8 and 12 s
-    worker = celery_worker(stack, env, "scanwait")
-    feeder = ingest(stack, env, queue_url, name="ingest-scanwait")
     try:
         for i, digest in enumerate(digests):
             stack.send(queue_url, local.push_event(repository, digest, f"scan-later-{i}"))
@@ -83,6 +84,8 @@ def test_a_scan_that_finishes_later_is_read_at_a_steady_pace_not_a_growing_one(s
         for digest in digests:
             assert len(stack.received_for(digest)) == 1
             reads = [c.at for c in proxy.calls if c.action == "DescribeImageScanFindings" and _digest(c) == digest]
+            described = next(c.at for c in proxy.calls if c.action == "DescribeImages" and _image(c) == digest)
+            assert reads[0] - described >= 1.5  # a push's scan is not read right away
             gaps = [b - a for a, b in zip(reads, reads[1:], strict=False)]
             assert max(gaps) < 3.5, gaps
             scanning = proxy.scanning[digest] - reads[0]
@@ -91,6 +94,10 @@ def test_a_scan_that_finishes_later_is_read_at_a_steady_pace_not_a_growing_one(s
         feeder.stop()
         worker.stop()
         proxy.stop()
+
+
+def _image(call: object) -> str | None:
+    return next((i.get("imageDigest") for i in call.params.get("imageIds") or []), None)  # type: ignore[attr-defined]
 
 
 def _digest(call: object) -> str | None:
