@@ -26,6 +26,17 @@ redis.call('EXPIRE', KEYS[1], math.ceil(3 * interval) + 60)
 return redis.call('ZCARD', KEYS[1])
 """
 
+# KEYS[1] = the region's waiting set; ARGV = member, poll seconds, reads per second for waits.
+# Returns the seconds until the member is due for a read (0: now, or it is not waiting).
+_DUE = """
+local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not last then return '0' end
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+local interval = math.max(tonumber(ARGV[2]), redis.call('ZCARD', KEYS[1]) / tonumber(ARGV[3]))
+return tostring(math.max(0, tonumber(last) + 0.9 * interval - now))
+"""
+
 WAIT_SHARE = 0.5  # of NINKIK_ECR_CALLS_PER_SECOND, at most, for re-reading scans that have not finished
 
 
@@ -39,15 +50,21 @@ class ScanWaits:
         # No limit configured (0): the poll alone sets the pace.
         self.budget = calls_per_second * WAIT_SHARE if calls_per_second > 0 else 1e12
         self._register = client.register_script(_REGISTER)
+        self._due = client.register_script(_DUE)
 
     def _key(self, region: str) -> str:
         return f"{self.namespace}:scanwait:{region}"
 
     def next_read(self, region: str, image: str) -> float:
-        """Register `image` as waiting; seconds until its next status read (with +-10% jitter)."""
+        """Register a status read of `image` now; seconds until its next one (with +-10% jitter)."""
         waiting = int(self._register(keys=[self._key(region)], args=[image, self.poll, self.budget]))
         interval = max(self.poll, waiting / self.budget)
         return interval * random.uniform(0.9, 1.1)
+
+    def due_in(self, region: str, image: str) -> float:
+        """Seconds until `image` may be read again (0: now). A countdown shorter than its turn (the Redis
+        broker caps them) wakes the task early: it waits again without spending a read."""
+        return float(self._due(keys=[self._key(region)], args=[image, self.poll, self.budget]))
 
     def done(self, region: str, image: str) -> None:
         """The image's wait is over (scan final, or the wait ran out)."""

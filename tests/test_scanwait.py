@@ -43,6 +43,12 @@ def test_many_waiting_images_share_half_the_ecr_budget(waits: ScanWaits) -> None
     assert waits.waiting("eu-west-1") == 0  # per region
 
 
+def test_a_task_woken_before_its_turn_is_told_to_wait_again(waits: ScanWaits) -> None:
+    assert waits.due_in("eu-central-1", "new") == 0  # not waiting yet: read now
+    waits.next_read("eu-central-1", "read-just-now")
+    assert 4 <= waits.due_in("eu-central-1", "read-just-now") <= 4.5  # 0.9 of the 5 s interval
+
+
 def test_a_finished_wait_leaves_and_an_abandoned_one_expires(stack: Stack) -> None:
     waits = ScanWaits(stack.records, f"test-{uuid.uuid4().hex[:8]}", poll_seconds=0.1, calls_per_second=20)
     waits.next_read("r", "done")
@@ -125,10 +131,41 @@ def _active(findings: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def test_an_image_read_just_now_is_not_read_again_before_its_turn(stack: Stack) -> None:
+    svc = _services(stack)
+    msg = _described(age=60)
+    with Stubber(svc.stubbed) as stub:
+        stub.add_response("describe_image_scan_findings", _in_progress())
+        with pytest.raises(ScanNotReady):
+            scan_step(svc, msg)
+        # Woken early (a capped countdown): no ECR call (Stubber has no answer left), wait the rest.
+        with pytest.raises(ScanNotReady, match="turn") as caught:
+            scan_step(svc, msg)
+        stub.assert_no_pending_responses()
+    assert caught.value.next_read is not None and 0 < caught.value.next_read <= 4.5
+
+
+def _in_progress() -> dict[str, Any]:
+    return {**_active([]), "imageScanStatus": {"status": "IN_PROGRESS"}, "imageScanFindings": {}}
+
+
 @pytest.mark.parametrize(("age", "findings", "ready"), [(60, False, False), (60, True, True), (400, False, True)])
 def test_an_active_enhanced_scan_without_findings_waits_for_inspectors_first_scan(
     stack: Stack, age: int, findings: bool, ready: bool
 ) -> None:
+    svc = _services(stack)
+    enhanced = [local.enhanced_finding("CVE-2026-1234", "CRITICAL", "log4j-core", "2.14.1", "2.17.1")]
+    with Stubber(svc.stubbed) as stub:
+        stub.add_response("describe_image_scan_findings", _active(enhanced if findings else []))
+        if ready:
+            assert scan_step(svc, _described(age)).status == "ACTIVE"
+        else:
+            with pytest.raises(ScanNotReady, match="first scan") as caught:
+                scan_step(svc, _described(age))
+            assert caught.value.next_read is not None
+
+
+def _services(stack: Stack) -> _Stubbed:
     settings = Settings(
         redis_url=f"{stack.redis_url}/2",
         redis_namespace=f"t-{uuid.uuid4().hex[:8]}",
@@ -139,19 +176,16 @@ def test_an_active_enhanced_scan_without_findings_waits_for_inspectors_first_sca
     svc.stubbed = boto3.session.Session(
         aws_access_key_id="x", aws_secret_access_key="x", region_name=local.REGION
     ).client("ecr")
-    pushed = datetime.now(UTC) - timedelta(seconds=age)
+    return svc
+
+
+def _described(age: int) -> Described:
+    """An image pushed `age` seconds ago, described."""
     repository, digest = f"{TENANT_A}/shop", "sha256:" + "ab" * 32
+    pushed = datetime.now(UTC) - timedelta(seconds=age)
     event = ImagePushed(
         event_id="e", account=local.ACCOUNT, region=local.REGION, repository=repository, digest=digest, time=pushed
     )
     image = Image(registry_id=local.ACCOUNT, region=local.REGION, repository=repository, digest=digest, tags=[])
     match = Match(tenant=TENANT_A, product=PRODUCT_A1, product_name="shop", component="")
-    enhanced = [local.enhanced_finding("CVE-2026-1234", "CRITICAL", "log4j-core", "2.14.1", "2.17.1")]
-    with Stubber(svc.stubbed) as stub:
-        stub.add_response("describe_image_scan_findings", _active(enhanced if findings else []))
-        if ready:
-            assert scan_step(svc, Described(event=event, match=match, image=image)).status == "ACTIVE"
-        else:
-            with pytest.raises(ScanNotReady, match="first scan") as caught:
-                scan_step(svc, Described(event=event, match=match, image=image))
-            assert caught.value.next_read is not None
+    return Described(event=event, match=match, image=image)
