@@ -9,6 +9,8 @@ validation beyond what the pipeline needs. Its own process, so its CPU is counte
 
 `--deny-delete` answers every DeleteMessageBatch with AccessDenied, as the customer guide's policy does.
 GET /stats gives {"received": n, "first_receive": t, "deleted": n} (time.time()).
+POST /_scans {"sha256:...": t} makes those images' scans finish at time t (time.time()): until then
+DescribeImageScanFindings answers IN_PROGRESS. GET /_calls gives every ECR call as [time, action, digest].
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class State:
         self.received = self.deleted = 0
         self.first_receive: float | None = None
         self.lock = threading.Lock()
+        self.scans: dict[str, float] = {}  # digest -> when its scan finishes
+        self.ecr_calls: list[tuple[float, str, str]] = []  # (time, action, digest)
 
     def queue(self, url_or_name: str) -> Queue:
         name = url_or_name.rstrip("/").rsplit("/", 1)[-1]
@@ -100,13 +104,28 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # health (as the delay proxy probes moto: /moto-api/) and /stats
+    def do_GET(self) -> None:  # health (as the delay proxy probes moto: /moto-api/), /stats and /_calls
         s = self.state
+        if self.path == "/_calls":
+            with s.lock:
+                self._reply(200, {"calls": list(s.ecr_calls)})
+            return
         self._reply(200, {"received": s.received, "first_receive": s.first_receive, "deleted": s.deleted})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if self.path == "/_scans":
+            with self.state.lock:
+                self.state.scans.update(body)
+            self._reply(200, {})
+            return
         service, _, op = (self.headers.get("X-Amz-Target") or "").partition(".")
+        if service.startswith("AmazonEC2ContainerRegistry"):
+            digest = (body.get("imageId") or {}).get("imageDigest") or next(
+                (i.get("imageDigest", "") for i in body.get("imageIds") or []), ""
+            )
+            with self.state.lock:
+                self.state.ecr_calls.append((time.time(), op, digest))
         handler = getattr(self, f"_{op}", None)
         if handler is None:
             self._reply(400, {"__type": "UnknownOperationException", "message": f"{service}.{op} is not faked"})
@@ -193,6 +212,14 @@ class Handler(BaseHTTPRequestHandler):
         return 200, {"imageDetails": details}
 
     def _DescribeImageScanFindings(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        finishes = self.state.scans.get(body["imageId"].get("imageDigest", ""))
+        if finishes is not None and time.time() < finishes:
+            return 200, {
+                "registryId": body.get("registryId", ACCOUNT),
+                "repositoryName": body["repositoryName"],
+                "imageId": body["imageId"],
+                "imageScanStatus": {"status": "IN_PROGRESS"},
+            }
         return 200, {
             "registryId": body.get("registryId", ACCOUNT),
             "repositoryName": body["repositoryName"],

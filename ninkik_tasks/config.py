@@ -49,6 +49,12 @@ class Settings(BaseSettings):
 
     # Chain
     scan_wait_seconds: int = 900
+    scan_poll_seconds: float = Field(default=5.0, gt=0)  # a waiting scan's status is read this often (at least)
+    # A push's scan takes seconds at least: its first read waits this long (0: read at once).
+    scan_first_read_seconds: float = Field(default=5.0, ge=0)
+    # Enhanced scanning says ACTIVE before Inspector's first scan of the image is done: an ACTIVE scan with no
+    # findings is waited for this long after the push (within NINKIK_SCAN_WAIT_SECONDS) before it is reported.
+    enhanced_settle_seconds: NonNegativeInt = 300
     result_expires_seconds: int = 7 * 24 * 3600
     sent_record_seconds: int = 90 * 24 * 3600
     broker_visibility_timeout: int = 3600

@@ -18,9 +18,10 @@ class TransientError(Exception):
 class ScanNotReady(TransientError):
     """The image's scan has not finished (not found, PENDING or IN_PROGRESS)."""
 
-    def __init__(self, message: str, remaining: float | None = None) -> None:
+    def __init__(self, message: str, remaining: float | None = None, next_read: float | None = None) -> None:
         super().__init__(message)
-        self.remaining = remaining
+        self.remaining = remaining  # seconds left of NINKIK_SCAN_WAIT_SECONDS
+        self.next_read = next_read  # when to read the status again (ScanWaits)
 
 
 class PermanentError(Exception):

@@ -76,6 +76,10 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
             raise failure from None
         cap = brokers.for_url(s.broker_url).countdown_cap(s)
         countdown = backoff(task.request.retries, cap)
+        if isinstance(exc, ScanNotReady) and exc.next_read is not None:
+            # A scan is waited for at a steady pace, not a growing one: its findings reach ninkik at most
+            # one read after it finishes (ScanWaits spreads the reads over the ECR budget).
+            countdown = min(exc.next_read, cap)
         if isinstance(exc, ScanNotReady) and exc.remaining is not None:
             countdown = max(0.5, min(countdown, exc.remaining + 0.5))
         elif exc.retry_after is not None:
@@ -164,10 +168,16 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
 
 def start(pushed: ImagePushed) -> AsyncResult:
     """Queue the chain for one pushed image."""
+    fetch = fetch_scan_findings.s()
+    first_read = get_settings().scan_first_read_seconds
+    if pushed.source == "push" and first_read > 0:
+        # A scan started by the push is not done a few milliseconds later: the first read would only spend
+        # the ECR budget. Sweeps read at once: their images were pushed long ago.
+        fetch = fetch.set(countdown=first_read)
     return chain(
         match_tenant.s(pushed.model_dump(mode="json")),
         describe_image.s(),
-        fetch_scan_findings.s(),
+        fetch,
         notify.s(),
     ).apply_async(add_to_parent=False)  # from inside a sweep task: no growing list of child results
 

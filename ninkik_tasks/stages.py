@@ -23,6 +23,7 @@ from .metrics import PipelineStats
 from .notify import idempotency_key, images_url, render, send
 from .ratelimit import RateLimiter
 from .records import Journal, failures
+from .scanwait import ScanWaits
 from .tenants import Directory, Match
 
 if TYPE_CHECKING:
@@ -48,6 +49,12 @@ class Services:
     def stats(self) -> PipelineStats:
         """Cluster-wide outcome counters (exported by ingest's /metrics)."""
         return PipelineStats(self.redis, self.settings.redis_namespace)
+
+    @property
+    def scan_waits(self) -> ScanWaits:
+        """The images waiting for their scan, and how often each may be read."""
+        s = self.settings
+        return ScanWaits(self.redis, s.redis_namespace, s.scan_poll_seconds, s.ecr_calls_per_second)
 
     @property
     def failures(self) -> Journal:
@@ -127,25 +134,43 @@ def describe_step(svc: Services, msg: Matched) -> Described:
     return Described(event=e, match=msg.match, image=image)
 
 
+def pushed_at(msg: Described) -> datetime:
+    """When the image was pushed (DescribeImages, else the event's time), as an aware datetime."""
+    when = msg.image.pushed_at or msg.event.time
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
 def scan_deadline(svc: Services, msg: Described) -> datetime:
     """When to stop waiting for the scan: the configured wait after the push."""
-    pushed_at = msg.image.pushed_at or msg.event.time
-    if pushed_at.tzinfo is None:
-        pushed_at = pushed_at.replace(tzinfo=UTC)
-    return pushed_at + timedelta(seconds=svc.settings.scan_wait_seconds)
+    return pushed_at(msg) + timedelta(seconds=svc.settings.scan_wait_seconds)
+
+
+def settle_deadline(svc: Services, msg: Described) -> datetime:
+    """Until when an enhanced scan that is ACTIVE with no findings is not taken as final."""
+    s = svc.settings
+    return pushed_at(msg) + timedelta(seconds=min(s.enhanced_settle_seconds, s.scan_wait_seconds))
 
 
 def scan_step(svc: Services, msg: Described, now: datetime | None = None) -> Scanned:
     """Read the scan's findings; ScanNotReady until done or the wait ran out (then NOT_SCANNED)."""
     now = now or datetime.now(UTC)
+    region, waiting_as = msg.event.region, f"{msg.image.registry_id}/{msg.image.repository}@{msg.image.digest}"
+    remaining = (scan_deadline(svc, msg) - now).total_seconds()
+    due = svc.scan_waits.due_in(region, waiting_as)
+    if due > 0 and remaining > 0:
+        raise ScanNotReady("not this image's turn to be read yet", remaining=remaining, next_read=due)
     try:
-        scan = scan_findings(svc.ecr(msg.event.region), msg.image)
+        scan = scan_findings(svc.ecr(region), msg.image)
+        if scan.status == "ACTIVE" and not scan.findings and now < settle_deadline(svc, msg):
+            # ACTIVE says continuous scanning is on, not that Inspector's first scan is done (aws/aws-cli#6759).
+            raise ScanNotReady("enhanced scan ACTIVE with no findings yet: Inspector's first scan may be running")
     except ScanNotReady as exc:
-        remaining = (scan_deadline(svc, msg) - now).total_seconds()
         if remaining > 0:
-            raise ScanNotReady(str(exc), remaining=remaining) from None
+            next_read = svc.scan_waits.next_read(region, waiting_as)
+            raise ScanNotReady(str(exc), remaining=remaining, next_read=next_read) from None
         log.info("not scanned within %ss: %s", svc.settings.scan_wait_seconds, describe(msg.event, msg.match))
         scan = not_scanned()
+    svc.scan_waits.done(region, waiting_as)
     report = Report(image=msg.image, scan=scan)
     key = idempotency_key(msg.match, report)
     ttl = svc.settings.result_expires_seconds

@@ -93,6 +93,8 @@ class Stack:
             "NINKIK_API_URL": self.standin.url,
             "NINKIK_API_TOKEN": TOKEN,
             "NINKIK_SCAN_WAIT_SECONDS": "10",
+            "NINKIK_SCAN_POLL_SECONDS": "0.5",
+            "NINKIK_SCAN_FIRST_READ_SECONDS": "0",  # moto's scans are final at once (tests/test_scanwait.py has a wait)
             "NINKIK_RETRY_BACKOFF_MAX_SECONDS": "1",
             "NINKIK_BROKER_VISIBILITY_TIMEOUT": "10",
             "NINKIK_HTTP_TIMEOUT_SECONDS": "2",

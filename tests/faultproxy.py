@@ -23,10 +23,15 @@ class EcrCall:
 
 @dataclass
 class FaultProxy:
-    """Forwards to `upstream`, recording every ECR call; every `throttle_every`-th is answered with throttling."""
+    """Forwards to `upstream`, recording every ECR call; every `throttle_every`-th is answered with throttling.
+
+    `scanning` maps digests to the time (time.monotonic()) their scan finishes: until then
+    DescribeImageScanFindings answers IN_PROGRESS, which moto cannot (its scans are final at once).
+    """
 
     upstream: str
     throttle_every: int = 0
+    scanning: dict[str, float] = field(default_factory=dict)
     calls: list[EcrCall] = field(default_factory=list)
     throttled: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -63,6 +68,21 @@ class FaultProxy:
                         throttle = proxy.throttle_every and n % proxy.throttle_every == 0
                         if throttle:
                             proxy.throttled += 1
+                    digest = (params.get("imageId") or {}).get("imageDigest")
+                    action = target.split(".")[-1]
+                    scanning = action == "DescribeImageScanFindings" and digest in proxy.scanning
+                    if not throttle and scanning and time.monotonic() < proxy.scanning[digest]:
+                        # The shape of awscli's start-image-scan example, as DescribeImageScanFindings has it.
+                        self._answer(
+                            200,
+                            {
+                                "registryId": params.get("registryId", ""),
+                                "repositoryName": params.get("repositoryName", ""),
+                                "imageId": {"imageDigest": digest},
+                                "imageScanStatus": {"status": "IN_PROGRESS"},
+                            },
+                        )
+                        return
                     if throttle:
                         # Alternate the two shapes ECR throttling takes.
                         if n % (2 * proxy.throttle_every) == 0:
@@ -80,11 +100,12 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(answer.content)
 
-            def _answer(self, status: int, body: dict[str, str]) -> None:
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/x-amz-json-1.1")
-                self.send_header("x-amzn-ErrorType", body["__type"])
+                if "__type" in body:
+                    self.send_header("x-amzn-ErrorType", body["__type"])
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

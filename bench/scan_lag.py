@@ -1,0 +1,256 @@
+"""Scan lag: how long after a scan finishes its findings reach ninkik, and how many ECR reads that costs.
+
+    .venv/bin/python bench/scan_lag.py                     # durations, then 10, 100 and 1,000 waiting images
+    .venv/bin/python bench/scan_lag.py --quick --no-write  # shorter scans, for trying it out
+
+Each run starts redis-server, bench/fast_aws.py (canned SQS and ECR answers; a scan answers IN_PROGRESS
+until the time the bench gave it), the ninkik stand-in in this process, one `ninkik-tasks ingest` and one
+`celery -A ninkik_tasks worker` (the pool and concurrency of workers/entrypoint.sh), with the default
+scan poll (NINKIK_SCAN_POLL_SECONDS=5) and ECR budget (NINKIK_ECR_CALLS_PER_SECOND=20). It sends one push
+event per image, makes each image's scan finish at its own time after the event, and measures:
+- lag: the POST's arrival at the stand-in minus the moment the scan finished (scans that outlast
+  NINKIK_SCAN_WAIT_SECONDS are reported NOT_SCANNED and counted apart);
+- ECR calls per image by API, and status reads per 5 s of scanning;
+- the most ECR calls in any one-second window, against the limit;
+- the worker's threads and peak RSS (its process tree) while the waits run.
+Figures go to bench/RESULTS.md (`--no-write` skips that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import secrets
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline import RESULTS, entrypoint_defaults, machine  # noqa: E402
+from pipeline_run import PRODUCTS, TENANT, TENANTS, bench_env, start_emulator  # noqa: E402
+
+from ninkik_tasks import local  # noqa: E402
+from ninkik_tasks.local.standin import Received, Standin  # noqa: E402
+
+POLL = 5.0
+LIMIT = 20
+
+
+@dataclass
+class Run:
+    """One run's images (digest -> scan seconds after its event) and what came of them."""
+
+    name: str
+    scans: dict[str, float]
+    wait: int
+    late: dict[str, float] = field(default_factory=dict)  # digest -> seconds after the others its event is sent
+    sent_at: float = 0.0
+    received: dict[str, Received] = field(default_factory=dict)
+    calls: list[tuple[float, str, str]] = field(default_factory=list)
+    threads: int = 0
+    rss_mib: float = 0.0
+
+    def finished(self, digest: str) -> float:
+        """When the image's scan finished."""
+        return self.sent_at + self.late.get(digest, 0.0) + self.scans[digest]
+
+    def lags(self, digests: list[str]) -> list[float]:
+        """Seconds from each scan's end to its report."""
+        return sorted(self.received[d].at - self.finished(d) for d in digests if d in self.received)
+
+    def row(self) -> list[str]:
+        done = [d for d, s in self.scans.items() if s < self.wait - 60 and d not in self.late]
+        lags = self.lags(done)
+        new = self.lags(list(self.late))
+        first_reads = sorted(
+            min(t for t, a, dd in self.calls if dd == d and a == "DescribeImageScanFindings")
+            - (self.sent_at + self.late[d])
+            for d in self.late
+        )
+        late = [d for d, s in self.scans.items() if s >= self.wait]
+        not_scanned = sum(1 for d in late if self.received[d].body["scan"]["status"] == "NOT_SCANNED")
+        by_api = Counter(action for _, action, digest in self.calls if digest in self.scans)
+        reads = [
+            sum(1 for _, a, d in self.calls if d == digest and a == "DescribeImageScanFindings") for digest in done
+        ]
+        per_5s = sum(reads) / max(1.0, sum(self.scans[d] for d in done) / POLL)
+        return [
+            self.name,
+            str(len(self.scans)),
+            f"{pct(lags, 50):.1f} / {pct(lags, 95):.1f} / {max(lags, default=0):.1f}",
+            f"{max(first_reads):.1f} / {max(new):.1f}" if self.late else "",
+            f"{not_scanned} of {len(late)}",
+            ", ".join(f"{api} {n / len(self.scans):.1f}" for api, n in sorted(by_api.items())),
+            f"{per_5s:.2f}",
+            f"{peak_per_second(self.calls, 1)} / {peak_per_second(self.calls, 5) / 5:.1f} (limit {LIMIT})",
+            str(self.threads),
+            f"{self.rss_mib:.0f}",
+        ]
+
+
+COLUMNS = [
+    "run",
+    "images",
+    "lag after scan p50 / p95 / max (s)",
+    "10 new pushes among the waits: first read / lag, max (s)",
+    "NOT_SCANNED when the wait ran out",
+    "ECR calls per image",
+    "status reads per 5 s of scanning",
+    "peak ECR calls in 1 s / per s over 5 s",
+    "worker threads",
+    "worker RSS MiB",
+]
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def peak_per_second(calls: list[tuple[float, str, str]], window: float) -> int:
+    """The most calls in any `window` seconds."""
+    times = sorted(t for t, _, _ in calls)
+    peak = start = 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        peak = max(peak, end - start + 1)
+    return peak
+
+
+def execute(run: Run, work: Path, log: Any) -> Run:
+    """Start the processes, send the events, wait for every report, stop everything."""
+    work.mkdir(parents=True, exist_ok=True)
+    procs: list[local.Proc] = []
+    arrived = threading.Event()
+
+    def on_receive(r: Received) -> None:
+        run.received.setdefault(r.body["image"]["digest"], r)
+        if len(run.received) == len(run.scans):
+            arrived.set()
+
+    token = secrets.token_urlsafe(16)
+    standin = Standin(TENANTS, token, on_receive=on_receive).start()
+    try:
+        redis_proc, redis_url = local.start_redis(work)
+        procs.append(redis_proc)
+        aws_proc, aws_url = start_emulator("fast", work)
+        procs.append(aws_proc)
+        sqs = boto3.session.Session(
+            aws_access_key_id="x", aws_secret_access_key="x", region_name=local.REGION
+        ).client("sqs", endpoint_url=aws_url)
+        queue_url = sqs.create_queue(QueueName=f"scan-lag-{run.name}")["QueueUrl"]
+        pool, concurrency = entrypoint_defaults()
+        env = bench_env(
+            aws_url,
+            redis_url,
+            queue_url,
+            NINKIK_API_URL=standin.url,
+            NINKIK_API_TOKEN=token,
+            # fast_aws says every image was pushed 60 s before DescribeImages: the wait is counted from there.
+            NINKIK_SCAN_WAIT_SECONDS=str(run.wait + 60),
+            NINKIK_LOG_LEVEL="WARNING",
+            NINKIK_SCAN_FIRST_READ_SECONDS="5",  # the default, which bench_env turns off for bench/pipeline.py
+        )
+        celery = [sys.executable, "-m", "celery", "-A", "ninkik_tasks", "worker", "--loglevel", "WARNING"]
+        worker = local.Proc("worker", [*celery, "--pool", pool, "--concurrency", str(concurrency)], work, env)
+        procs.append(worker)
+        procs.append(local.Proc("ingest", [sys.executable, "-m", "ninkik_tasks.cli", "ingest"], work, env))
+        time.sleep(3)  # let the worker connect before the clock starts (a bench, not a test)
+        digests = list(run.scans)
+        repositories = {d: f"{TENANT}/{PRODUCTS[i % len(PRODUCTS)]}" for i, d in enumerate(digests)}
+        run.sent_at = time.time()
+        httpx.post(f"{aws_url}/_scans", json={d: run.finished(d) for d in run.scans}).raise_for_status()
+        send(sqs, queue_url, [d for d in digests if d not in run.late], repositories)
+        if run.late:
+            # New pushes while the others wait: the first reads must not queue behind the waits.
+            time.sleep(max(0.0, run.sent_at + min(run.late.values()) - time.time()))
+            send(sqs, queue_url, list(run.late), repositories)
+        deadline = time.monotonic() + run.wait + 300
+        while not arrived.wait(2):
+            tree = [worker.popen.pid, *(c.pid for c in psutil.Process(worker.pid).children(recursive=True))]
+            with_threads = [psutil.Process(p) for p in tree if psutil.pid_exists(p)]
+            run.threads = max(run.threads, sum(p.num_threads() for p in with_threads))
+            run.rss_mib = max(run.rss_mib, sum(p.memory_info().rss for p in with_threads) / 2**20)
+            dead = [p.name for p in procs if not p.alive()]
+            if dead or time.monotonic() > deadline:
+                missing = f"{len(run.received)} of {len(digests)} reported"
+                raise SystemExit(f"{run.name}: {dead or 'timed out'}; {missing}; logs in {work}")
+            log(f"{run.name}: {len(run.received)} of {len(digests)} reported")
+        run.calls = [tuple(c) for c in httpx.get(f"{aws_url}/_calls").json()["calls"]]  # type: ignore[misc]
+        return run
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        standin.stop()
+
+
+def send(sqs: Any, queue_url: str, digests: list[str], repositories: dict[str, str]) -> None:
+    for start in range(0, len(digests), 10):
+        entries = [
+            {"Id": str(i), "MessageBody": json.dumps(local.push_event(repositories[d], d, None))}
+            for i, d in enumerate(digests[start : start + 10])
+        ]
+        sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+
+
+def durations(quick: bool) -> Run:
+    """10 images with scans of 15 s to 10 min, two of them still running when the wait ends."""
+    seconds = [15, 30, 60, 120, 180, 300, 420, 600] if not quick else [5, 10, 15, 20, 30, 40, 50, 60]
+    wait = 660 if not quick else 90
+    scans = {f"sha256:{uuid.uuid4().hex * 2}": float(s) for s in seconds}
+    scans.update({f"sha256:{uuid.uuid4().hex * 2}": float(wait + 240) for _ in range(2)})
+    return Run("scans of 15 s to 10 min" if not quick else "scans of 5-60 s", scans, wait)
+
+
+def concurrent(count: int, quick: bool) -> Run:
+    """`count` images waiting at once over 10 repositories, basic scans of 60-120 s."""
+    low, high = (60, 120) if not quick else (20, 40)
+    scans = {f"sha256:{uuid.uuid4().hex * 2}": random.uniform(low, high) for _ in range(count)}
+    late = {f"sha256:{uuid.uuid4().hex * 2}": low / 2 for _ in range(10)}  # pushed while the others wait
+    scans.update({digest: 10.0 for digest in late})
+    return Run(f"{count} waiting at once", scans, wait=900, late=late)
+
+
+def markdown(runs: list[Run]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r.row()) + " |" for r in runs]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter scans and wait (about 5 minutes in all)")
+    parser.add_argument("--counts", default="10,100,1000", help="waiting images of the concurrency runs")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ninkik-scan-lag-"))
+    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    plans = [durations(args.quick)] + [concurrent(int(c), args.quick) for c in args.counts.split(",") if c]
+    runs = [execute(plan, work / plan.name.replace(" ", "-"), log) for plan in plans]
+    table = markdown(runs)
+    print(table)
+    if not args.no_write:
+        header = (
+            f"## Scan lag ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n"
+            f"`{' '.join(['.venv/bin/python', *sys.argv])}` on {machine()}; poll {POLL:.0f} s, "
+            f"ECR budget {LIMIT} calls/s, one worker as workers/entrypoint.sh runs it, bench/fast_aws.py."
+        )
+        RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n\n" + header + "\n\n" + table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

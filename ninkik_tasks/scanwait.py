@@ -1,0 +1,75 @@
+"""How often a waiting image's scan status may be read: a steady poll, spread so the waits fit the ECR budget.
+
+Every image whose scan has not finished is registered, per region, in one Redis sorted set (scored by its
+latest read). Each image is read again after `max(poll, waiting / (calls_per_second x share))` seconds, so
+the status reads of all waiting images take at most `share` of the region's shared ECR budget and the rest
+stays for first reads (new pushes), DescribeImages and sweeps. An image whose wait ended without saying so
+(its worker died) drops out once it has not been read for three of its intervals.
+"""
+
+from __future__ import annotations
+
+import random
+
+import redis
+
+# KEYS[1] = the region's waiting set; ARGV = member, poll seconds, reads per second for waits.
+# Returns the number of images waiting, this one included, after dropping stale entries.
+_REGISTER = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+local poll, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
+local interval = math.max(poll, redis.call('ZCARD', KEYS[1]) / budget)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3 * interval)
+redis.call('EXPIRE', KEYS[1], math.ceil(3 * interval) + 60)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+# KEYS[1] = the region's waiting set; ARGV = member, poll seconds, reads per second for waits.
+# Returns the seconds until the member is due for a read (0: now, or it is not waiting).
+_DUE = """
+local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not last then return '0' end
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+local interval = math.max(tonumber(ARGV[2]), redis.call('ZCARD', KEYS[1]) / tonumber(ARGV[3]))
+return tostring(math.max(0, tonumber(last) + 0.9 * interval - now))
+"""
+
+WAIT_SHARE = 0.5  # of NINKIK_ECR_CALLS_PER_SECOND, at most, for re-reading scans that have not finished
+
+
+class ScanWaits:
+    """The images waiting for their scan, per region; says when each may be read again."""
+
+    def __init__(self, client: redis.Redis, namespace: str, poll_seconds: float, calls_per_second: float) -> None:
+        self.r = client
+        self.namespace = namespace
+        self.poll = poll_seconds
+        # No limit configured (0): the poll alone sets the pace.
+        self.budget = calls_per_second * WAIT_SHARE if calls_per_second > 0 else 1e12
+        self._register = client.register_script(_REGISTER)
+        self._due = client.register_script(_DUE)
+
+    def _key(self, region: str) -> str:
+        return f"{self.namespace}:scanwait:{region}"
+
+    def next_read(self, region: str, image: str) -> float:
+        """Register a status read of `image` now; seconds until its next one (with +-10% jitter)."""
+        waiting = int(self._register(keys=[self._key(region)], args=[image, self.poll, self.budget]))
+        interval = max(self.poll, waiting / self.budget)
+        return interval * random.uniform(0.9, 1.1)
+
+    def due_in(self, region: str, image: str) -> float:
+        """Seconds until `image` may be read again (0: now). A countdown shorter than its turn (the Redis
+        broker caps them) wakes the task early: it waits again without spending a read."""
+        return float(self._due(keys=[self._key(region)], args=[image, self.poll, self.budget]))
+
+    def done(self, region: str, image: str) -> None:
+        """The image's wait is over (scan final, or the wait ran out)."""
+        self.r.zrem(self._key(region), image)
+
+    def waiting(self, region: str) -> int:
+        """How many images of the region are waiting now."""
+        return int(self.r.zcard(self._key(region)))

@@ -1,0 +1,191 @@
+"""The scan wait: a steady poll spread over the ECR budget, on redis-server and on a running pipeline."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from botocore.stub import Stubber
+from conftest import PRODUCT_A1, TENANT_A, Stack, celery_worker, ingest, own_broker_db
+from faultproxy import FaultProxy
+
+from ninkik_tasks import local
+from ninkik_tasks.config import Settings
+from ninkik_tasks.errors import ScanNotReady
+from ninkik_tasks.events import ImagePushed
+from ninkik_tasks.findings import Image
+from ninkik_tasks.local import wait_for
+from ninkik_tasks.scanwait import ScanWaits
+from ninkik_tasks.stages import Described, Services, scan_step
+from ninkik_tasks.tenants import Match
+
+
+@pytest.fixture
+def waits(stack: Stack) -> ScanWaits:
+    return ScanWaits(stack.records, f"test-{uuid.uuid4().hex[:8]}", poll_seconds=5, calls_per_second=20)
+
+
+def test_a_few_waiting_images_are_read_at_the_poll_interval(waits: ScanWaits) -> None:
+    assert 4.5 <= waits.next_read("eu-central-1", "one") <= 5.5
+    assert waits.waiting("eu-central-1") == 1
+
+
+def test_many_waiting_images_share_half_the_ecr_budget(waits: ScanWaits) -> None:
+    for i in range(199):
+        waits.next_read("eu-central-1", f"image-{i}")
+    # 200 images at 20 calls/s, half of it for waits: each read every 20 s, 10 reads/s in all.
+    assert 18 <= waits.next_read("eu-central-1", "image-199") <= 22
+    assert waits.waiting("eu-west-1") == 0  # per region
+
+
+def test_a_task_woken_before_its_turn_is_told_to_wait_again(waits: ScanWaits) -> None:
+    assert waits.due_in("eu-central-1", "new") == 0  # not waiting yet: read now
+    waits.next_read("eu-central-1", "read-just-now")
+    assert 4 <= waits.due_in("eu-central-1", "read-just-now") <= 4.5  # 0.9 of the 5 s interval
+
+
+def test_a_finished_wait_leaves_and_an_abandoned_one_expires(stack: Stack) -> None:
+    waits = ScanWaits(stack.records, f"test-{uuid.uuid4().hex[:8]}", poll_seconds=0.1, calls_per_second=20)
+    waits.next_read("r", "done")
+    waits.done("r", "done")
+    assert waits.waiting("r") == 0
+    waits.next_read("r", "abandoned")  # its worker died: never read again
+    # After three of its intervals it no longer counts against the budget.
+    wait_for(lambda: waits.next_read("r", "alive") and waits.waiting("r") == 1, 5, "the abandoned wait to expire")
+
+
+def test_a_scan_that_finishes_later_is_read_at_a_steady_pace_not_a_growing_one(stack: Stack) -> None:
+    """Exponential backoff (the old wait) would leave gaps of 4-8 s by the 4th retry; a 1 s poll does not.
+
+    moto's scans are final at once, so a proxy in front of it answers IN_PROGRESS until each scan "ends".
+    """
+    proxy = FaultProxy(stack.moto_url).start()
+    env = stack.env(
+        broker_db=own_broker_db(),
+        AWS_ENDPOINT_URL_ECR=proxy.url,
+        NINKIK_SCAN_POLL_SECONDS="1",
+        NINKIK_SCAN_WAIT_SECONDS="120",
+        NINKIK_RETRY_BACKOFF_MAX_SECONDS="60",
+        NINKIK_BROKER_VISIBILITY_TIMEOUT="600",
+        NINKIK_SCAN_FIRST_READ_SECONDS="2",
+    )
+    repository = f"{TENANT_A}/shop"
+    queue_url = stack.new_queue()
+    stack.standin.reset()
+    digests = [stack.push(repository, f"scan-later-{i}") for i in range(3)]
+    worker = celery_worker(stack, env, "scanwait")
+    feeder = ingest(stack, env, queue_url, name="ingest-scanwait")
+    began = time.monotonic()
+    for i, digest in enumerate(digests):
+        proxy.scanning[digest] = began + 4 * (i + 1)  # scans of 4, 8 and 12 s
+    try:
+        for i, digest in enumerate(digests):
+            stack.send(queue_url, local.push_event(repository, digest, f"scan-later-{i}"))
+        wait_for(lambda: all(stack.received_for(d) for d in digests), 90, "every image after its scan")
+        for digest in digests:
+            assert len(stack.received_for(digest)) == 1
+            reads = [c.at for c in proxy.calls if c.action == "DescribeImageScanFindings" and _digest(c) == digest]
+            described = next(c.at for c in proxy.calls if c.action == "DescribeImages" and _image(c) == digest)
+            assert reads[0] - described >= 1.5  # a push's scan is not read right away
+            gaps = [b - a for a, b in zip(reads, reads[1:], strict=False)]
+            assert max(gaps) < 3.5, gaps
+            scanning = proxy.scanning[digest] - reads[0]
+            assert len(reads) <= scanning / 0.9 + 2, (len(reads), scanning)  # one read per poll, no more
+    finally:
+        feeder.stop()
+        worker.stop()
+        proxy.stop()
+
+
+def _image(call: object) -> str | None:
+    return next((i.get("imageDigest") for i in call.params.get("imageIds") or []), None)  # type: ignore[attr-defined]
+
+
+def _digest(call: object) -> str | None:
+    return (call.params.get("imageId") or {}).get("imageDigest")  # type: ignore[attr-defined, no-any-return]
+
+
+# Enhanced scanning: ACTIVE is not "done" (moto cannot answer ACTIVE with no findings: Stubber plays ECR).
+
+
+class _Stubbed(Services):
+    stubbed: Any = None
+
+    def ecr(self, region: str) -> Any:
+        return self.stubbed
+
+
+def _active(findings: list[dict[str, Any]]) -> dict[str, Any]:
+    # The shape alexjurkiewicz/ecr-scan-image issue 45 quotes for continuous enhanced scanning.
+    return {
+        "registryId": local.ACCOUNT,
+        "repositoryName": f"{TENANT_A}/shop",
+        "imageId": {"imageDigest": "sha256:" + "ab" * 32},
+        "imageScanStatus": {"status": "ACTIVE", "description": "Continuous scan is selected for image."},
+        "imageScanFindings": {"enhancedFindings": findings} if findings else {},
+    }
+
+
+def test_an_image_read_just_now_is_not_read_again_before_its_turn(stack: Stack) -> None:
+    svc = _services(stack)
+    msg = _described(age=60)
+    with Stubber(svc.stubbed) as stub:
+        stub.add_response("describe_image_scan_findings", _in_progress())
+        with pytest.raises(ScanNotReady):
+            scan_step(svc, msg)
+        # Woken early (a capped countdown): no ECR call (Stubber has no answer left), wait the rest.
+        with pytest.raises(ScanNotReady, match="turn") as caught:
+            scan_step(svc, msg)
+        stub.assert_no_pending_responses()
+    assert caught.value.next_read is not None and 0 < caught.value.next_read <= 4.5
+
+
+def _in_progress() -> dict[str, Any]:
+    return {**_active([]), "imageScanStatus": {"status": "IN_PROGRESS"}, "imageScanFindings": {}}
+
+
+@pytest.mark.parametrize(("age", "findings", "ready"), [(60, False, False), (60, True, True), (400, False, True)])
+def test_an_active_enhanced_scan_without_findings_waits_for_inspectors_first_scan(
+    stack: Stack, age: int, findings: bool, ready: bool
+) -> None:
+    svc = _services(stack)
+    enhanced = [local.enhanced_finding("CVE-2026-1234", "CRITICAL", "log4j-core", "2.14.1", "2.17.1")]
+    with Stubber(svc.stubbed) as stub:
+        stub.add_response("describe_image_scan_findings", _active(enhanced if findings else []))
+        if ready:
+            assert scan_step(svc, _described(age)).status == "ACTIVE"
+        else:
+            with pytest.raises(ScanNotReady, match="first scan") as caught:
+                scan_step(svc, _described(age))
+            assert caught.value.next_read is not None
+
+
+def _services(stack: Stack) -> _Stubbed:
+    settings = Settings(
+        redis_url=f"{stack.redis_url}/2",
+        redis_namespace=f"t-{uuid.uuid4().hex[:8]}",
+        scan_wait_seconds=900,
+        enhanced_settle_seconds=300,
+    )
+    svc = _Stubbed(settings, stack.records, httpx.Client())
+    svc.stubbed = boto3.session.Session(
+        aws_access_key_id="x", aws_secret_access_key="x", region_name=local.REGION
+    ).client("ecr")
+    return svc
+
+
+def _described(age: int) -> Described:
+    """An image pushed `age` seconds ago, described."""
+    repository, digest = f"{TENANT_A}/shop", "sha256:" + "ab" * 32
+    pushed = datetime.now(UTC) - timedelta(seconds=age)
+    event = ImagePushed(
+        event_id="e", account=local.ACCOUNT, region=local.REGION, repository=repository, digest=digest, time=pushed
+    )
+    image = Image(registry_id=local.ACCOUNT, region=local.REGION, repository=repository, digest=digest, tags=[])
+    match = Match(tenant=TENANT_A, product=PRODUCT_A1, product_name="shop", component="")
+    return Described(event=event, match=match, image=image)
