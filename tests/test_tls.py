@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from conftest import TENANT_A, Stack, ingest
@@ -69,14 +70,32 @@ def test_the_pipeline_over_tls_to_redis(stack: Stack, tls_redis: TlsRedis) -> No
     digest = stack.push(f"{TENANT_A}/shop", "tls-1.0")
     worker = celery_worker_tls(stack, env)
     feeder = ingest(stack, env, queue_url, name="ingest-tls")
+    celery = [sys.executable, "-m", "celery", "-A", "ninkik_tasks"]
+    beat = local.Proc("beat-tls", [*celery, "beat", "--loglevel", "INFO"], stack.work, env)
+    port = local.free_port()
+    flower = local.Proc(
+        "flower-tls",
+        [*celery, "flower", "--address=127.0.0.1", f"--port={port}"],
+        stack.work,
+        {**env, "FLOWER_UNAUTHENTICATED_API": "true"},
+    )
     try:
         stack.send(queue_url, local.push_event(f"{TENANT_A}/shop", digest, "tls-1.0"))
         wait_for(lambda: stack.received_for(digest), 60, "the report over TLS")
         records = redis.Redis.from_url(f"{tls_redis.url}/2", ssl_ca_certs=str(tls_redis.files.ca))
-        assert records.exists(*[k for k in records.keys("ninkik:sent:*")])  # the send was recorded there
+        assert records.keys("ninkik:sent:*")  # the send was recorded there
+        # RedBeat keeps its lock in NINKIK_REDIS_URL; Flower reads the broker with Celery's TLS options.
+        wait_for(lambda: "Acquired lock" in beat.output() or not beat.alive(), 30, "beat to take its lock over TLS")
+        assert beat.alive(), beat.output()[-2000:]
+
+        def listed() -> bool:
+            answer = httpx.get(f"http://127.0.0.1:{port}/api/workers", params={"refresh": 1}, timeout=10)
+            return any(name.startswith("tls@") for name in answer.json())
+
+        wait_for(listed, 60, "Flower to list the worker over TLS")
     finally:
-        feeder.stop()
-        worker.stop()
+        for proc in (flower, beat, feeder, worker):
+            proc.stop()
 
 
 def celery_worker_tls(stack: Stack, env: dict[str, str]) -> local.Proc:
