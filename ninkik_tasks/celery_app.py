@@ -7,7 +7,7 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Queue
 
-from . import brokers
+from . import brokers, tls
 from .config import Settings, get_settings
 from .schedule import beat_schedule
 
@@ -28,6 +28,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings that do not lose work (late acks, requeue on worker loss, prefetch 1), and the broker's own."""
     return dict(
         **brokers.for_url(settings.broker_url).celery_config(settings),
+        **tls.celery_config(settings),
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
         result_expires=settings.result_expires_seconds,

@@ -12,6 +12,7 @@ import httpx
 import redis
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from . import tls
 from .backfill import LIMIT, LISTING_STATEMENT, Known, Registry
 from .config import Settings
 from .ecr import DENIED, INSPECTOR_FIX, INSPECTOR_STATEMENT, error_code, error_message
@@ -77,8 +78,18 @@ def _redis(s: Settings) -> Iterator[Check]:
         ("NINKIK_REDIS_URL", s.redis_url),
     ):
         try:
-            redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+            redis.Redis.from_url(
+                url, socket_connect_timeout=3, socket_timeout=3, **tls.redis_client_options(url, s)
+            ).ping()
         except redis.RedisError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                yield Check(
+                    "FAIL",
+                    "redis",
+                    f"{name} ({_safe_url(url)}) presents a certificate that does not verify: set "
+                    "NINKIK_TLS_CA_FILE to the CA that signed it (or fix the host name in the URL)",
+                )
+                continue
             yield Check(
                 "FAIL", "redis", f"{name} ({_safe_url(url)}) does not answer: {exc}; start Redis or fix the URL"
             )

@@ -10,6 +10,7 @@ import httpx
 import redis
 from botocore.config import Config
 
+from . import tls
 from .config import Settings
 from .ratelimit import RateLimiter
 
@@ -64,6 +65,7 @@ def redis_client(settings: Settings) -> redis.Redis:
     if key not in _cache:
         _cache[key] = redis.Redis.from_url(
             settings.redis_url,
+            **tls.redis_client_options(settings.redis_url, settings),
             decode_responses=True,
             socket_timeout=10,
             socket_connect_timeout=5,

