@@ -75,6 +75,14 @@ def test_check_passes_from_a_second_shell(tmp_path: Path) -> None:
         local.wait_for(
             lambda: httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=10).json(), 60, "Flower's worker list"
         )
+        # Ingest's metrics are on ingest's port only, not in Flower's /metrics (Flower imports the app).
+        flower_metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "flower_" in flower_metrics and "ninkik_ingest_" not in flower_metrics
+        ingest_url = re.search(r"Ingest metrics:\s+(\S+)", out.read_text())
+        assert ingest_url, out.read_text()
+        ingest_metrics = httpx.get(ingest_url.group(1), timeout=10).text
+        assert "ninkik_ingest_messages_received_total" in ingest_metrics and "process_cpu_seconds" in ingest_metrics
+        assert "ninkik_pipeline_notified" in ingest_metrics
         dev.send_signal(signal.SIGTERM)
         assert dev.wait(60) == 0, out.read_text()
     finally:
