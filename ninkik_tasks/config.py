@@ -8,12 +8,22 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, NonNegativeInt, PositiveInt, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
 
-_QUEUE_REGION = re.compile(r"^https?://sqs[.-]([a-z0-9-]+)\.amazonaws\.com", re.IGNORECASE)
+# The region in an AWS queue URL's host: sqs.eu-central-1.amazonaws.com, sqs-fips.us-east-1..., the legacy
+# eu-central-1.queue.amazonaws.com, VPC endpoints (vpce-....sqs.eu-central-1.vpce.amazonaws.com), China.
+_REGION_IN_HOST = re.compile(r"(?:^|\.)([a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d+)\.")
 
 CsvList = Annotated[list[str], NoDecode]
 
@@ -69,6 +79,19 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
+    @model_validator(mode="after")
+    def _region_from_profile(self) -> Settings:
+        # Neither variable set: the region of AWS_PROFILE's section of ~/.aws/config, as boto3 would use.
+        if self.aws_region is None:
+            import botocore.exceptions
+            import botocore.session
+
+            try:
+                self.aws_region = botocore.session.Session().get_config_variable("region") or None
+            except botocore.exceptions.BotoCoreError:  # e.g. no such profile: boto3 says so when used
+                self.aws_region = None
+        return self
+
     @field_validator("aws_account_ids", "aws_regions", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
@@ -93,7 +116,8 @@ class Settings(BaseSettings):
 
     def queue_region(self) -> str | None:
         """The region to reach the queue in: the one in its URL, else AWS_REGION / AWS_DEFAULT_REGION."""
-        if self.sqs_queue_url and (match := _QUEUE_REGION.match(self.sqs_queue_url)):
+        host = (urlparse(self.sqs_queue_url).hostname or "").lower() if self.sqs_queue_url else ""
+        if host.endswith((".amazonaws.com", ".amazonaws.com.cn")) and (match := _REGION_IN_HOST.search(host)):
             return match.group(1)
         return self.aws_region
 

@@ -76,7 +76,8 @@ def test_aws_region_alone_is_enough_for_an_emulator_queue_url(stack: Stack) -> N
 
 @pytest.mark.parametrize("command", ["ingest", "check"])
 def test_no_region_anywhere_is_one_line(stack: Stack, command: str) -> None:
-    env = {**without_region(stack.env()), "NINKIK_SQS_QUEUE_URL": stack.new_queue()}
+    # No ~/.aws/config region either (this machine's, if any, is kept out).
+    env = {**without_region(stack.env()), "NINKIK_SQS_QUEUE_URL": stack.new_queue(), "AWS_CONFIG_FILE": "/nonexistent"}
     done = cli(env, command)
     assert "names no region: set AWS_REGION" in one_line(done)
 
