@@ -39,6 +39,7 @@ def explain(exc: Exception) -> str | None:
     import botocore.exceptions as aws
     import httpx
     import redis.exceptions as redis_errors
+    from amqp.exceptions import AMQPError
     from kombu.exceptions import OperationalError
 
     reason = " ".join(str(exc).split())
@@ -51,7 +52,7 @@ def explain(exc: Exception) -> str | None:
             f"Redis does not answer ({reason}): start Redis or fix NINKIK_REDIS_URL ({_redis_urls()}), "
             "NINKIK_BROKER_URL or NINKIK_RESULT_BACKEND"
         )
-    if isinstance(exc, OperationalError):
+    if isinstance(exc, (OperationalError, AMQPError)):
         return (
             f"the broker does not answer at NINKIK_BROKER_URL ({_redis_urls('broker_url')}): {reason}; "
             "start it or fix the URL"
