@@ -3,23 +3,106 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
 import click
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidFilter
 
 
 class _Group(click.Group):
-    """Turns ConfigError into one line on stderr and exit code 2, never a traceback."""
+    """Every command's expected errors become one line on stderr with the fix; a traceback only for a bug."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConfigError as exc:
-            click.echo(f"ninkik-tasks: {exc}", err=True)
-            sys.exit(2)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors and Ctrl-C, as click prints them
+        except Exception as exc:
+            line = explain(exc)
+            if line is None:
+                import traceback
+
+                traceback.print_exc()
+                click.echo(
+                    "ninkik-tasks: this is a bug in ninkik-tasks: please report it, with the traceback above", err=True
+                )
+                sys.exit(70)
+            click.echo(f"ninkik-tasks: {line}", err=True)
+            sys.exit(2 if isinstance(exc, (ConfigError, InvalidFilter)) else 1)
+
+
+def explain(exc: Exception) -> str | None:
+    """One line saying what failed and how to fix it, for every error an operator can cause; None for a bug."""
+    import botocore.exceptions as aws
+    import httpx
+    import redis.exceptions as redis_errors
+    from amqp.exceptions import AMQPError
+    from kombu.exceptions import OperationalError
+
+    reason = " ".join(str(exc).split())
+    if isinstance(exc, (ConfigError, InvalidFilter)):
+        return reason
+    if isinstance(exc, redis_errors.ResponseError):
+        return f"Redis refused a command ({reason}): is NINKIK_REDIS_URL ({_redis_urls()}) a Redis 7 server?"
+    if isinstance(exc, redis_errors.RedisError):
+        return (
+            f"Redis does not answer ({reason}): start Redis or fix NINKIK_REDIS_URL ({_redis_urls()}), "
+            "NINKIK_BROKER_URL or NINKIK_RESULT_BACKEND"
+        )
+    if isinstance(exc, (OperationalError, AMQPError)):
+        return (
+            f"the broker does not answer at NINKIK_BROKER_URL ({_redis_urls('broker_url')}): {reason}; "
+            "start it or fix the URL"
+        )
+    if isinstance(exc, aws.NoRegionError):
+        return "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION) to the region of the queue and registries"
+    if isinstance(exc, (aws.NoCredentialsError, aws.PartialCredentialsError)):
+        return (
+            "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            "for the ninkik IAM user of the setup guide"
+        )
+    if isinstance(exc, (aws.ConnectionError, aws.HTTPClientError)):
+        return f"AWS does not answer ({reason}): check AWS_ENDPOINT_URL, AWS_REGION and the network path"
+    if isinstance(exc, aws.ClientError):
+        from .ecr import DENIED, error_code
+
+        operation = getattr(exc, "operation_name", "the call")
+        if error_code(exc) in DENIED:
+            return f"AWS refused {operation}: it is not granted; attach the setup guide's policies to this IAM user"
+        return f"AWS refused {operation}: {reason}"
+    if isinstance(exc, aws.BotoCoreError):
+        return f"AWS: {reason}"
+    if isinstance(exc, httpx.HTTPError):
+        return (
+            f"ninkik's API (NINKIK_API_URL) failed: {type(exc).__name__}: {reason}; "
+            "check the URL, NINKIK_API_TOKEN and the network path"
+        )
+    return None
+
+
+def _redis_urls(field: str = "redis_url") -> str:
+    from .config import get_settings, safe_url
+
+    try:
+        return safe_url(str(getattr(get_settings(), field)))
+    except ConfigError:
+        return "?"
+
+
+_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def _entry_id(entry_id: str, journal: str) -> str:
+    """The id as given if it is a Redis stream id, else ConfigError pointing at the list."""
+    if not _STREAM_ID.fullmatch(entry_id):
+        raise ConfigError(
+            f"{entry_id!r} is not a {journal} id (they look like 1796156572460-0): "
+            f"see `ninkik-tasks {journal} list`"
+        )
+    return entry_id
 
 
 @click.group(cls=_Group)
@@ -46,7 +129,7 @@ def ingest() -> None:
     )
     Ingest(
         settings=settings,
-        sqs=clients.sqs(settings.queue_region()),
+        sqs=clients.sqs(settings),
         records=Records(redis, settings.redis_namespace),
         quarantine=quarantine(redis, settings.redis_namespace),
         start=start,
@@ -63,7 +146,7 @@ def check() -> None:
     settings = get_settings()
     failed = False
     for result in checks.run(
-        settings, lambda: clients.sqs(settings.queue_region()), clients.ecr, clients.http(settings)
+        settings, lambda: clients.sqs(settings), clients.ecr, clients.http(settings)
     ):
         click.echo(result.line())
         failed = failed or result.level == "FAIL"
@@ -85,9 +168,14 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*columns)
+    # The id is what `replay` and `retry` take: never cut or wrapped; the other columns give way.
+    widest = max((len(str(row.get(columns[0], ""))) for row in rows), default=0)
+    table = Table()
+    table.add_column(columns[0], no_wrap=True, min_width=widest)
+    for column in columns[1:]:
+        table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(str(row.get(c, ""))[:80] for c in columns))
+        table.add_row(*(str(row.get(c, ""))[:200] for c in columns))
     Console().print(table)
 
 
@@ -116,7 +204,7 @@ def quarantine_replay(entry_id: str) -> None:
     from .pipeline import start
 
     settings = get_settings()
-    entry = _journal("quarantine").get(entry_id)
+    entry = _journal("quarantine").get(_entry_id(entry_id, "quarantine"))
     if entry is None:
         raise ConfigError(f"no quarantined message {entry_id}: see `ninkik-tasks quarantine list`")
     try:
@@ -159,7 +247,7 @@ def failures_retry(entry_id: str) -> None:
     from .events import ImagePushed
     from .pipeline import start
 
-    entry = _journal("failures").get(entry_id)
+    entry = _journal("failures").get(_entry_id(entry_id, "failures"))
     if entry is None:
         raise ConfigError(f"no failure {entry_id}: see `ninkik-tasks failures list`")
     pushed = ImagePushed(
@@ -184,12 +272,9 @@ def failures_retry(entry_id: str) -> None:
 @click.option("--wait", is_flag=True, help="Show progress until it is done (Ctrl-C stops waiting, not the backfill).")
 def backfill(tenant: str | None, repository: tuple[str, ...], since: str | None, wait: bool) -> None:
     """Queue a backfill: start the chain for every image in the registries, or only the filtered ones."""
-    from kombu.exceptions import OperationalError
-    from redis import RedisError
-
     from .backfill import validate
     from .config import get_settings
-    from .errors import InvalidFilter, PermanentError, TransientError
+    from .errors import PermanentError, TransientError
     from .pipeline import backfill as backfill_task
     from .stages import services
 
@@ -198,20 +283,13 @@ def backfill(tenant: str | None, repository: tuple[str, ...], since: str | None,
         filters = validate(
             tenant, list(repository) or None, since, tenant_known=lambda t: svc.directory().tenant(t) is not None
         )
-    except InvalidFilter as exc:
-        click.echo(f"ninkik-tasks: {exc}", err=True)
-        sys.exit(2)
-    except (TransientError, PermanentError, RedisError) as exc:
-        click.echo(f"ninkik-tasks: cannot check the tenant with ninkik: {exc}", err=True)
-        sys.exit(2)
+    except (TransientError, PermanentError) as exc:
+        raise ConfigError(f"cannot check the tenant with ninkik: {exc}") from None
     try:
         result = backfill_task.apply_async(kwargs=filters.as_kwargs(), retry=False)
-    except (OperationalError, RedisError, RuntimeError) as exc:  # Celery says RuntimeError when Redis is down
+    except RuntimeError as exc:  # Celery's result backend says RuntimeError when Redis is down
         reason = " ".join(str(exc).split())
-        click.echo(
-            f"ninkik-tasks: cannot queue the backfill (NINKIK_BROKER_URL, NINKIK_RESULT_BACKEND): {reason}", err=True
-        )
-        sys.exit(2)
+        raise ConfigError(f"cannot queue the backfill (NINKIK_BROKER_URL, NINKIK_RESULT_BACKEND): {reason}") from None
     click.echo(result.id)
     if not wait:
         click.echo("backfill queued: follow it in Flower, or run this again with --wait", err=True)

@@ -12,6 +12,7 @@ from botocore.config import Config
 
 from . import tls
 from .config import Settings
+from .errors import ConfigError
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -49,12 +50,27 @@ def ecr(region: str, limiter: RateLimiter | None = None) -> ECRClient:
     return client
 
 
-def sqs(region: str | None) -> SQSClient:
-    """This process's SQS client (ingest polls with a 20 s wait, so the read timeout is longer)."""
+# Ingest's long poll waits up to 20 s: an answer later than 25 s means the endpoint is stuck. No botocore
+# retries: ingest's own loop retries with backoff and logs every failed attempt, and SIGTERM is never held
+# up by attempts it cannot see.
+SQS_CONFIG = Config(
+    retries={"mode": "standard", "total_max_attempts": 1},
+    connect_timeout=5,
+    read_timeout=25,
+    max_pool_connections=4,
+)
+
+
+def sqs(settings: Settings) -> SQSClient:
+    """This process's SQS client, in the queue's region (its URL's, else AWS_REGION / AWS_DEFAULT_REGION)."""
+    region = settings.queue_region()
+    if not region:
+        raise ConfigError(
+            f"the queue URL {settings.sqs_queue_url} names no region: set AWS_REGION to the queue's region"
+        )
     key = ("sqs", region)
     if key not in _cache:
-        config = AWS_CONFIG.merge(Config(read_timeout=40))
-        _cache[key] = boto3.session.Session().client("sqs", region_name=region, config=config)
+        _cache[key] = boto3.session.Session().client("sqs", region_name=region, config=SQS_CONFIG)
     client: SQSClient = _cache[key]
     return client
 

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import functools
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlparse
 
-from pydantic import Field, NonNegativeInt, PositiveInt, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
 
-_QUEUE_REGION = re.compile(r"^https?://sqs[.-]([a-z0-9-]+)\.amazonaws\.com", re.IGNORECASE)
+# The region in an AWS queue URL's host: sqs.eu-central-1.amazonaws.com, sqs-fips.us-east-1..., the legacy
+# eu-central-1.queue.amazonaws.com, VPC endpoints (vpce-....sqs.eu-central-1.vpce.amazonaws.com), China.
+_REGION_IN_HOST = re.compile(r"(?:^|\.)([a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d+)\.")
 
 CsvList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
-    """Every setting of ninkik-tasks, from `NINKIK_*` variables (AWS uses boto3's own)."""
+    """Every setting of ninkik-tasks, from `NINKIK_*` variables (AWS credentials use boto3's own chain)."""
 
     model_config = SettingsConfigDict(env_prefix="NINKIK_", extra="ignore", env_ignore_empty=True)
 
@@ -27,6 +37,9 @@ class Settings(BaseSettings):
     result_backend: str = "redis://127.0.0.1:6379/1"
     redis_url: str = "redis://127.0.0.1:6379/2"
     redis_namespace: str = "ninkik"
+
+    # boto3's default region; botocore itself reads only AWS_DEFAULT_REGION, so every client gets it from here.
+    aws_region: str | None = Field(default=None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
 
     sqs_queue_url: str | None = None
     aws_account_ids: CsvList = Field(default_factory=list)
@@ -79,6 +92,19 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
+    @model_validator(mode="after")
+    def _region_from_profile(self) -> Settings:
+        # Neither variable set: the region of AWS_PROFILE's section of ~/.aws/config, as boto3 would use.
+        if self.aws_region is None:
+            import botocore.exceptions
+            import botocore.session
+
+            try:
+                self.aws_region = botocore.session.Session().get_config_variable("region") or None
+            except botocore.exceptions.BotoCoreError:  # e.g. no such profile: boto3 says so when used
+                self.aws_region = None
+        return self
+
     @field_validator("aws_account_ids", "aws_regions", "tenant_uuids", "repositories", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
@@ -103,19 +129,18 @@ class Settings(BaseSettings):
         return [t.lower() for t in value]
 
     def allowed_regions(self) -> list[str]:
-        """The configured regions, else the queue's region, else boto3's default region."""
+        """The configured regions, else the queue's region (its URL's, else AWS_REGION)."""
         if self.aws_regions:
             return self.aws_regions
-        if self.sqs_queue_url and (match := _QUEUE_REGION.match(self.sqs_queue_url)):
-            return [match.group(1)]
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        region = self.queue_region()
         return [region] if region else []
 
     def queue_region(self) -> str | None:
-        """The region to reach the queue in: the one in its URL, else boto3's default."""
-        if self.sqs_queue_url and (match := _QUEUE_REGION.match(self.sqs_queue_url)):
+        """The region to reach the queue in: the one in its URL, else AWS_REGION / AWS_DEFAULT_REGION."""
+        host = (urlparse(self.sqs_queue_url).hostname or "").lower() if self.sqs_queue_url else ""
+        if host.endswith((".amazonaws.com", ".amazonaws.com.cn")) and (match := _REGION_IN_HOST.search(host)):
             return match.group(1)
-        return None
+        return self.aws_region
 
     def require_ingest(self) -> None:
         """Raise ConfigError naming the first setting ingest cannot run without."""
@@ -128,6 +153,10 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "NINKIK_AWS_ACCOUNT_IDS is not set: set it to the comma-separated AWS account IDs "
                 "whose pushes ninkik should receive"
+            )
+        if not self.queue_region():
+            raise ConfigError(
+                f"the queue URL {self.sqs_queue_url} names no region: set AWS_REGION to the queue's region"
             )
         if not self.allowed_regions():
             raise ConfigError(
@@ -143,6 +172,12 @@ class Settings(BaseSettings):
             )
 
 
+def safe_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ***, fit for logs and messages."""
+    parsed = urlparse(url)
+    return url.replace(f":{parsed.password}@", ":***@") if parsed.password else url
+
+
 @functools.cache
 def get_settings() -> Settings:
     """The process's settings, read once; a bad value becomes a one-line ConfigError."""
@@ -152,5 +187,6 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "NINKIK_" + str(first["loc"][0]).upper() if first["loc"] else "a NINKIK_ setting"
+        field = str(first["loc"][0]) if first["loc"] else ""
+        name = field if field.startswith("AWS_") else "NINKIK_" + field.upper() if field else "a NINKIK_ setting"
         raise ConfigError(f"{name} is invalid: {first['msg']}") from None

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
+from botocore.exceptions import ConnectionError as AWSConnectionError
+from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from . import metrics
 from .config import Settings
-from .ecr import DENIED, error_code
+from .ecr import DENIED, THROTTLING, error_code
 from .errors import ConfigError, IgnoredEvent, InvalidEvent
 from .events import ImagePushed, parse
 from .idempotency import Records
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+# SQS does not answer: refused, timed out, connection closed (retried, never a configuration error).
+UNREACHABLE = (AWSConnectionError, HTTPClientError)
 
 
 class _Stop(BaseException):
@@ -63,57 +67,83 @@ class Ingest:
         return self.settings.sqs_queue_url
 
     def check_queue(self) -> dict[str, str]:
-        """Fail with one clear line if the queue cannot be read; else its retention and visibility."""
+        """The queue's retention and visibility; ConfigError with one clear line if it cannot be used.
+
+        An outage (no answer, a refused connection, 5xx, throttling) is raised as it is, for `run` to retry.
+        """
         try:
             answer = self.sqs.get_queue_attributes(
                 QueueUrl=self.queue_url, AttributeNames=["MessageRetentionPeriod", "VisibilityTimeout"]
             )
         except ClientError as exc:
+            if _outage(exc):
+                raise
             raise ConfigError(_explain(exc, "sqs:GetQueueAttributes", self.queue_url)) from None
         except NoCredentialsError:
             raise ConfigError(
                 "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                 "for the ninkik IAM user of the setup guide"
             ) from None
+        except UNREACHABLE:
+            raise
         except BotoCoreError as exc:
-            raise ConfigError(f"cannot reach SQS at {self.queue_url}: {exc}") from None
+            raise ConfigError(f"cannot use SQS at {self.queue_url}: {exc}") from None
         return {str(k): v for k, v in answer.get("Attributes", {}).items()}
 
     def run(self) -> None:
-        """Poll until SIGTERM/SIGINT; the batch in hand is finished before leaving."""
+        """Poll until SIGTERM/SIGINT; the batch in hand is finished before leaving.
+
+        Until the queue answers, and whenever a poll fails, it retries with backoff, one log line per attempt.
+        SIGTERM interrupts any wait on SQS (a call or a pause) at once: nothing is in hand then.
+        """
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        attributes = self.check_queue()
-        log.info(
-            "polling %s (retention %ss, visibility timeout %ss)",
-            self.queue_url,
-            attributes.get("MessageRetentionPeriod", "?"),
-            attributes.get("VisibilityTimeout", "?"),
-        )
+        started = False
         failures = 0
         while not self._stopping:
             try:
-                self.poll_once()
+                if not started:
+                    self._start()
+                    started = True
+                else:
+                    self.poll_once()
                 failures = 0
             except _Stop:
                 break
             except ConfigError:
                 raise
-            except (RedisError, BotoCoreError, ClientError, OSError, ConnectionError) as exc:
+            except (RedisError, BotoCoreError, ClientError, OperationalError, OSError) as exc:
                 # Redis, the broker or SQS is down: nothing was deleted, SQS redelivers; wait and go on.
                 failures += 1
                 metrics.POLL_ERRORS.inc()
                 pause = min(30.0, 0.5 * 2**failures)
-                log.error("poll failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, pause)
+                what = "poll" if started else f"reaching the queue {self.queue_url}"
+                reason = " ".join(str(exc).split())
+                log.error("%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, reason, pause)
                 self._sleep(pause)
             except Exception as exc:
-                # A broker error from kombu is not a RedisError: treat every unknown failure the same way.
+                # Not an outage we know: log it with its traceback, and go on as for an outage.
                 failures += 1
                 metrics.POLL_ERRORS.inc()
                 pause = min(30.0, 0.5 * 2**failures)
                 log.exception("poll failed (%s); retrying in %.1fs", type(exc).__name__, pause)
                 self._sleep(pause)
         log.info("stopped: %s", dict(self.counts))
+
+    def _start(self) -> None:
+        self._waiting = True
+        try:
+            if self._stopping:
+                raise _Stop()
+            attributes = self.check_queue()
+        finally:
+            self._waiting = False
+        log.info(
+            "polling %s (retention %ss, visibility timeout %ss)",
+            self.queue_url,
+            attributes.get("MessageRetentionPeriod", "?"),
+            attributes.get("VisibilityTimeout", "?"),
+        )
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
@@ -126,7 +156,7 @@ class Ingest:
             time.sleep(min(0.2, seconds))
 
     def receive(self) -> list[MessageTypeDef]:
-        """One long poll: up to 10 messages, waiting up to 20 s."""
+        """One long poll: up to 10 messages, waiting up to 20 s (SIGTERM interrupts it)."""
         self._waiting = True
         try:
             if self._stopping:
@@ -154,7 +184,13 @@ class Ingest:
         self.counts["received"] += len(messages)
         metrics.RECEIVED.inc(len(messages))
         handled = self.handle(messages)
-        self.delete(handled)
+        # The batch is handled: a SIGTERM during the delete may cut it short (SQS redelivers, dedupe drops).
+        self._waiting = True
+        try:
+            if not self._stopping:
+                self.delete(handled)
+        finally:
+            self._waiting = False
         return len(messages)
 
     def handle(self, messages: list[MessageTypeDef]) -> list[MessageTypeDef]:
@@ -265,6 +301,11 @@ class Ingest:
         metrics.DELETED.inc(len(answer.get("Successful", [])))
         for failed in answer.get("Failed", []):
             log.warning("could not delete a message: %s %s", failed.get("Code"), failed.get("Message"))
+
+
+def _outage(exc: ClientError) -> bool:
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return status >= 500 or status == 429 or error_code(exc) in THROTTLING or "Throttl" in error_code(exc)
 
 
 def _explain(exc: ClientError, action: str, queue_url: str) -> str:

@@ -6,26 +6,54 @@ import logging
 from collections.abc import Iterator
 
 import redis
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
-RECEIVED = Counter("ninkik_ingest_messages_received", "SQS messages received by this ingest")
-ACCEPTED = Counter("ninkik_ingest_events_accepted", "Valid push events (new or duplicate)")
-DUPLICATES = Counter("ninkik_ingest_duplicates", "Events dropped because their id was already handled")
-REJECTED = Counter("ninkik_ingest_rejected", "Messages refused, by reason", ["reason"])
-IGNORED = Counter("ninkik_ingest_ignored", "Well-formed AWS events that are not pushes, dropped, by reason", ["reason"])
-QUARANTINED = Counter("ninkik_ingest_quarantined", "Messages recorded in the quarantine (once per message)")
-CHAINS = Counter("ninkik_ingest_chains_started", "Chains queued for new events")
-DELETED = Counter("ninkik_ingest_messages_deleted", "Messages deleted from SQS after handling")
-POLL_ERRORS = Counter("ninkik_ingest_poll_errors", "Polls that failed (Redis, broker or SQS unavailable)")
-DELETING = Gauge("ninkik_ingest_delete_enabled", "1 when handled messages are deleted, 0 when DeleteMessage is denied")
+# Ingest's metrics live in a registry of their own, served only by ingest: Flower imports the app (and so this
+# module) and serves the default registry, where an all-zero copy would look like a stalled ingest.
+INGEST = CollectorRegistry(auto_describe=True)
+RECEIVED = Counter("ninkik_ingest_messages_received", "SQS messages received by this ingest", registry=INGEST)
+ACCEPTED = Counter("ninkik_ingest_events_accepted", "Valid push events (new or duplicate)", registry=INGEST)
+DUPLICATES = Counter(
+    "ninkik_ingest_duplicates", "Events dropped because their id was already handled", registry=INGEST
+)
+REJECTED = Counter("ninkik_ingest_rejected", "Messages refused, by reason", ["reason"], registry=INGEST)
+IGNORED = Counter(
+    "ninkik_ingest_ignored",
+    "Well-formed AWS events that are not pushes, dropped, by reason",
+    ["reason"],
+    registry=INGEST,
+)
+QUARANTINED = Counter(
+    "ninkik_ingest_quarantined", "Messages recorded in the quarantine (once per message)", registry=INGEST
+)
+CHAINS = Counter("ninkik_ingest_chains_started", "Chains queued for new events", registry=INGEST)
+DELETED = Counter("ninkik_ingest_messages_deleted", "Messages deleted from SQS after handling", registry=INGEST)
+POLL_ERRORS = Counter(
+    "ninkik_ingest_poll_errors", "Polls that failed (Redis, broker or SQS unavailable)", registry=INGEST
+)
+DELETING = Gauge(
+    "ninkik_ingest_delete_enabled",
+    "1 when handled messages are deleted, 0 when DeleteMessage is denied",
+    registry=INGEST,
+)
 POLL_SECONDS = Histogram(
     "ninkik_ingest_poll_seconds",
     "Duration of one ReceiveMessage long poll",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 25),
+    registry=INGEST,
 )
 DELETING.set(1)
 
@@ -83,9 +111,11 @@ def serve(port: int, stats: PipelineStats, address: str = "0.0.0.0") -> None:
     """Serve /metrics on `port` (0: not at all)."""
     if not port:
         return
-    REGISTRY.register(PipelineCollector(stats))
+    INGEST.register(PipelineCollector(stats))
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # as on the default registry
+        INGEST.register(collector)
     try:
-        start_http_server(port, addr=address)
+        start_http_server(port, addr=address, registry=INGEST)
     except OSError as exc:
         log.warning("metrics not served: port %d: %s (set NINKIK_METRICS_PORT)", port, exc)
         return

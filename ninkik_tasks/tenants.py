@@ -124,6 +124,9 @@ class Directory:
             return None
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientError(f"tenant lookup answered {response.status_code}")
+        if response.status_code in (401, 403):
+            why = "NINKIK_API_TOKEN is not set" if not self.token else "ninkik refuses NINKIK_API_TOKEN"
+            raise PermanentError("tenant_lookup", f"tenant lookup answered {response.status_code}: {why}")
         if response.status_code != 200:
             raise PermanentError("tenant_lookup", f"tenant lookup answered {response.status_code}")
         try:

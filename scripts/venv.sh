@@ -15,10 +15,15 @@ fi
 stamp="$root/.venv/.installed-$extra"
 want="$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ ! -x "$root/.venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setting up $root/.venv ($extra) ..." >&2
-  [ -x "$root/.venv/bin/python" ] || "$python" -m venv "$root/.venv"
+  if [ -x "$root/.venv/bin/python" ]; then
+    echo "updating $root/.venv ($extra): pyproject.toml changed ..." >&2
+  else
+    echo "building $root/.venv ($extra) with $python: installing ninkik-tasks and its dependencies, about a minute the first time ..." >&2
+    "$python" -m venv "$root/.venv"
+  fi
   "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[$extra]" 2>&1 \
     | grep -v "^WARNING: Location" >&2 || true
   "$root/.venv/bin/python" -c "import ninkik_tasks" || { echo "installing ninkik-tasks failed" >&2; exit 1; }
   echo "$want" > "$stamp"
+  echo "$root/.venv is ready" >&2
 fi

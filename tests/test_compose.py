@@ -5,11 +5,14 @@ No Docker engine is needed: the files are parsed, and `docker compose config` ru
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
@@ -18,7 +21,9 @@ from typing import Any
 import click
 import pytest
 import yaml
+from conftest import Stack
 
+from ninkik_tasks import local
 from ninkik_tasks.celery_app import QUEUES
 from ninkik_tasks.cli import main
 from ninkik_tasks.config import Settings
@@ -64,7 +69,9 @@ def _env_file(name: str) -> dict[str, tuple[str, bool]]:
 
 
 def _settings_vars() -> dict[str, str]:
-    return {"NINKIK_" + field.upper(): field for field in Settings.model_fields}
+    # Fields read under AWS's own names (AWS_REGION) are not NINKIK_ variables; the AWS ones are checked apart.
+    fields = Settings.model_fields.items()
+    return {"NINKIK_" + name.upper(): name for name, field in fields if field.validation_alias is None}
 
 
 def _scripts() -> list[Path]:
@@ -412,3 +419,71 @@ def test_docker_compose_config(tmp_path: Path) -> None:
         [*client, "-f", "docker-compose.yml", "config", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert result.returncode != 0 and "FLOWER_BASIC_AUTH" in result.stderr
+
+
+# The local profile, run without Docker
+
+
+def _compose_env(service: str, env_file: str) -> dict[str, str]:
+    """The environment compose gives `service`: its env_file (here `env_file`), then its `environment`."""
+    env = {var: value for var, (value, is_set) in _env_file(env_file).items() if is_set}
+    environment = _services()[service].get("environment", {})
+    assert isinstance(environment, dict)
+    env.update({str(k): str(v) for k, v in environment.items()})
+    return env
+
+
+def _pointed_at(env: dict[str, str], hosts: dict[str, str]) -> dict[str, str]:
+    """Service host names (redis:6379 ...) replaced by the local servers standing in for them."""
+    used: set[str] = set()
+    out = {}
+    for var, value in env.items():
+        for service, address in hosts.items():
+            if f"//{service}" in value:
+                value = value.replace(f"//{service}", f"//{address}")
+                used.add(service)
+        out[var] = value
+    assert used == set(hosts), f"the local profile no longer uses {set(hosts) - used}: update this test"
+    return out
+
+
+def test_local_profile_starts_ingest_and_check(stack: Stack, tmp_path: Path) -> None:
+    from ninkik_tasks.local.standin import Standin
+
+    services = _services()
+    moto_port = next(str(p).split(":")[-1] for p in services["moto"]["ports"])
+    standin_port = next(a.split("=", 1)[1] for a in services["standin"]["command"] if a.startswith("--port="))
+    env = _compose_env("ingest", ".env.local.example")
+    # The stand-in as the profile runs it: deploy/tenants.example.json, the token from .env.
+    tenants = json.loads((ROOT / "deploy" / "tenants.example.json").read_text())
+    standin = Standin(tenants, env["NINKIK_API_TOKEN"]).start()
+    redis_proc, redis_url = local.start_redis(tmp_path)
+    try:
+        hosts = {
+            "redis:6379": redis_url.removeprefix("redis://"),
+            f"moto:{moto_port}": stack.moto_url.removeprefix("http://"),
+            f"standin:{standin_port}": standin.url.removeprefix("http://"),
+        }
+        env = _pointed_at(env, hosts)
+        # What the compose file's comment says to do once the profile is up.
+        stack.sqs.create_queue(QueueName=env["NINKIK_SQS_QUEUE_URL"].rsplit("/", 1)[-1])
+        # A container's environment: nothing from this shell (no AWS_DEFAULT_REGION, no ~/.aws).
+        env = {**env, "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+        cli = [sys.executable, "-m", "ninkik_tasks.cli"]
+        check = subprocess.run([*cli, "check"], env=env, capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in check.stdout + check.stderr, check.stdout + check.stderr
+        assert check.returncode == 0 and "FAIL" not in check.stdout, check.stdout + check.stderr
+        assert "OK   ninkik: API at" in check.stdout and "OK   sqs: queue ecr-docker-push found" in check.stdout
+        proc = local.Proc("ingest-local-profile", [*cli, "ingest"], tmp_path, env)
+        try:
+            local.wait_for(lambda: "polling" in proc.output() or not proc.alive(), 30, "ingest to poll")
+            assert proc.alive(), proc.output()
+            proc.send(signal.SIGTERM)
+            local.wait_for(lambda: not proc.alive(), 15, "ingest to stop")
+            assert proc.popen.returncode == 0, proc.output()
+        finally:
+            proc.stop()
+        assert "Traceback" not in proc.output(), proc.output()
+    finally:
+        redis_proc.stop()
+        standin.stop()

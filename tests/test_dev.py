@@ -1,22 +1,35 @@
-"""The README's first command: `ninkik-tasks dev` runs everything and shows notifications arriving."""
+"""The README's first command: `ninkik-tasks dev` runs everything and shows notifications arriving, a second
+shell set up as the README says can talk to it (`ninkik-tasks check` passes), and it leaves nothing behind."""
 
 from __future__ import annotations
 
+import re
+import shlex
+import signal
+import stat
 import subprocess
 import sys
+from pathlib import Path
+
+import httpx
 
 from ninkik_tasks import local
 from ninkik_tasks.local.dev import demo_images
 
 
-def test_dev_shows_every_demo_notification_and_stops_cleanly() -> None:
+def _clean_env(tmp_path: Path) -> dict[str, str]:
+    # A new user's shell: no NINKIK_ or AWS_ settings; TMPDIR so the run's folder can be looked for.
+    return {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "TMPDIR": str(tmp_path)}
+
+
+def test_dev_shows_every_demo_notification_and_stops_cleanly(tmp_path: Path) -> None:
     port = local.free_port()
     done = subprocess.run(
         [sys.executable, "-m", "ninkik_tasks.cli", "dev", "--until-done", "--flower-port", str(port)],
         capture_output=True,
         text=True,
         timeout=240,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        env=_clean_env(tmp_path),
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"Flower:           http://127.0.0.1:{port}" in done.stdout
@@ -25,3 +38,55 @@ def test_dev_shows_every_demo_notification_and_stops_cleanly() -> None:
     assert any("ENHANCED/COMPLETE" in line for line in notified)
     assert any("tags=[]" in line for line in notified)
     assert "stopping" in done.stdout
+    assert list(tmp_path.glob("ninkik-dev-*")) == [], "the run's folder was left behind"
+
+
+def test_check_passes_from_a_second_shell(tmp_path: Path) -> None:
+    port = local.free_port()
+    out = tmp_path / "dev.out"
+    with out.open("w") as sink:
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "ninkik_tasks.cli", "dev", "--flower-port", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=_clean_env(tmp_path),
+        )
+    try:
+        local.wait_for(
+            lambda: out.read_text().count("\nnotified") >= len(demo_images()) or dev.poll() is not None,
+            180,
+            "every demo notification",
+        )
+        assert dev.poll() is None, out.read_text()
+        match = re.search(r"from another shell: source (\S+)", out.read_text())
+        assert match, out.read_text()
+        env_file = Path(match.group(1))
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600, "the env file holds the stand-in's token"
+        assert "NINKIK_API_TOKEN=" in env_file.read_text()
+        # The README's way: plain `source` in bash, nothing else set.
+        shell = f"source {shlex.quote(str(env_file))} && exec {shlex.quote(sys.executable)} -m ninkik_tasks.cli check"
+        check = subprocess.run(
+            ["bash", "-c", shell], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "FAIL" not in check.stdout and "Traceback" not in check.stderr
+        assert "OK   ninkik: API at" in check.stdout
+        # A worker that started after Flower is in Flower's /api/workers without ?refresh=1.
+        local.wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=10).json(), 60, "Flower's worker list"
+        )
+        # Ingest's metrics are on ingest's port only, not in Flower's /metrics (Flower imports the app).
+        flower_metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "flower_" in flower_metrics and "ninkik_ingest_" not in flower_metrics
+        ingest_url = re.search(r"Ingest metrics:\s+(\S+)", out.read_text())
+        assert ingest_url, out.read_text()
+        ingest_metrics = httpx.get(ingest_url.group(1), timeout=10).text
+        assert "ninkik_ingest_messages_received_total" in ingest_metrics and "process_cpu_seconds" in ingest_metrics
+        assert "ninkik_pipeline_notified" in ingest_metrics
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(60) == 0, out.read_text()
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+    assert list(tmp_path.glob("ninkik-dev-*")) == [], "the run's folder was left behind"

@@ -1,6 +1,8 @@
 #!/bin/sh
 # Flower (`celery -A ninkik_tasks flower`): it shows task arguments and can revoke tasks, so never without auth.
 # Flower reads FLOWER_BASIC_AUTH (user:password[,user2:password2]) itself; it stays off the command line.
+# Its /api/workers is an inspect cached at start: ask it with ?refresh=1 for workers started since
+# (docs/operations.md, "Flower").
 set -eu
 
 case "${FLOWER_BASIC_AUTH:-}" in

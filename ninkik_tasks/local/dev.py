@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -69,6 +71,8 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     expected = len(demo_images())
     arrived: list[Received] = []
+    keep = False  # the logs are kept when something went wrong
+    standin: Standin | None = None
 
     def show(r: Received) -> None:
         image, scan = r.body["image"], r.body["scan"]
@@ -99,15 +103,15 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
             queue_url = sqs.create_queue(QueueName="ecr-docker-push", Attributes={"MessageRetentionPeriod": "60"})[
                 "QueueUrl"
             ]
-        env = {
-            **os.environ,
+        ours = {
             **aws,
             **local.stack_env(redis_url, queue_url),
             "NINKIK_API_URL": standin.url,
-            "NINKIK_API_TOKEN": token,
+            "NINKIK_API_TOKEN": token,  # the stand-in's throw-away token, for this run only
             "NINKIK_METRICS_PORT": str(local.free_port()),
             "NINKIK_METRICS_ADDRESS": "127.0.0.1",
         }
+        env = {**os.environ, **ours}
         flower_port = flower_port if _port_free(flower_port) else local.free_port()
         celery = [sys.executable, "-m", "celery", "-A", "ninkik_tasks"]
         with console.status("starting ingest, a worker and Flower…"):
@@ -120,15 +124,16 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
                     "flower", [*celery, "flower", "--address=127.0.0.1", f"--port={flower_port}"], work, flower_env
                 )
             )
-        console.print(f"Flower:           [bold]http://127.0.0.1:{flower_port}[/]")
+        flower_url = f"http://127.0.0.1:{flower_port}"
+        threading.Thread(target=_refresh_flower, args=(flower_url,), daemon=True).start()
+        console.print(f"Flower:           [bold]{flower_url}[/]")
         console.print(f"ninkik stand-in:  {standin.url}/_standin/received")
         console.print(f"AWS emulator:     {moto_url}   queue {queue_url}")
         console.print(f"Redis:            {redis_url}   logs in {work}")
         console.print(f"Ingest metrics:   http://127.0.0.1:{env['NINKIK_METRICS_PORT']}/metrics")
-        for name, value in env.items():
-            if name.startswith(("NINKIK_", "AWS_")) and name != "NINKIK_API_TOKEN":
-                (work / "env").open("a").write(f"{name}={value}\n")
-        console.print(f"To talk to it from another shell: [bold]set -a; . {work / 'env'}; set +a[/]")
+        env_file = work / "env"
+        _write_env_file(env_file, {k: v for k, v in ours.items() if k not in _NOT_SHARED})
+        console.print(f"To talk to it from another shell: [bold]source {env_file}[/] (then e.g. ninkik-tasks check)")
         with console.status("seeding tenants, images and scan findings…"):
             for i, item in enumerate(demo_images()):
                 digest = local.push_image(ecr, item["repository"], f"demo-{i}", item["tag"])
@@ -148,18 +153,54 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
         while not stop.wait(0.5):
             dead = [p.name for p in procs if not p.alive()]
             if dead:
+                keep = True
                 console.print(f"[red]{', '.join(dead)} stopped unexpectedly[/]: see the logs in {work}")
                 return 1
             if until_done and time.monotonic() > deadline:
+                keep = True
                 console.print(f"[red]only {len(arrived)} of {expected} notifications in 120 s[/]: logs in {work}")
                 return 1
         return 0
     except KeyboardInterrupt:
         return 0
+    except BaseException:
+        keep = True
+        raise
     finally:
         console.print("stopping…")
         for proc in reversed(procs):
             proc.stop(timeout=10)
+        if standin is not None:
+            standin.stop()
+        if keep:
+            console.print(f"logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# Per process: a second shell's ingest would find the port taken.
+_NOT_SHARED = {"NINKIK_METRICS_PORT", "NINKIK_METRICS_ADDRESS"}
+
+
+def _write_env_file(path: Path, values: dict[str, str]) -> None:
+    """`export NAME=value` lines, mode 0600 (it holds the stand-in's token): plain `source` and `set -a; .` work."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("# ninkik-tasks dev: source this file in another shell to talk to the running stack.\n")
+        for name, value in sorted(values.items()):
+            out.write(f"export {name}={shlex.quote(value)}\n")
+
+
+def _refresh_flower(url: str) -> None:
+    """Make Flower inspect the workers now: its /api/workers is a cache filled when Flower starts."""
+    import httpx
+
+    try:
+        local.wait_for(
+            lambda: httpx.get(f"{url}/api/workers?refresh=1", timeout=10).json(), 60, "Flower", interval=1.0
+        )
+    except TimeoutError:
+        return  # Flower or the worker did not come up: the main loop reports the process that died
 
 
 def _port_free(port: int) -> bool:
