@@ -277,6 +277,9 @@ def set_scan_result(
         f"{moto_url}/moto-api/static/ecr/scan-finding-results", json={"results": [result], "region": region}
     )
     answer.raise_for_status()
+    # moto hands a pending result to the next read of any image in the repository whose tag equals the
+    # result's (None for both when untagged): read it now, so it sticks to this image and no other.
+    ecr.describe_image_scan_findings(repositoryName=repository, imageId={"imageDigest": digest})
 
 
 def push_event(
