@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     scan_wait_seconds: int = 900
     result_expires_seconds: int = 7 * 24 * 3600
     sent_record_seconds: int = 90 * 24 * 3600
-    broker_visibility_timeout: int = 3600
+    broker_visibility_timeout: int = 240  # Redis broker only: see brokers/redis.py
     aws_give_up_seconds: int = 3600
     notify_give_up_seconds: int = 24 * 3600
     retry_backoff_max_seconds: int = 300
