@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     result_backend: str = "redis://127.0.0.1:6379/1"
     redis_url: str = "redis://127.0.0.1:6379/2"
     redis_namespace: str = "ninkik"
+    # RabbitMQ's management API, for `check` (default: the broker's host, port 15672, its credentials)
+    broker_management_url: str | None = None
 
     sqs_queue_url: str | None = None
     aws_account_ids: CsvList = Field(default_factory=list)
