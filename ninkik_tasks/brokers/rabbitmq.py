@@ -152,7 +152,9 @@ class DeadLetters(bootsteps.ConsumerStep):  # type: ignore[misc]
         except Exception as exc:  # a message that is not a task: still recorded, never redelivered forever
             record = {"stage": "unknown", "reason": "dead_lettered", "message": f"unreadable: {exc}"}
         try:
-            services(get_settings()).failures.add(**record)
+            svc = services(get_settings())
+            svc.failures.add(**record)
+            svc.stats.incr("failure", str(record.get("stage")), str(record.get("reason")))
         except Exception as exc:  # Redis restarting: keep the message for the next delivery
             log.warning("cannot record a dead-lettered task yet (%s): requeued", type(exc).__name__)
             message.requeue()  # type: ignore[no-untyped-call]
