@@ -49,6 +49,28 @@ def test_redis_countdowns_stay_under_a_quarter_of_the_visibility_timeout() -> No
     assert redis_broker.countdown_cap(settings) == 10
 
 
+@pytest.mark.parametrize("visibility", [40, 240, 3600])
+def test_redis_holds_stay_under_the_visibility_timeout_and_the_default_bound_is_five_minutes(visibility: int) -> None:
+    settings = Settings(broker_visibility_timeout=visibility, retry_backoff_max_seconds=10**6)
+    # A hold: a wait for a pool slot (one run) + a countdown + the run itself.
+    hold = redis_broker.run_limit(settings) + redis_broker.countdown_cap(settings) + redis_broker.run_limit(settings)
+    assert hold < visibility
+    options = redis_broker.celery_config(settings, ["ninkik.notify"])
+    assert options["task_annotations"]["ninkik.notify"]["time_limit"] == redis_broker.run_limit(settings)
+    assert options["broker_transport_options"]["unacked_restore_throttle"] == 1
+    assert redis_broker.restore_bound(settings) == visibility + redis_broker.sweep_interval(settings) + (
+        redis_broker.mutex_expire(settings)
+    )
+    assert redis_broker.restore_bound(Settings()) <= 300  # the documented default bound
+
+
+def test_rabbitmq_countdowns_are_at_least_the_second_native_delayed_delivery_needs() -> None:
+    settings = Settings(broker_url="amqp://127.0.0.1//")
+    assert rabbitmq.countdown_floor(settings) >= 1 and rabbitmq.countdown_cap(settings) == 300
+    queue = rabbitmq.task_queues(["q"])[0]
+    assert queue.exchange.type == "topic" and queue.queue_arguments["x-queue-type"] == "quorum"
+
+
 def _redis_dies_with_a_task_in_hand(tmp_path: Path, transport: str | None) -> str:
     """A worker meeting a Redis restart: a task taken and not acknowledged, Redis gone, the consumer cleaning up.
 
