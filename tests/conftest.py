@@ -362,3 +362,15 @@ class IamQueue:
         """Ingest's environment as that IAM user, SQS on this emulator, ECR on the shared one."""
         key_id, secret = self.keys[user]
         return stack.env(AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret, AWS_ENDPOINT_URL_SQS=self.url)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line when the RabbitMQ tests were skipped, saying how to run them."""
+    skipped = [
+        r for r in terminalreporter.stats.get("skipped", []) if "rabbitmq-server is not installed" in str(r.longrepr)
+    ]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} RabbitMQ tests skipped: rabbitmq-server is not installed ({local.RABBITMQ_INSTALL})",
+            yellow=True,
+        )

@@ -63,6 +63,7 @@ def redis_server_binary() -> str:
 
 
 _running: set[Proc] = set()
+_node_dirs: set[Path] = set()  # data directories of RabbitMQ nodes not removed yet
 
 
 @atexit.register
@@ -71,6 +72,10 @@ def _stop_running() -> None:
     for proc in list(_running):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+    for data_dir in list(_node_dirs):
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((data_dir / "rabbitmq.pid").read_text().strip()), signal.SIGKILL)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 class Proc:
@@ -184,6 +189,7 @@ class RabbitMQ:
         self.management_url = f"http://127.0.0.1:{self.management_port}"
         # pytest's temporary directories are private to root: the node's own files live elsewhere.
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"ninkik-rabbitmq-{self.port}-"))
+        _node_dirs.add(self.data_dir)
         self.log_dir = log_dir
         self._user: str | None = None
         if os.geteuid() == 0:
@@ -297,6 +303,7 @@ class RabbitMQ:
         """Stop the node and delete its data."""
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        _node_dirs.discard(self.data_dir)
 
 
 def start_rabbitmq(log_dir: Path, port: int | None = None) -> RabbitMQ:
