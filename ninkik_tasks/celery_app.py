@@ -86,6 +86,7 @@ def make_app() -> Celery:
     app.add_defaults(lambda: celery_config(get_settings()))
     # Records RabbitMQ's dead letters (tasks over the delivery limit) as failures; nothing on Redis.
     app.steps["consumer"].add(rabbitmq.DeadLetters)
+    app.steps["worker"].add(rabbitmq.Declare)  # every queue exists before delayed delivery binds them
     return app
 
 

@@ -186,6 +186,8 @@ def test_a_task_over_the_delivery_limit_is_dead_lettered_into_failures_list(
         )
         assert record["reason"] == "delivery_limit" and record["stage"] == "match_tenant"
         assert record["digest"] == pushed.digest and record["repository"] == pushed.repository
+        # Started with -Q ninkik-control alone, it still set up delayed delivery for every queue.
+        assert "Failed to setup delayed delivery" not in proc.output(), proc.output()[-3000:]
         app.close()
     finally:
         proc.stop()

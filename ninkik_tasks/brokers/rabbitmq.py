@@ -126,6 +126,29 @@ def dead_letter_record(body: Any, headers: dict[str, Any]) -> dict[str, str | No
     }
 
 
+class Declare(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Declares every chain queue and the dead-letter queue when a worker starts, whatever its `-Q`.
+
+    Celery's native delayed delivery binds every configured queue's exchange to its delivery exchange
+    when a worker starts, and fails (CRITICAL, no delayed delivery for that worker) for an exchange
+    nobody declared yet, as for a `-Q ninkik-control` worker started first. A worker step starts before
+    the consumer (Celery starts the consumer last), so the exchanges exist by then.
+    """
+
+    def start(self, worker: Any) -> None:
+        app = worker.app
+        if not app.conf.task_queues or app.connection_for_write().transport.driver_type != "amqp":
+            return
+        try:
+            with app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=3)
+                channel = conn.default_channel
+                for queue in [*app.conf.task_queues, dead_letter_queue()]:
+                    queue.bind(channel).declare()
+        except Exception as exc:  # the broker not up yet: the consumer waits for it and declares its own
+            log.warning("could not declare the queues at start (%s: %s)", type(exc).__name__, exc)
+
+
 class DeadLetters(bootsteps.ConsumerStep):  # type: ignore[misc]
     """A worker's consumer of the dead-letter queue: each message becomes a failure record, then is acked.
 
