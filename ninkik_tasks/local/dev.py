@@ -134,6 +134,8 @@ def run(until_done: bool = False, flower_port: int = 5555, broker: str = "redis"
             procs.append(local.Proc("ingest", [sys.executable, "-m", "ninkik_tasks.cli", "ingest"], work, env))
             # Its REST API without credentials, as everything here listens on 127.0.0.1 only.
             flower_env = {**env, "FLOWER_UNAUTHENTICATED_API": "true"}
+            if rabbit is not None:  # Flower's broker tab reads RabbitMQ's management API
+                flower_env["FLOWER_BROKER_API"] = f"http://guest:guest@127.0.0.1:{rabbit.management_port}/api/"
             procs.append(
                 local.Proc(
                     "flower", [*celery, "flower", "--address=127.0.0.1", f"--port={flower_port}"], work, flower_env
