@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +115,37 @@ def end_to_end(r: Result, number: str = "1") -> Section:
         ["peak RSS MiB: emulator / redis-server", f"{mib(r.rss.get('emulator'))} / {mib(r.rss.get('redis'))}"],
     ]
     s.notes.append("Latency: from the bench's SendMessageBatch call to the stand-in receiving the POST.")
+    return s
+
+
+def brokers_section(results: list[Result]) -> Section:
+    """Scenario 7: the same run on the Redis broker and on RabbitMQ, side by side."""
+    s = Section(
+        f"7. Brokers side by side: {results[0].events} events, worker defaults, AWS = {EMULATOR}",
+        ["figure", *("RabbitMQ 3.10 (quorum queues)" if r.setup.broker == "rabbitmq" else "Redis" for r in results)],
+    )
+
+    def row(name: str, value: Callable[[Result], str]) -> None:
+        s.rows.append([name, *(r.error or value(r) if not r.error else r.error for r in results)])
+
+    row("events/s (first send to last POST)", lambda r: f"{r.rate:.1f}")
+    row("latency ms p50 / p95 / p99, paced", lambda r: f"{ms(r.paced_latency)} at {r.paced_rate:.0f}/s")
+    row("latency ms p50 / p95 / p99, saturated", lambda r: ms(r.latency))
+    row("CPU ms per event: ingest", lambda r: per_event(r, "ingest"))
+    row("CPU ms per event: workers (main + pool processes)", lambda r: per_event(r, "workers"))
+    row("CPU ms per event: redis-server", lambda r: per_event(r, "redis"))
+    row("CPU ms per event: rabbitmq-server", lambda r: per_event(r, "broker") if r.setup.broker == "rabbitmq" else "-")
+    row("machine CPU busy, all cores", lambda r: f"{r.busy:.0%}")
+    row("retries / failures / POSTs not answered 201", lambda r: r.anomalies)
+    row(
+        "peak RSS MiB: rabbitmq-server / redis-server",
+        lambda r: f"{mib(r.rss.get('broker'))} / {mib(r.rss.get('redis'))}",
+    )
+    row("memory MiB of all worker processes (PSS)", lambda r: mib(r.worker_pss))
+    s.notes.append(
+        "Same machine, same emulator, same worker; on RabbitMQ Redis still holds results, records and the limiter. "
+        "RabbitMQ's figures include publisher confirms and quorum-queue writes to disk."
+    )
     return s
 
 
@@ -413,7 +445,7 @@ def main() -> int:
         help="pool:concurrency pairs compared in scenario 2",
     )
     parser.add_argument("--scale", default="1,2,4", help="worker process counts in scenario 3")
-    parser.add_argument("--scenarios", default="1,2,3,4,5,6", help="which scenarios to run")
+    parser.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="which scenarios to run")
     parser.add_argument("--floor-events", type=int, default=1000, help="images through the floor (4)")
     parser.add_argument("--ingest-messages", type=int, default=5000, help="messages for ingest alone (5)")
     parser.add_argument("--backfill-images", type=int, default=5000, help="images for the backfill (6)")
@@ -477,6 +509,18 @@ def main() -> int:
         if "5" in scenarios:
             ingests = [ingest_alone(args.ingest_messages, deny, load) for deny in (False, True)]
             sections.append(ingest_section(ingests))
+        if "7" in scenarios:
+            if local.rabbitmq_scripts() is None:
+                console.log(
+                    f"[yellow]scenario 7 skipped[/]: rabbitmq-server is not installed ({local.RABBITMQ_INSTALL})"
+                )
+            else:
+                pool, concurrency = entrypoint_defaults()
+                side = [
+                    attempt(Setup(pool, concurrency, paced=args.paced, broker=broker))
+                    for broker in ("redis", "rabbitmq")
+                ]
+                sections.append(brokers_section(side))
         backfill: dict[str, float] = {}
         if "6" in scenarios:
             section, backfill = backfill_section(args.backfill_images)

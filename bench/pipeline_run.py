@@ -56,12 +56,14 @@ class Setup:
     proxy: bool = False  # AWS through the delay proxy, also at 0 ms, so both sides of a ratio pay for it
     paced: int = 0  # events sent afterwards at half the measured rate: latency without a backlog
     emulator: str = "moto"  # or "fast": bench/fast_aws.py, canned answers, for our own cost
+    broker: str = "redis"  # or "rabbitmq": a rabbitmq-server node of the run's own (Redis keeps results)
 
     @property
     def label(self) -> str:
         """e.g. `prefork x8`, `2 x threads x16`."""
         workers = f"{self.workers} x " if self.workers > 1 else ""
-        return f"{workers}{self.pool} x{self.concurrency}"
+        broker = " on RabbitMQ" if self.broker == "rabbitmq" else ""
+        return f"{workers}{self.pool} x{self.concurrency}{broker}"
 
 
 @dataclass
@@ -152,6 +154,8 @@ class Watch:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     main = psutil.Process(pid)
                     yield role, main
+                    if role == "broker":  # rabbitmq-server's Erlang VM and its port helpers
+                        yield from (("broker", child) for child in main.children(recursive=True))
                     if role == "worker":
                         for child in main.children(recursive=True):
                             yield "pool", child
@@ -218,6 +222,9 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
     with contextlib.ExitStack() as stack:
         redis_proc, redis_url = local.start_redis(work)
         stack.callback(redis_proc.stop)
+        rabbit = local.start_rabbitmq(work) if setup.broker == "rabbitmq" else None
+        if rabbit is not None:
+            stack.callback(rabbit.remove)
         emulator_proc, emulator_url = start_emulator(setup.emulator, work)
         stack.callback(emulator_proc.stop)
         token = secrets.token_urlsafe(16)
@@ -254,6 +261,7 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
             # Measure what the workers can do, not the shared ECR limit (when there is one, it caps the
             # whole cluster at that many calls per second whatever the workers).
             NINKIK_ECR_CALLS_PER_SECOND="0",
+            **({"NINKIK_BROKER_URL": rabbit.url} if rabbit is not None else {}),
         )
         workers = []
         for n in range(setup.workers):
@@ -284,6 +292,7 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
             "worker": [p.pid for p in workers],
             "emulator": [emulator_proc.pid],
             "redis": [redis_proc.pid],
+            "broker": [rabbit.proc.pid] if rabbit is not None and rabbit.proc is not None else [],
             "bench": [os.getpid(), *([proxy.pid] if setup.proxy else [])],  # feeder, stand-in, proxy
         }
         with Watch(roles) as watch:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu.entity import Queue
 
 from . import brokers, tls
+from .brokers import rabbitmq
 from .config import Settings, get_settings
 from .schedule import beat_schedule
 
@@ -17,6 +17,7 @@ NINKIK_QUEUE = "ninkik-api"  # match_tenant, notify: ninkik API calls
 CONTROL_QUEUE = "ninkik-control"  # backfill, reconcile, rescan
 QUEUES = (AWS_QUEUE, NINKIK_QUEUE, CONTROL_QUEUE)
 CONTROL_TASKS = ("ninkik.backfill", "ninkik.reconcile", "ninkik.rescan")
+CHAIN_TASKS = ("ninkik.match_tenant", "ninkik.describe_image", "ninkik.fetch_scan_findings", "ninkik.notify")
 
 # Beat wakes at least this often; a second beat waits for the lock and retries it this often too.
 BEAT_MAX_INTERVAL = 5
@@ -26,8 +27,9 @@ BEAT_LOCK_SECONDS = 30
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings that do not lose work (late acks, requeue on worker loss, prefetch 1), and the broker's own."""
+    broker = brokers.for_url(settings.broker_url)
     return dict(
-        **brokers.for_url(settings.broker_url).celery_config(settings),
+        **broker.celery_config(settings, CHAIN_TASKS),
         **tls.celery_config(settings),
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
@@ -60,7 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         task_send_sent_event=True,
         worker_send_task_events=True,
         result_extended=True,
-        task_queues=[Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
+        task_queues=broker.task_queues(QUEUES),  # quorum queues on RabbitMQ, plain lists on Redis
         task_default_queue=NINKIK_QUEUE,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
@@ -83,6 +85,9 @@ def make_app() -> Celery:
     """The app; settings are read on first use, so importing the package never fails or does I/O."""
     app = Celery("ninkik_tasks", include=["ninkik_tasks.pipeline"])
     app.add_defaults(lambda: celery_config(get_settings()))
+    # Records RabbitMQ's dead letters (tasks over the delivery limit) as failures; nothing on Redis.
+    app.steps["consumer"].add(rabbitmq.DeadLetters)
+    app.steps["worker"].add(rabbitmq.Declare)  # every queue exists before delayed delivery binds them
     return app
 
 

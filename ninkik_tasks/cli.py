@@ -346,11 +346,18 @@ def _watch_backfill(result: Any) -> int:
 @main.command()
 @click.option("--until-done", is_flag=True, help="Exit once every demo image was notified (for a smoke test).")
 @click.option("--flower-port", default=5555, show_default=True, help="Flower's port (another if taken).")
-def dev(until_done: bool, flower_port: int) -> None:
+@click.option(
+    "--broker",
+    type=click.Choice(["redis", "rabbitmq"]),
+    default="redis",
+    show_default=True,
+    help="Celery's broker: the bundled Redis, or a local rabbitmq-server (when installed) as in production.",
+)
+def dev(until_done: bool, flower_port: int, broker: str) -> None:
     """Run the whole system on this machine: emulated AWS, a bundled Redis, a ninkik stand-in."""
     from .local.dev import run
 
-    sys.exit(run(until_done=until_done, flower_port=flower_port))
+    sys.exit(run(until_done=until_done, flower_port=flower_port, broker=broker))
 
 
 @main.command()

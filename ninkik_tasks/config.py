@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     result_backend: str = "redis://127.0.0.1:6379/1"
     redis_url: str = "redis://127.0.0.1:6379/2"
     redis_namespace: str = "ninkik"
+    # RabbitMQ's management API, for `check` (default: the broker's host, port 15672, its credentials)
+    broker_management_url: str | None = None
 
     # boto3's default region; botocore itself reads only AWS_DEFAULT_REGION, so every client gets it from here.
     aws_region: str | None = Field(default=None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
@@ -70,7 +72,7 @@ class Settings(BaseSettings):
     enhanced_settle_seconds: NonNegativeInt = 300
     result_expires_seconds: int = 7 * 24 * 3600
     sent_record_seconds: int = 90 * 24 * 3600
-    broker_visibility_timeout: int = 3600
+    broker_visibility_timeout: int = 240  # Redis broker only: see brokers/redis.py
     aws_give_up_seconds: int = 3600
     notify_give_up_seconds: int = 24 * 3600
     retry_backoff_max_seconds: int = 300

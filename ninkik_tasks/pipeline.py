@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Task, chain
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.result import AsyncResult
 from celery.signals import setup_logging
 from kombu.exceptions import OperationalError
@@ -68,13 +69,17 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
         except (RedisConnectionError, RedisTimeoutError, OperationalError) as exc:
             # Redis restarting: the records, the broker and results come back; so does this step.
             raise TransientError(f"Redis unavailable ({type(exc).__name__})") from None
+        except SoftTimeLimitExceeded:
+            # The Redis broker's run limit (brokers/redis.py): give the task back as a retry.
+            raise TransientError("the step ran past its soft time limit") from None
     except TransientError as exc:
         budget = s.notify_give_up_seconds if stage == "notify" else s.aws_give_up_seconds
         if time.time() - first_try > budget and not isinstance(exc, ScanNotReady):
             failure = PermanentError("gave_up", f"still failing after {budget}s: {exc}")
             _record(task, stage, pushed, match, failure)
             raise failure from None
-        cap = brokers.for_url(s.broker_url).countdown_cap(s)
+        broker = brokers.for_url(s.broker_url)
+        cap = broker.countdown_cap(s)
         countdown = backoff(task.request.retries, cap)
         if isinstance(exc, ScanNotReady) and exc.next_read is not None:
             # A scan is waited for at a steady pace, not a growing one: its findings reach ninkik at most
@@ -84,6 +89,7 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
             countdown = max(0.5, min(countdown, exc.remaining + 0.5))
         elif exc.retry_after is not None:
             countdown = min(max(exc.retry_after, countdown), cap)
+        countdown = max(countdown, broker.countdown_floor(s))
         log.info(
             "%s will retry in %.1fs (%s): %s task=%s", stage, countdown, exc, describe(pushed, match), task.request.id
         )

@@ -38,6 +38,13 @@ TENANTS = [
     {"uuid": TENANT_B, "name": "B", "products": [{"uuid": PRODUCT_B1, "name": "web"}]},
 ]
 _db_numbers = itertools.count(3)
+# CI installs rabbitmq-server (.ci/run) and must skip nothing; elsewhere its tests skip with one line.
+CI = os.environ.get("CI", "").lower() == "true"
+# Tests whose subject is not the broker run once, on the Redis broker: the `ninkik-tasks dev` default,
+# available wherever redis-server is. Those where the broker matters (kills, restarts, outages) take the
+# `broker` fixture, parametrized over BROKERS.
+DEFAULT_BROKER = "redis"
+BROKERS = ("rabbitmq", "redis")
 # The setup guide ninkik gives its customers, as given (its IAM policies are the ones enforced in tests).
 SEED = Path(__file__).resolve().parents[1] / "docs" / "customer-setup-guide.txt"
 
@@ -71,6 +78,7 @@ class Stack:
     moto_url: str
     standin: Standin
     session: boto3.session.Session = field(init=False)
+    rabbitmq: local.RabbitMQ | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.session = boto3.session.Session(
@@ -96,7 +104,7 @@ class Stack:
             "NINKIK_SCAN_POLL_SECONDS": "0.5",
             "NINKIK_SCAN_FIRST_READ_SECONDS": "0",  # moto's scans are final at once (tests/test_scanwait.py has a wait)
             "NINKIK_RETRY_BACKOFF_MAX_SECONDS": "1",
-            "NINKIK_BROKER_VISIBILITY_TIMEOUT": "10",
+            "NINKIK_BROKER_VISIBILITY_TIMEOUT": "40",  # Redis broker: run limit 10 s, back within 49 s
             "NINKIK_HTTP_TIMEOUT_SECONDS": "2",
             "NINKIK_TENANT_CACHE_SECONDS": "2",
             "NINKIK_METRICS_PORT": "0",
@@ -157,18 +165,72 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     redis_proc, redis_url = local.start_redis(work)
     moto_proc, moto_url = local.start_moto(work)
     standin = Standin(TENANTS, TOKEN).start()
+    made = Stack(work, redis_url, redis_proc, moto_url, standin)
     try:
-        yield Stack(work, redis_url, redis_proc, moto_url, standin)
+        yield made
     finally:
+        if made.rabbitmq is not None:
+            made.rabbitmq.remove()
         standin.stop()
         moto_proc.stop()
         redis_proc.stop()
 
 
+@pytest.fixture(scope="session")
+def rabbitmq(stack: Stack) -> local.RabbitMQ:
+    """A rabbitmq-server node of the session's own (started on first use; tests isolate by vhost)."""
+    if stack.rabbitmq is None:
+        if local.rabbitmq_scripts() is None:
+            message = f"rabbitmq-server is not installed, RabbitMQ tests skipped: {local.RABBITMQ_INSTALL}"
+            if CI:
+                pytest.fail(f"CI=true: {message}")
+            pytest.skip(message)
+        stack.rabbitmq = local.start_rabbitmq(stack.work)
+    return stack.rabbitmq
+
+
+@dataclass
+class Broker:
+    """The broker of one test: a fresh vhost on the session's RabbitMQ, or Redis DBs of its own."""
+
+    kind: str
+    url: str
+    result_backend: str
+    stack: Stack
+    node: local.RabbitMQ | None = None
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """stack.env() with this broker (results and records stay on the session's Redis)."""
+        return self.stack.env(
+            **{"NINKIK_BROKER_URL": self.url, "NINKIK_RESULT_BACKEND": self.result_backend, **overrides}
+        )
+
+
+def make_broker(stack: Stack, kind: str, node: local.RabbitMQ | None = None) -> Broker:
+    """A broker of `kind` used by one test alone (RabbitMQ: a fresh vhost on `node`)."""
+    if kind == "rabbitmq":
+        assert node is not None, "a RabbitMQ broker needs the rabbitmq fixture's node"
+        return Broker(kind, node.vhost(f"test-{uuid.uuid4().hex[:10]}"), f"{stack.redis_url}/1", stack, node)
+    db = own_broker_db()
+    return Broker(kind, f"{stack.redis_url}/{db}", f"{stack.redis_url}/{db + 1}", stack)
+
+
+@pytest.fixture
+def broker(stack: Stack, request: pytest.FixtureRequest) -> Broker:
+    """This test's own broker: parametrize with `indirect=True` over BROKERS, else DEFAULT_BROKER."""
+    kind = getattr(request, "param", DEFAULT_BROKER)
+    return make_broker(stack, kind, request.getfixturevalue("rabbitmq") if kind == "rabbitmq" else None)
+
+
 def celery_worker(
-    stack: Stack, env: dict[str, str], name: str, concurrency: int = 2, pool: str = "prefork"
+    stack: Stack,
+    env: dict[str, str],
+    name: str,
+    concurrency: int = 2,
+    pool: str = "prefork",
+    queues: tuple[str, ...] = (),
 ) -> local.Proc:
-    """A real `celery -A ninkik_tasks worker` process, waited on until it answers a ping."""
+    """A real `celery -A ninkik_tasks worker` process (of `queues`, else all), waited on until it answers a ping."""
     proc = local.Proc(
         f"worker-{name}",
         [
@@ -188,6 +250,7 @@ def celery_worker(
             f"{name}@%h",
             "--without-gossip",
             "--without-mingle",
+            *(["-Q", ",".join(queues)] if queues else []),
         ],
         stack.work,
         env,
@@ -200,6 +263,8 @@ def celery_worker(
     except TimeoutError:
         proc.stop()
         raise AssertionError(f"worker {name} did not start:\n{proc.output()[-3000:]}") from None
+    finally:
+        probe.close()
     return proc
 
 
@@ -223,7 +288,7 @@ def ingest(stack: Stack, env: dict[str, str], queue_url: str, name: str = "inges
 
 @pytest.fixture(scope="session")
 def worker(stack: Stack) -> Iterator[local.Proc]:
-    """The shared worker on the shared broker DB."""
+    """The shared worker on the shared broker DB (DEFAULT_BROKER: Redis)."""
     proc = celery_worker(stack, stack.env(), "shared")
     yield proc
     proc.stop()
@@ -240,7 +305,7 @@ class Pipeline:
 
 @pytest.fixture
 def pipeline(stack: Stack, worker: local.Proc) -> Iterator[Pipeline]:
-    """A fresh queue and an ingest polling it, with the shared worker behind."""
+    """A fresh queue and an ingest polling it, with the shared worker behind, on DEFAULT_BROKER (Redis)."""
     stack.standin.reset()
     queue_url = stack.new_queue()
     proc = ingest(stack, stack.env(), queue_url)
@@ -299,3 +364,15 @@ class IamQueue:
         """Ingest's environment as that IAM user, SQS on this emulator, ECR on the shared one."""
         key_id, secret = self.keys[user]
         return stack.env(AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret, AWS_ENDPOINT_URL_SQS=self.url)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line when the RabbitMQ tests were skipped, saying how to run them."""
+    skipped = [
+        r for r in terminalreporter.stats.get("skipped", []) if "rabbitmq-server is not installed" in str(r.longrepr)
+    ]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} RabbitMQ tests skipped: rabbitmq-server is not installed ({local.RABBITMQ_INSTALL})",
+            yellow=True,
+        )

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
+import httpx
 import pytest
 import redis
+from celery import Celery
+from conftest import TENANT_A, Stack, celery_worker, make_broker
 from kombu import Connection, Message, Queue
 
-from ninkik_tasks import brokers, local
+from ninkik_tasks import brokers, celery_app, local
 from ninkik_tasks.brokers import rabbitmq
+from ninkik_tasks.brokers import rabbitmq as rabbitmq_broker
 from ninkik_tasks.brokers import redis as redis_broker
+from ninkik_tasks.celery_app import CONTROL_QUEUE, NINKIK_QUEUE, QUEUES
 from ninkik_tasks.config import Settings
 from ninkik_tasks.errors import ConfigError
+from ninkik_tasks.events import ImagePushed
 
 
 @pytest.mark.parametrize(
@@ -36,6 +47,28 @@ def test_an_unknown_scheme_is_one_line_naming_the_choices() -> None:
 def test_redis_countdowns_stay_under_a_quarter_of_the_visibility_timeout() -> None:
     settings = Settings(broker_visibility_timeout=40, retry_backoff_max_seconds=300)
     assert redis_broker.countdown_cap(settings) == 10
+
+
+@pytest.mark.parametrize("visibility", [40, 240, 3600])
+def test_redis_holds_stay_under_the_visibility_timeout_and_the_default_bound_is_five_minutes(visibility: int) -> None:
+    settings = Settings(broker_visibility_timeout=visibility, retry_backoff_max_seconds=10**6)
+    # A hold: a wait for a pool slot (one run) + a countdown + the run itself.
+    hold = redis_broker.run_limit(settings) + redis_broker.countdown_cap(settings) + redis_broker.run_limit(settings)
+    assert hold < visibility
+    options = redis_broker.celery_config(settings, ["ninkik.notify"])
+    assert options["task_annotations"]["ninkik.notify"]["time_limit"] == redis_broker.run_limit(settings)
+    assert options["broker_transport_options"]["unacked_restore_throttle"] == 1
+    assert redis_broker.restore_bound(settings) == visibility + redis_broker.sweep_interval(settings) + (
+        redis_broker.mutex_expire(settings)
+    )
+    assert redis_broker.restore_bound(Settings()) <= 300  # the documented default bound
+
+
+def test_rabbitmq_countdowns_are_at_least_the_second_native_delayed_delivery_needs() -> None:
+    settings = Settings(broker_url="amqp://127.0.0.1//")
+    assert rabbitmq.countdown_floor(settings) >= 1 and rabbitmq.countdown_cap(settings) == 300
+    queue = rabbitmq.task_queues(["q"])[0]
+    assert queue.exchange.type == "topic" and queue.queue_arguments["x-queue-type"] == "quorum"
 
 
 def _redis_dies_with_a_task_in_hand(tmp_path: Path, transport: str | None) -> str:
@@ -77,3 +110,84 @@ def test_kombus_own_redis_transport_still_crashes_there(tmp_path: Path) -> None:
     brokers.redis.Channel and its transport."""
     with pytest.raises(AttributeError, match="hostname"):
         _redis_dies_with_a_task_in_hand(tmp_path, None)
+
+
+# RabbitMQ: the queues as declared by a real worker on a real rabbitmq-server, and the delivery limit.
+def _management(node: local.RabbitMQ, path: str) -> Any:
+    answer = httpx.get(f"{node.management_url}/api/{path}", auth=("guest", "guest"), timeout=10)
+    answer.raise_for_status()
+    return answer.json()
+
+
+def test_rabbitmq_queues_are_durable_quorum_queues_on_topic_exchanges(stack: Stack, rabbitmq: local.RabbitMQ) -> None:
+    broker = make_broker(stack, "rabbitmq", rabbitmq)
+    vhost = quote(broker.url.rsplit("/", 1)[1], safe="")
+    proc = celery_worker(stack, broker.env(), "quorum")
+    try:
+        queues = {q["name"]: q for q in _management(rabbitmq, f"queues/{vhost}")}
+        for name in (*QUEUES, rabbitmq_broker.DEAD_LETTER_QUEUE):
+            assert queues[name]["type"] == "quorum" and queues[name]["durable"], queues.get(name)
+        for name in QUEUES:
+            assert queues[name]["arguments"]["x-delivery-limit"] == rabbitmq_broker.DELIVERY_LIMIT
+            assert queues[name]["arguments"]["x-dead-letter-strategy"] == "at-least-once"
+        exchanges = {e["name"]: e["type"] for e in _management(rabbitmq, f"exchanges/{vhost}")}
+        assert all(exchanges[name] == "topic" for name in QUEUES), exchanges
+        # Native delayed delivery is set up (countdowns wait in the broker) and nothing was skipped.
+        assert exchanges.get("celery_delayed_27") == "topic" and "celery_delayed_delivery" in exchanges
+        bound = {b["source"] for b in _management(rabbitmq, f"queues/{vhost}/{QUEUES[0]}/bindings")}
+        assert QUEUES[0] in bound
+        assert "direct exchange" not in proc.output()
+    finally:
+        proc.stop()
+
+
+def test_a_task_over_the_delivery_limit_is_dead_lettered_into_failures_list(
+    stack: Stack, rabbitmq: local.RabbitMQ
+) -> None:
+    broker = make_broker(stack, "rabbitmq", rabbitmq)
+    settings = Settings(broker_url=broker.url, result_backend=broker.result_backend, redis_url=f"{stack.redis_url}/2")
+    # A worker that does not take the chain's queues: only its dead-letter consumer is of interest here.
+    proc = celery_worker(stack, broker.env(), "dead-letters", queues=(CONTROL_QUEUE,))
+    app = Celery("dead-letter-test")
+    app.config_from_object(celery_app.celery_config(settings))
+    event = local.push_event(f"{TENANT_A}/shop", "sha256:" + "d" * 64)
+    pushed = ImagePushed(
+        event_id=event["id"],
+        account=local.ACCOUNT,
+        region=local.REGION,
+        repository=f"{TENANT_A}/shop",
+        digest="sha256:" + "d" * 64,
+        time=datetime.now(UTC),
+    )
+    task_id = app.send_task("ninkik.match_tenant", args=[pushed.model_dump(mode="json")], queue=NINKIK_QUEUE).id
+    # What a task that keeps killing its worker looks like to the queue: delivered, never acknowledged,
+    # returned. A consumer rejecting it stands in for the dying worker (the count is the broker's).
+    deliveries = 0
+    with Connection(broker.url) as conn:
+
+        def give_back(_body: Any, message: Message) -> None:
+            nonlocal deliveries
+            deliveries += 1
+            message.reject(requeue=True)  # type: ignore[no-untyped-call]
+
+        queues = rabbitmq_broker.task_queues([NINKIK_QUEUE])
+        with (
+            conn.Consumer(queues, callbacks=[give_back], accept=["json"]),
+            contextlib.suppress(TimeoutError, socket.timeout),
+        ):
+            while deliveries <= rabbitmq_broker.DELIVERY_LIMIT + 5:
+                conn.drain_events(timeout=3)
+    try:
+        assert deliveries == rabbitmq_broker.DELIVERY_LIMIT + 1, deliveries
+        record = local.wait_for(
+            lambda: next((f for f in stack.failures() if f.get("task_id") == task_id), None),
+            30,
+            "the dead-lettered task in failures",
+        )
+        assert record["reason"] == "delivery_limit" and record["stage"] == "match_tenant"
+        assert record["digest"] == pushed.digest and record["repository"] == pushed.repository
+        # Started with -Q ninkik-control alone, it still set up delayed delivery for every queue.
+        assert "Failed to setup delayed delivery" not in proc.output(), proc.output()[-3000:]
+        app.close()
+    finally:
+        proc.stop()

@@ -10,10 +10,13 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
-from conftest import TENANT_A, Stack, enforce_iam, guide_policy
+from conftest import TENANT_A, Stack, celery_worker, enforce_iam, guide_policy, make_broker
 from iamproxy import IamProxy
+from kombu import Connection
 
-from ninkik_tasks import local
+from ninkik_tasks import check, local
+from ninkik_tasks.celery_app import QUEUES
+from ninkik_tasks.config import Settings
 
 
 class GuideAccount:
@@ -178,3 +181,39 @@ def test_wrong_token_and_unreachable_redis_are_named(stack: Stack, account: Guid
     assert any("NINKIK_REDIS_URL" in line and "does not answer" in line for line in failures)
     assert any("refuses NINKIK_API_TOKEN" in line for line in failures)
     assert "wrong" not in done.stdout  # the token itself is never printed
+
+
+def _broker_lines(settings: Settings) -> list[str]:
+    return [c.line() for c in check._brokers(settings)]
+
+
+def test_check_sees_the_rabbitmq_queues_and_their_type(stack: Stack, rabbitmq: local.RabbitMQ) -> None:
+    broker = make_broker(stack, "rabbitmq", rabbitmq)
+    redis_urls = {"result_backend": broker.result_backend, "redis_url": f"{stack.redis_url}/2"}
+    before = _broker_lines(Settings(broker_url=broker.url, broker_management_url=rabbitmq.management_url, **redis_urls))
+    assert any(line.startswith("WARN") and "not declared yet" in line for line in before), before
+    proc = celery_worker(stack, broker.env(), "check")  # declares the queues
+    try:
+        managed = Settings(broker_url=broker.url, broker_management_url=rabbitmq.management_url, **redis_urls)
+        lines = _broker_lines(managed)
+        assert not [line for line in lines if not line.startswith("OK")], lines
+        assert any("RabbitMQ 3." in line for line in lines) and any("management API" in line for line in lines)
+        # Without the management API: the queues are found by a passive declare, their type not checked.
+        dead = f"http://127.0.0.1:{local.free_port()}"
+        lines = _broker_lines(Settings(broker_url=broker.url, broker_management_url=dead, **redis_urls))
+        assert any(line.startswith("OK") and "passive declare" in line for line in lines), lines
+    finally:
+        proc.stop()
+    # A classic queue where a quorum one belongs (declared by an older version) is named, with the fix.
+    other = make_broker(stack, "rabbitmq", rabbitmq)
+    with Connection(other.url) as conn:
+        conn.default_channel.queue_declare(QUEUES[0], durable=True)
+    lines = _broker_lines(Settings(broker_url=other.url, broker_management_url=rabbitmq.management_url, **redis_urls))
+    assert any(line.startswith("FAIL") and f"queue {QUEUES[0]} is a classic queue" in line for line in lines), lines
+
+
+def test_check_warns_of_guest_on_a_remote_broker_and_fails_one_that_does_not_answer() -> None:
+    lines = _broker_lines(Settings(broker_url="amqp://guest:guest@rabbit.invalid:5672//"))
+    assert any(line.startswith("WARN") and "guest/guest" in line for line in lines), lines
+    assert any(line.startswith("FAIL") and "does not answer" in line for line in lines), lines
+    assert not any("guest/guest" in line for line in _broker_lines(Settings(broker_url="amqp://127.0.0.1:1//")))

@@ -152,15 +152,15 @@ def _check_console(argv: list[str]) -> None:
 
 def test_services_and_profiles() -> None:
     services = _services()
-    assert set(services) >= {"redis", *APP_SERVICES, *LOCAL_SERVICES}
-    for name in ("redis", *APP_SERVICES):
+    assert set(services) >= {"rabbitmq", "redis", *APP_SERVICES, *LOCAL_SERVICES}
+    for name in ("rabbitmq", "redis", *APP_SERVICES):
         assert not services[name].get("profiles"), f"{name} must run without a profile"
     for name in LOCAL_SERVICES:
         assert services[name].get("profiles") == ["local"], f"{name} belongs to the local profile only"
 
 
 @pytest.mark.parametrize("name", [*APP_SERVICES, "standin"])
-def test_app_services_share_one_image_and_redis(name: str) -> None:
+def test_app_services_share_one_image_rabbitmq_and_redis(name: str) -> None:
     service = _services()[name]
     build = service.get("build")
     assert build == "." or (isinstance(build, dict) and build.get("context") == "."), f"{name} builds elsewhere"
@@ -170,9 +170,12 @@ def test_app_services_share_one_image_and_redis(name: str) -> None:
     assert ".env" in [entry if isinstance(entry, str) else entry["path"] for entry in env_files]
     env = service.get("environment", {})
     assert isinstance(env, dict), "environment as a mapping, please"
-    for var, db in (("NINKIK_BROKER_URL", 0), ("NINKIK_RESULT_BACKEND", 1), ("NINKIK_REDIS_URL", 2)):
+    assert re.fullmatch(r"amqp://ninkik:\$\{RABBITMQ_PASSWORD:\?[^}]+\}@rabbitmq:5672/ninkik", env["NINKIK_BROKER_URL"])
+    assert env.get("NINKIK_BROKER_MANAGEMENT_URL") == "http://rabbitmq:15672"
+    for var, db in (("NINKIK_RESULT_BACKEND", 1), ("NINKIK_REDIS_URL", 2)):
         assert env.get(var) == f"redis://redis:6379/{db}", f"{name}: {var} must point at the redis service"
-    assert service.get("depends_on", {}).get("redis", {}).get("condition") == "service_healthy"
+    for needed in ("rabbitmq", "redis"):
+        assert service.get("depends_on", {}).get(needed, {}).get("condition") == "service_healthy", needed
 
 
 @pytest.mark.parametrize("name", sorted(_services()))
@@ -180,6 +183,8 @@ def test_commands_resolve(name: str) -> None:
     service = _services()[name]
     if name == "redis":
         assert _argv(service.get("command"))[0] == "redis-server"
+    elif name == "rabbitmq":
+        assert not service.get("command"), "the image's own entrypoint starts the node"
     elif not _ours(service):
         assert name == "moto" and str(service["image"]).startswith("motoserver/moto:"), f"{name}: unknown image"
         assert not service.get("command") or _argv(service["command"])[:3] == ["python", "-m", "moto.server"]
@@ -242,6 +247,21 @@ def test_redis_is_persistent_and_healthchecked() -> None:
     assert command[command.index("--appendonly") + 1] == "yes"
     assert "redis-cli ping" in " ".join(_argv(redis["healthcheck"]["test"]))
     assert any(str(volume).endswith(":/data") for volume in redis.get("volumes", []))
+
+
+def test_rabbitmq_is_pinned_persistent_managed_and_healthchecked() -> None:
+    rabbitmq = _services()["rabbitmq"]
+    # A release series whose quorum-queue behaviour the suite covers (README: supported versions).
+    assert re.fullmatch(r"rabbitmq:3\.13\.\d+-management", rabbitmq["image"]), rabbitmq["image"]
+    assert rabbitmq.get("hostname") == "rabbitmq", "the node's data is kept under rabbit@<hostname>"
+    assert any(str(volume).endswith(":/var/lib/rabbitmq") for volume in rabbitmq.get("volumes", []))
+    assert "rabbitmq-diagnostics" in " ".join(_argv(rabbitmq["healthcheck"]["test"]))
+    env = rabbitmq["environment"]
+    assert env["RABBITMQ_DEFAULT_USER"] == "ninkik" and env["RABBITMQ_DEFAULT_VHOST"] == "ninkik"
+    assert env["RABBITMQ_DEFAULT_PASS"].startswith("${RABBITMQ_PASSWORD:?"), "no default password"
+    assert rabbitmq.get("ports") == ["127.0.0.1:15672:15672"], "management on this host only, AMQP not published"
+    flower = _services()["flower"]["environment"]
+    assert "@rabbitmq:15672/api/" in flower["FLOWER_BROKER_API"], "Flower's broker tab reads the management API"
 
 
 def test_volumes_exist() -> None:

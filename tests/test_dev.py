@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
+from conftest import CI
 
 from ninkik_tasks import local
 from ninkik_tasks.local.dev import demo_images
@@ -22,10 +24,23 @@ def _clean_env(tmp_path: Path) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "TMPDIR": str(tmp_path)}
 
 
-def test_dev_shows_every_demo_notification_and_stops_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_dev_shows_every_demo_notification_and_stops_cleanly(broker: str, tmp_path: Path) -> None:
+    if broker == "rabbitmq" and local.rabbitmq_scripts() is None and not CI:
+        pytest.skip(f"rabbitmq-server is not installed, RabbitMQ tests skipped: {local.RABBITMQ_INSTALL}")
     port = local.free_port()
     done = subprocess.run(
-        [sys.executable, "-m", "ninkik_tasks.cli", "dev", "--until-done", "--flower-port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "ninkik_tasks.cli",
+            "dev",
+            "--until-done",
+            "--flower-port",
+            str(port),
+            "--broker",
+            broker,
+        ],
         capture_output=True,
         text=True,
         timeout=240,
@@ -38,6 +53,7 @@ def test_dev_shows_every_demo_notification_and_stops_cleanly(tmp_path: Path) -> 
     assert any("ENHANCED/COMPLETE" in line for line in notified)
     assert any("tags=[]" in line for line in notified)
     assert "stopping" in done.stdout
+    assert ("RabbitMQ:" in done.stdout) is (broker == "rabbitmq")
     assert list(tmp_path.glob("ninkik-dev-*")) == [], "the run's folder was left behind"
 
 

@@ -9,16 +9,31 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
 import psutil
 import pytest
 import redis
-from conftest import TENANT_A, TENANTS, TOKEN, IamQueue, Stack, celery_worker, ingest, own_broker_db
+from conftest import (
+    BROKERS,
+    TENANT_A,
+    TENANTS,
+    TOKEN,
+    Broker,
+    IamQueue,
+    Stack,
+    celery_worker,
+    ingest,
+    make_broker,
+    own_broker_db,
+)
 from faultproxy import FaultProxy
 
 from ninkik_tasks import local
+from ninkik_tasks.brokers import redis as redis_broker
+from ninkik_tasks.config import Settings
 from ninkik_tasks.local import wait_for
 from ninkik_tasks.local.standin import Standin
 
@@ -55,11 +70,24 @@ def assert_each_once(received: list[object], digests: list[str]) -> None:
 
 
 def report(test: str, standin: Standin, digests: list[str], **facts: object) -> None:
-    """One line of figures per fault test, for docs/reliability.md (shown with -s)."""
+    """One line of figures per fault test, for docs/reliability.md (shown with -s, and in the -rA summary)."""
     keys = {r.key for r in standin.received if r.body["image"]["digest"] in digests}
     repeats = sum(1 for status, key in standin.attempts if key in keys and status == 409)
     extra = " ".join(f"{k}={v}" for k, v in facts.items())
     print(f"\nRELIABILITY {test}: events={len(digests)} lost=0 duplicates=0 repeated_posts_409={repeats} {extra}")
+
+
+# After the last fault, how long the rest of a run may take to be notified: the test's deadline on a
+# fault's recovery, not a speed target. On Redis a SIGKILLed worker's tasks also wait for the bound.
+RECOVERY_SECONDS = 60.0
+
+
+def kill_recovery_deadline(broker: Broker, env: dict[str, str]) -> float:
+    """Seconds after the last SIGKILL by which every image must be notified, on this broker."""
+    if broker.kind == "rabbitmq":
+        return RECOVERY_SECONDS  # a dead connection's unacked messages are back in the queue at once
+    settings = Settings(broker_visibility_timeout=int(env["NINKIK_BROKER_VISIBILITY_TIMEOUT"]))
+    return redis_broker.restore_bound(settings) + RECOVERY_SECONDS
 
 
 def notified(standin: Standin) -> set[str]:
@@ -96,39 +124,59 @@ def fresh(stack: Stack) -> Stack:
     return stack
 
 
-def test_workers_killed_repeatedly(fresh: Stack) -> None:
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
+def test_workers_killed_repeatedly(fresh: Stack, broker: Broker) -> None:
     stack = fresh
-    env = stack.env(broker_db=own_broker_db(), NINKIK_ECR_CALLS_PER_SECOND="0")
+    env = broker.env(NINKIK_ECR_CALLS_PER_SECOND="0")
     queue_url = stack.new_queue()
-    digests = push_many(stack, n(200), "kills")
-    stack.standin.answer_next(0, times=len(digests), delay=0.02)
-    # prefork only: with the threads pool a SIGKILL loses a task now and then (see docs/reliability.md).
+    digests = push_many(stack, n(160), f"kills-{broker.kind}")
+    # ninkik answers in 0.1 s: the run lasts long enough for three kills whatever the broker's pace.
+    stack.standin.answer_next(0, times=len(digests), delay=0.1)
+    # prefork only: with the threads pool a SIGKILL on Redis loses a task now and then (docs/reliability.md).
     pools = {"a": ("prefork", 2), "b": ("prefork", 2)}
     procs = {v: celery_worker(stack, env, f"kill-{v}", pool=p, concurrency=c) for v, (p, c) in pools.items()}
-    feeder = ingest(stack, env, queue_url, name="ingest-kills")
+    feeder = ingest(stack, env, queue_url, name=f"ingest-kills-{broker.kind}")
     kills = 0
+    last_kill = time.monotonic()
     try:
-        send_events(stack, queue_url, digests, "kills")
+        send_events(stack, queue_url, digests, f"kills-{broker.kind}")
         for round_ in range(3):
-            # Kill at a fifth, two fifths and three fifths of the run (at once if a restart took longer).
-            target = min(len(digests) - 1, len(digests) * (round_ + 1) // 5)
+            # Kill at an eighth, two and three eighths of the run (at once if a restart took longer).
+            target = min(len(digests) - 1, len(digests) * (round_ + 1) // 8)
             wait_for(
                 lambda target=target: len(notified(stack.standin)) >= target,
-                120,
+                kill_recovery_deadline(broker, env) + 60,
                 "progress between kills",
             )
             if all_notified(stack.standin, digests):
                 break
             victim = "a" if round_ % 2 == 0 else "b"
             os.killpg(procs[victim].pid, signal.SIGKILL)
+            last_kill = time.monotonic()
             procs[victim].stop()
             kills += 1
             pool, concurrency = pools[victim]
             procs[victim] = celery_worker(stack, env, f"kill-{victim}{round_}", pool=pool, concurrency=concurrency)
-        wait_all_notified(stack, digests, 180, "every image after the kills", [feeder, *procs.values()])
-        assert kills >= 2, "the run ended before the workers could be killed"
+        deadline = kill_recovery_deadline(broker, env)
+        left = deadline - (time.monotonic() - last_kill)
+        wait_all_notified(
+            stack,
+            digests,
+            max(left, 0.1),
+            f"every image within {deadline:.0f} s of the last kill",
+            [feeder, *procs.values()],
+        )
+        recovered = time.monotonic() - last_kill
+        assert kills == 3, "the run ended before the workers could be killed three times"
         assert_each_once(stack.standin.received, digests)
-        report("workers-sigkilled", stack.standin, digests, kills=kills)
+        report(
+            f"workers-sigkilled-{broker.kind}",
+            stack.standin,
+            digests,
+            kills=kills,
+            notified_s_after_last_kill=round(recovered, 1),
+            deadline_s=round(deadline),
+        )
     finally:
         feeder.stop()
         for proc in procs.values():
@@ -136,11 +184,15 @@ def test_workers_killed_repeatedly(fresh: Stack) -> None:
 
 
 @pytest.mark.parametrize("deleting", [True, False], ids=["with-delete", "guide-policy-no-delete"])
-def test_ingest_killed_mid_batch(fresh: Stack, worker: local.Proc, deleting: bool) -> None:
+def test_ingest_killed_mid_batch(fresh: Stack, rabbitmq: local.RabbitMQ, deleting: bool) -> None:
+    """On RabbitMQ, the production broker (ingest's fault is not the broker's, so once)."""
     stack = fresh
+    broker = make_broker(stack, "rabbitmq", rabbitmq)
     iam = None if deleting else IamQueue(stack)
+    worker = None
     try:
-        env = stack.env() if iam is None else iam.env(stack, "ninkik")
+        env = broker.env() if iam is None else broker.env(**_iam_keys(iam))
+        worker = celery_worker(stack, broker.env(), f"ingest-kill-{deleting}")
         queue_url = stack.new_queue() if iam is None else iam.queue_url
         sqs = stack.sqs if iam is None else iam.sender
         digests = push_many(stack, n(60), f"ingest-kill-{deleting}")
@@ -153,24 +205,41 @@ def test_ingest_killed_mid_batch(fresh: Stack, worker: local.Proc, deleting: boo
                 first.stop()
                 second = ingest(stack, env, queue_url, name=f"ingest-restarted-{deleting}")
         try:
-            wait_all_notified(stack, digests, 120, "every image after the ingest kill", [first, second])
+            wait_all_notified(stack, digests, 120, "every image after the ingest kill", [first, second, worker])
             assert_each_once(stack.standin.received, digests)
             assert ("DeleteMessage is not granted" in second.output()) is not deleting
-            report(f"ingest-sigkilled-{'delete' if deleting else 'no-delete'}", stack.standin, digests, kills=1)
+            report(
+                f"ingest-sigkilled-{'delete' if deleting else 'no-delete'}-rabbitmq", stack.standin, digests, kills=1
+            )
         finally:
             second.stop()
     finally:
+        if worker:
+            worker.stop()
         if iam:
             iam.proc.stop()
 
 
-def test_redis_restarted_mid_run(fresh: Stack, tmp_path: Path) -> None:
+def _in_flight(stack: Stack, queue_url: str) -> int:
+    """Messages on the SQS queue that ingest has received and not deleted."""
+    name = "ApproximateNumberOfMessagesNotVisible"
+    return int(stack.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=[name])["Attributes"][name])
+
+
+def _iam_keys(iam: IamQueue) -> dict[str, str]:
+    key_id, secret = iam.keys["ninkik"]
+    return {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_ENDPOINT_URL_SQS": iam.url}
+
+
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
+def test_redis_restarted_mid_run(fresh: Stack, broker: Broker, tmp_path: Path) -> None:
+    """Redis is the result backend and the records' store on both brokers, and the broker on one."""
     stack = fresh
     port = local.free_port()
     data = tmp_path / "redis-data"
     redis_proc, url = local.start_redis(tmp_path, port=port, data_dir=data)
     env = stack.env(
-        NINKIK_BROKER_URL=f"{url}/0",
+        NINKIK_BROKER_URL=broker.url if broker.kind == "rabbitmq" else f"{url}/0",
         NINKIK_RESULT_BACKEND=f"{url}/1",
         NINKIK_REDIS_URL=f"{url}/2",
         NINKIK_ECR_CALLS_PER_SECOND="0",
@@ -191,7 +260,7 @@ def test_redis_restarted_mid_run(fresh: Stack, tmp_path: Path) -> None:
         wait_all_notified(stack, digests, 180, "every image after the restart", [feeder, *workers])
         assert_each_once(stack.standin.received, digests)
         assert feeder.alive() and all(w.alive() for w in workers)
-        report("redis-restarted", stack.standin, digests, restarts=1)
+        report(f"redis-restarted-{broker.kind}-broker", stack.standin, digests, restarts=1)
     finally:
         feeder.stop()
         for w in workers:
@@ -199,16 +268,46 @@ def test_redis_restarted_mid_run(fresh: Stack, tmp_path: Path) -> None:
         redis_proc.stop()
 
 
-def test_ninkik_refusing_then_failing_then_slow(fresh: Stack) -> None:
+def test_rabbitmq_restarted_mid_run(fresh: Stack, rabbitmq: local.RabbitMQ) -> None:
+    """The broker node stops (writing its quorum queues' logs) and starts again on the same data."""
     stack = fresh
+    broker = make_broker(stack, "rabbitmq", rabbitmq)
+    env = broker.env(NINKIK_ECR_CALLS_PER_SECOND="0")
+    queue_url = stack.new_queue()
+    digests = push_many(stack, n(60), "rabbit-restart")
+    stack.standin.answer_next(0, times=len(digests), delay=0.05)
+    workers = [celery_worker(stack, env, "rabbit-a"), celery_worker(stack, env, "rabbit-b")]
+    feeder = ingest(stack, env, queue_url, name="ingest-rabbit")
+    try:
+        half = len(digests) // 2
+        send_events(stack, queue_url, digests[:half], "rabbit-restart")
+        wait_for(lambda: len(stack.standin.received) >= half // 2, 60, "the run to be under way")
+        rabbitmq.stop()
+        send_events(stack, queue_url, digests[half:], "rabbit-restart-b")  # arriving while the broker is down
+        wait_for(lambda: _in_flight(stack, queue_url) > 0, 60, "ingest to receive events while the broker is down")
+        rabbitmq.start()
+        wait_all_notified(stack, digests, 180, "every image after the broker restart", [feeder, *workers])
+        assert_each_once(stack.standin.received, digests)
+        assert feeder.alive() and all(w.alive() for w in workers)
+        report("rabbitmq-restarted", stack.standin, digests, restarts=1)
+    finally:
+        if rabbitmq.proc is None:
+            rabbitmq.start()
+        feeder.stop()
+        for w in workers:
+            w.stop()
+
+
+def test_ninkik_refusing_then_failing_then_slow(fresh: Stack, rabbitmq: local.RabbitMQ) -> None:
+    """On RabbitMQ: the retries' countdowns wait in the broker's delay queues."""
+    stack = fresh
+    broker = make_broker(stack, "rabbitmq", rabbitmq)
     port = local.free_port()
     ninkik = Standin(TENANTS, TOKEN, port=port)  # not started yet: connection refused
     # Tenants come from a file here, so that only the notifications meet the outage.
     tenants_file = stack.work / "tenants-outage.json"
     tenants_file.write_text(json.dumps(TENANTS))
-    env = stack.env(
-        broker_db=own_broker_db(), NINKIK_API_URL=f"http://127.0.0.1:{port}", NINKIK_TENANTS_FILE=str(tenants_file)
-    )
+    env = broker.env(NINKIK_API_URL=f"http://127.0.0.1:{port}", NINKIK_TENANTS_FILE=str(tenants_file))
     own = celery_worker(stack, env, "outage")
     queue_url = stack.new_queue()
     feeder = ingest(stack, env, queue_url, name="ingest-outage")
@@ -222,7 +321,7 @@ def test_ninkik_refusing_then_failing_then_slow(fresh: Stack) -> None:
         wait_all_notified(stack, digests, 180, "every image once ninkik is back", [feeder, own], ninkik)
         assert_each_once(ninkik.received, digests)
         assert not [f for f in stack.failures() if f["digest"] in digests]
-        report("ninkik-refused-503-slow", ninkik, digests, scripted_failures=3 * len(digests))
+        report("ninkik-refused-503-slow-rabbitmq", ninkik, digests, scripted_failures=3 * len(digests))
     finally:
         feeder.stop()
         own.stop()

@@ -1,4 +1,9 @@
-"""One small module per Celery broker, chosen by the scheme of NINKIK_BROKER_URL."""
+"""One small module per Celery broker, chosen by the scheme of NINKIK_BROKER_URL.
+
+Each module has the same functions: `celery_config(settings)` (its transport options and settings),
+`task_queues(names)` (how the chain's queues are declared), `countdown_cap(settings)` and
+`countdown_floor(settings)` (the longest and shortest retry countdown it can hold safely).
+"""
 
 from __future__ import annotations
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from kombu.entity import Queue
 from kombu.transport import redis as kombu_redis
 
 from ..config import Settings
@@ -11,22 +13,51 @@ from ..config import Settings
 TRANSPORT = "ninkik_tasks.brokers.redis:Transport"
 
 
+# The rule the Redis settings follow (docs/reliability.md): with V the visibility timeout, no task held
+# by a live worker may stay unacknowledged for V, or a sweep gives it to a second worker. A hold is a
+# wait for a pool slot (at most one run) + a retry countdown (at most COUNTDOWN_SHARE of V) + its own
+# run (at most RUN_SHARE of V, enforced by time limits): 3/4 of V, a quarter left for event-loop lag.
+# A dead worker's tasks come back within V + one sweep interval + the sweep mutex's expiry.
+COUNTDOWN_SHARE = 0.25
+RUN_SHARE = 0.25
+SWEEP_MAX_SECONDS = 10
+MUTEX_MAX_SECONDS = 30
+
+
+def sweep_interval(settings: Settings) -> int:
+    """Seconds between two sweeps of the unacked set (by any live worker)."""
+    return max(1, min(SWEEP_MAX_SECONDS, settings.broker_visibility_timeout // 10))
+
+
+def mutex_expire(settings: Settings) -> int:
+    """The sweep mutex's expiry: how long a worker killed inside a sweep blocks the others' sweeps."""
+    return max(2, min(MUTEX_MAX_SECONDS, settings.broker_visibility_timeout // 8))
+
+
+def restore_bound(settings: Settings) -> float:
+    """The longest a SIGKILLed worker's tasks wait before a live worker gets them again."""
+    return float(settings.broker_visibility_timeout + sweep_interval(settings) + mutex_expire(settings))
+
+
+def run_limit(settings: Settings) -> float:
+    """The hard time limit of one chain task's run (the soft limit, a retry, comes at four fifths of it)."""
+    return settings.broker_visibility_timeout * RUN_SHARE
+
+
 def transport_options(settings: Settings) -> dict[str, Any]:
     """kombu's Redis transport options, derived from NINKIK_BROKER_VISIBILITY_TIMEOUT."""
-    visibility = settings.broker_visibility_timeout
     return {
         # ETA/countdown tasks and prefetched ones stay unacked in Redis until they are acknowledged: every
-        # hold is kept well under this (countdown_cap), or another worker would restore and run it twice.
-        "visibility_timeout": visibility,
+        # hold is kept under this (countdown_cap, run_limit), or another worker would restore and run it twice.
+        "visibility_timeout": settings.broker_visibility_timeout,
         # A task held by a worker that died is restored by the sweep of any live worker; kombu's default
-        # sweep runs every 10 x 10 s, far too rarely for a short visibility timeout, so sweep every
-        # fifth of it (at most every 10 s; the sweep is one ZRANGE on an index).
-        "unacked_restore_interval": max(1, min(10, visibility // 5)),
+        # sweep runs every 10 x 10 s, too rarely for the bound, so sweep every tenth of the timeout (at
+        # most every 10 s; the sweep is one ZRANGE on an index) and restore all that are due.
+        "unacked_restore_interval": sweep_interval(settings),
         "unacked_restore_throttle": 1,
         # The sweep holds a Redis mutex; a worker killed while holding it (SIGKILL, OOM) would stop
-        # every other worker's sweep for kombu's default 300 s. Half a visibility timeout is plenty
-        # for one sweep of ten messages.
-        "unacked_mutex_expire": max(5, min(300, visibility // 2)),
+        # every other worker's sweep for kombu's default 300 s. One sweep takes milliseconds.
+        "unacked_mutex_expire": mutex_expire(settings),
         # A Redis that vanishes without closing the connection (failover, NAT) must not hang a publish.
         "socket_timeout": 30,
         "socket_connect_timeout": 5,
@@ -34,14 +65,32 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """The Celery settings that belong to the Redis broker."""
-    return {"broker_transport": TRANSPORT, "broker_transport_options": transport_options(settings)}
+def celery_config(settings: Settings, chain_tasks: Sequence[str] = ()) -> dict[str, Any]:
+    """The Celery settings that belong to the Redis broker: the transport, and time limits on the chain."""
+    limit = run_limit(settings)
+    return {
+        "broker_transport": TRANSPORT,
+        "broker_transport_options": transport_options(settings),
+        # Enforced by the prefork pool (the threads pool cannot: there the clients' timeouts bound a run).
+        # The soft limit raises inside the task, which retries the step; the sweeps have no limit (they
+        # are acknowledged on receipt, so they hold nothing).
+        "task_annotations": {name: {"time_limit": limit, "soft_time_limit": limit * 0.8} for name in chain_tasks},
+    }
+
+
+def task_queues(names: Sequence[str]) -> list[Queue]:
+    """Plain queues (kombu's Redis transport keeps each as a list)."""
+    return [Queue(name) for name in names]  # type: ignore[no-untyped-call]
+
+
+def countdown_floor(settings: Settings) -> float:
+    """The shortest retry countdown: none beyond Celery's own."""
+    return 0.0
 
 
 def countdown_cap(settings: Settings) -> float:
     """The longest retry countdown: a quarter of the visibility timeout, so a held task is never restored."""
-    return min(float(settings.retry_backoff_max_seconds), settings.broker_visibility_timeout / 4)
+    return min(float(settings.retry_backoff_max_seconds), settings.broker_visibility_timeout * COUNTDOWN_SHARE)
 
 
 class Channel(kombu_redis.Channel):

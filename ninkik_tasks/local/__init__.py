@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -62,6 +63,7 @@ def redis_server_binary() -> str:
 
 
 _running: set[Proc] = set()
+_node_dirs: set[Path] = set()  # data directories of RabbitMQ nodes not removed yet
 
 
 @atexit.register
@@ -70,16 +72,24 @@ def _stop_running() -> None:
     for proc in list(_running):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+    for data_dir in list(_node_dirs):
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((data_dir / "rabbitmq.pid").read_text().strip()), signal.SIGKILL)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 class Proc:
     """A child process with its output in a log file; stopped gently, then killed."""
 
-    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None, user: str | None = None
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.popen = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True, user=user
+        )
         _running.add(self)
 
     @property
@@ -145,6 +155,162 @@ def start_redis(
 
     wait_for(lambda: redis.Redis.from_url(url).ping(), 15, f"redis-server on port {port}")
     return proc, url
+
+
+RABBITMQ_INSTALL = "apt-get install -y rabbitmq-server (Debian/Ubuntu) or brew install rabbitmq"
+_RABBITMQ_LIB = Path("/usr/lib/rabbitmq/bin")
+
+
+def rabbitmq_scripts() -> Path | None:
+    """The directory with rabbitmq-server and rabbitmqctl (Debian's, else the ones on PATH), or None."""
+    if (_RABBITMQ_LIB / "rabbitmq-server").exists():
+        return _RABBITMQ_LIB
+    found = shutil.which("rabbitmq-server")
+    return Path(found).resolve().parent if found else None
+
+
+class RabbitMQ:
+    """A rabbitmq-server node of its own on 127.0.0.1 (AMQP, management API and dist ports all free ones).
+
+    As root the node runs as the `rabbitmq` user (Debian's wrapper would re-exec it through `su` in a
+    session of its own, out of reach of our process group; here it is started as that user directly),
+    with its data under a fresh directory that user owns. Stopped with `rabbitmqctl stop`, else by its
+    pid file, and killed at exit whatever happened.
+    """
+
+    def __init__(self, log_dir: Path, port: int | None = None, data_dir: Path | None = None) -> None:
+        scripts = rabbitmq_scripts()
+        if scripts is None:
+            raise RuntimeError(f"rabbitmq-server is not installed: {RABBITMQ_INSTALL}")
+        self.scripts = scripts
+        self.port = port or free_port()
+        self.management_port = free_port()
+        self.dist_port = free_port()
+        self.node = f"ninkik{self.port}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}"
+        self.management_url = f"http://127.0.0.1:{self.management_port}"
+        # pytest's temporary directories are private to root: the node's own files live elsewhere.
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"ninkik-rabbitmq-{self.port}-"))
+        _node_dirs.add(self.data_dir)
+        self.log_dir = log_dir
+        self._user: str | None = None
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                pwd.getpwnam("rabbitmq")
+                self._user = "rabbitmq"
+            except KeyError:
+                pass
+        self.proc: Proc | None = None
+        self.start()
+
+    def env(self) -> dict[str, str]:
+        """The environment of the node and of rabbitmqctl talking to it."""
+        d = self.data_dir
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "HOME": str(d),  # the Erlang cookie lives here, shared by the node and rabbitmqctl
+            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid"),
+            "RABBITMQ_LOGS": "-",  # to stdout, i.e. the Proc's log file
+        }
+
+    def start(self) -> None:
+        """Start the node (again, on the same ports and data) and wait until AMQP answers."""
+        d = self.data_dir
+        (d / "mnesia").mkdir(parents=True, exist_ok=True)
+        (d / "log").mkdir(exist_ok=True)
+        (d / "rabbitmq-env.conf").write_text("")
+        (d / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        (d / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+            "log.console = true\nlog.console.level = warning\nlog.file = false\n"
+        )
+        if self._user:
+            subprocess.run(["chown", "-R", f"{self._user}:", str(d)], check=True)
+        self.proc = Proc(
+            f"rabbitmq-{self.port}", [str(self.scripts / "rabbitmq-server")], self.log_dir, self.env(), user=self._user
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Wait until the node accepts an AMQP login."""
+        import amqp
+
+        def login() -> bool:
+            if self.proc is not None and not self.proc.alive():
+                raise AssertionError(f"rabbitmq-server exited:\n{self.proc.output()[-3000:]}")
+            conn = amqp.Connection(f"127.0.0.1:{self.port}", connect_timeout=2)
+            try:
+                conn.connect()
+            finally:
+                conn.collect()
+            return True
+
+        try:
+            wait_for(login, timeout, f"rabbitmq-server {self.node} to accept AMQP", interval=0.2)
+        except AssertionError as exc:
+            raise RuntimeError(str(exc)) from None
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """rabbitmqctl against this node."""
+        return subprocess.run(
+            [str(self.scripts / "rabbitmqctl"), "-n", self.node, *args],
+            env=self.env(),
+            user=self._user,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.data_dir,
+        )
+
+    def stop(self) -> None:
+        """Stop the node: `rabbitmqctl stop` (it writes its state and exits), else kill it by its pid file."""
+        if self.proc is None:
+            return
+        if self.proc.alive():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.ctl("stop", timeout=30)
+        pid_file = self.data_dir / "rabbitmq.pid"
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+        self.proc.stop(timeout=5)
+        self.proc = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports, keeping its data (durable queues and their messages)."""
+        self.stop()
+        self.start()
+
+    def vhost(self, name: str) -> str:
+        """Create a vhost guest can use; returns the broker URL for it."""
+        for args in (("add_vhost", name), ("set_permissions", "-p", name, "guest", ".*", ".*", ".*")):
+            done = self.ctl(*args)
+            if done.returncode != 0 and "already exists" not in done.stderr + done.stdout:
+                raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
+        return f"{self.url}/{name}"
+
+    def remove(self) -> None:
+        """Stop the node and delete its data."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        _node_dirs.discard(self.data_dir)
+
+
+def start_rabbitmq(log_dir: Path, port: int | None = None) -> RabbitMQ:
+    """A rabbitmq-server node of its own (management plugin on), waited on until AMQP answers."""
+    return RabbitMQ(log_dir, port)
 
 
 def start_moto(log_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[Proc, str]:

@@ -62,9 +62,21 @@ def demo_images() -> list[dict[str, Any]]:
     ]
 
 
-def run(until_done: bool = False, flower_port: int = 5555) -> int:
-    """Start everything, seed the demo, print notifications until Ctrl-C (or until all arrived)."""
+def run(until_done: bool = False, flower_port: int = 5555, broker: str = "redis") -> int:
+    """Start everything, seed the demo, print notifications until Ctrl-C (or until all arrived).
+
+    broker: "redis" (the zero-install default: the bundled Redis is the broker too) or "rabbitmq" (a
+    rabbitmq-server node of its own, when the package is installed; Redis stays the result backend).
+    """
     console = Console(stderr=False)
+    if broker == "rabbitmq" and local.rabbitmq_scripts() is None:
+        print(
+            f"ninkik-tasks: --broker rabbitmq needs rabbitmq-server, which is not installed: {local.RABBITMQ_INSTALL}"
+            " (or leave out --broker to use Redis)",
+            file=sys.stderr,
+        )
+        return 2
+    rabbit: local.RabbitMQ | None = None
     work = Path(tempfile.mkdtemp(prefix="ninkik-dev-"))
     procs: list[local.Proc] = []
     stop = threading.Event()
@@ -92,6 +104,10 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
             procs.append(redis_proc)
             moto_proc, moto_url = local.start_moto(work)
             procs.append(moto_proc)
+        if broker == "rabbitmq":
+            with console.status("starting RabbitMQ…"):
+                rabbit = local.start_rabbitmq(work)
+        with console.status("starting the ninkik stand-in…"):
             token = secrets.token_urlsafe(24)
             standin = Standin(DEMO_TENANTS, token, on_receive=show).start()
             aws = local.aws_env(moto_url)
@@ -111,6 +127,9 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
             "NINKIK_METRICS_PORT": str(local.free_port()),
             "NINKIK_METRICS_ADDRESS": "127.0.0.1",
         }
+        if rabbit is not None:
+            ours["NINKIK_BROKER_URL"] = rabbit.url
+            ours["NINKIK_BROKER_MANAGEMENT_URL"] = rabbit.management_url
         env = {**os.environ, **ours}
         flower_port = flower_port if _port_free(flower_port) else local.free_port()
         celery = [sys.executable, "-m", "celery", "-A", "ninkik_tasks"]
@@ -119,6 +138,8 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
             procs.append(local.Proc("ingest", [sys.executable, "-m", "ninkik_tasks.cli", "ingest"], work, env))
             # Its REST API without credentials, as everything here listens on 127.0.0.1 only.
             flower_env = {**env, "FLOWER_UNAUTHENTICATED_API": "true"}
+            if rabbit is not None:  # Flower's broker tab reads RabbitMQ's management API
+                flower_env["FLOWER_BROKER_API"] = f"http://guest:guest@127.0.0.1:{rabbit.management_port}/api/"
             procs.append(
                 local.Proc(
                     "flower", [*celery, "flower", "--address=127.0.0.1", f"--port={flower_port}"], work, flower_env
@@ -130,6 +151,8 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
         console.print(f"ninkik stand-in:  {standin.url}/_standin/received")
         console.print(f"AWS emulator:     {moto_url}   queue {queue_url}")
         console.print(f"Redis:            {redis_url}   logs in {work}")
+        if rabbit is not None:
+            console.print(f"RabbitMQ:         {rabbit.url}   management {rabbit.management_url} (guest/guest)")
         console.print(f"Ingest metrics:   http://127.0.0.1:{env['NINKIK_METRICS_PORT']}/metrics")
         env_file = work / "env"
         _write_env_file(env_file, {k: v for k, v in ours.items() if k not in _NOT_SHARED})
@@ -170,6 +193,8 @@ def run(until_done: bool = False, flower_port: int = 5555) -> int:
         console.print("stopping…")
         for proc in reversed(procs):
             proc.stop(timeout=10)
+        if rabbit is not None:
+            rabbit.remove()
         if standin is not None:
             standin.stop()
         if keep:
