@@ -116,10 +116,12 @@ class ImagePushed(BaseModel):
     # From the push event; used where DescribeImages does not give them.
     manifest_media_type: str | None = None
     artifact_media_type: str | None = None
+    # Started by a scan-complete event for an image that was waiting: read its scan at once, take it as final.
+    scan_finished: bool = False
 
 
 class ImageScanned(BaseModel):
-    """An "ECR Image Scan" event: a basic scan of one image finished (not acted on yet)."""
+    """An "ECR Image Scan" event: a basic scan of one image finished (it ends that image's scan wait)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -135,7 +137,7 @@ class ImageScanned(BaseModel):
 
 
 class Inspector2Scanned(ImageScanned):
-    """An "Inspector2 Scan" event: Amazon Inspector's initial scan of one image finished (not acted on yet)."""
+    """An "Inspector2 Scan" event: Amazon Inspector's initial scan of one image finished (ends its wait)."""
 
 
 _Scan = TypeVar("_Scan", bound=ImageScanned)
@@ -227,6 +229,20 @@ def scan_event(envelope: _Envelope, model: type[_Scan]) -> _Scan:
         tags=sorted(t for t in detail.image_tags if t),
         severity_counts=detail.finding_severity_counts,
         time=envelope.time,
+    )
+
+
+def scanned_image(event: ImageScanned) -> ImagePushed:
+    """What the chain needs to report an image whose scan a scan-complete event says is done."""
+    return ImagePushed(
+        event_id=event.event_id,
+        account=event.account,
+        region=event.region,
+        repository=event.repository,
+        digest=event.digest,
+        tag=event.tags[0] if event.tags else None,
+        time=event.time,
+        scan_finished=True,
     )
 
 

@@ -20,10 +20,11 @@ from . import metrics
 from .config import Settings
 from .ecr import DENIED, THROTTLING, error_code
 from .errors import ConfigError, IgnoredEvent, InvalidEvent
-from .events import ImagePushed, parse
+from .events import ImagePushed, ImageScanned, parse, scanned_image
 from .idempotency import Records
 from .inventory import Inventory
 from .records import MAX_BODY_CHARS, Journal
+from .scanwait import ScanWaits
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -50,6 +51,7 @@ class Ingest:
     quarantine: Journal
     start: Callable[[ImagePushed], Any]
     inventory: Inventory | None = None  # where accepted pushes' repositories are remembered for sweeps
+    scan_waits: ScanWaits | None = None  # the images waiting for their scan (a scan-complete event ends a wait)
     counts: Counter[str] = field(default_factory=Counter)
     deleting: bool = True
     _delete_retry_at: float = 0.0
@@ -57,8 +59,11 @@ class Ingest:
     _waiting: bool = False
 
     def __post_init__(self) -> None:
+        s = self.settings
         if self.inventory is None:
-            self.inventory = Inventory(self.records.r, self.settings.redis_namespace)
+            self.inventory = Inventory(self.records.r, s.redis_namespace)
+        if self.scan_waits is None:
+            self.scan_waits = ScanWaits(self.records.r, s.redis_namespace, s.scan_poll_seconds, s.ecr_calls_per_second)
 
     @property
     def queue_url(self) -> str:
@@ -199,13 +204,17 @@ class Ingest:
         accounts, regions = set(s.aws_account_ids), set(s.allowed_regions())
         valid: list[tuple[MessageTypeDef, ImagePushed]] = []
         handled: list[MessageTypeDef] = []
+        scans: list[tuple[MessageTypeDef, ImageScanned]] = []
         for message in messages:
             body = message.get("Body", "")
             try:
                 valid.append((message, parse(body, accounts=accounts, regions=regions, max_bytes=s.max_message_bytes)))
             except IgnoredEvent as exc:
                 self._ignore(message, exc)
-                handled.append(message)
+                if isinstance(exc.event, ImageScanned):
+                    scans.append((message, exc.event))
+                else:
+                    handled.append(message)
             except InvalidEvent as exc:
                 self._quarantine(message, body, exc)
                 handled.append(message)
@@ -213,6 +222,7 @@ class Ingest:
         if valid and self.inventory is not None:
             # Sweeps name these when the registry cannot be listed (the guide's policy): see backfill.py.
             self.inventory.remember((p.account, p.region, p.repository) for _, p in valid)
+        valid.extend(self._scans_ending_waits(scans, handled))
         seen = self.records.seen_events([pushed.event_id for _, pushed in valid])
         started: list[str] = []
         duplicates = 0
@@ -240,6 +250,31 @@ class Ingest:
             metrics.DUPLICATES.inc(duplicates)
             log.info("dropped %d duplicate event(s) (%d so far)", duplicates, self.counts["duplicates"])
         return handled
+
+    def _scans_ending_waits(
+        self, scans: list[tuple[MessageTypeDef, ImageScanned]], handled: list[MessageTypeDef]
+    ) -> list[tuple[MessageTypeDef, ImagePushed]]:
+        """Scan-complete events: remembered for the image; a waiting image gets a chain that reads it now.
+
+        An image nobody is waiting for (never pushed, already reported, its push event still to come) gets
+        no chain: the event is only remembered, so a chain reading that image later takes its scan as final.
+        """
+        assert self.scan_waits is not None
+        ttl = self.settings.scan_wait_seconds + 3600
+        out = []
+        for message, event in scans:
+            image = f"{event.account}/{event.repository}@{event.digest}"
+            if self.scan_waits.finish(event.region, image, ttl):
+                log.info(
+                    "scan done: repository=%s digest=%s event=%s: read now",
+                    event.repository,
+                    event.digest,
+                    event.event_id,
+                )
+                out.append((message, scanned_image(event)))
+            else:
+                handled.append(message)
+        return out
 
     def _ignore(self, message: MessageTypeDef, exc: IgnoredEvent) -> None:
         """Count and drop a well-formed AWS event that is not a push (the quarantine is for what operators fix)."""

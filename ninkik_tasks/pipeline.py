@@ -176,7 +176,7 @@ def start(pushed: ImagePushed) -> AsyncResult:
     """Queue the chain for one pushed image."""
     fetch = fetch_scan_findings.s()
     first_read = get_settings().scan_first_read_seconds
-    if pushed.source == "push" and first_read > 0:
+    if pushed.source == "push" and first_read > 0 and not pushed.scan_finished:
         # A scan started by the push is not done a few milliseconds later: the first read would only spend
         # the ECR budget. Sweeps read at once: their images were pushed long ago.
         fetch = fetch.set(countdown=first_read)

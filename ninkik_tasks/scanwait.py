@@ -4,7 +4,8 @@ Every image whose scan has not finished is registered, per region, in one Redis 
 latest read). Each image is read again after `max(poll, waiting / (calls_per_second x share))` seconds, so
 the status reads of all waiting images take at most `share` of the region's shared ECR budget and the rest
 stays for first reads (new pushes), DescribeImages and sweeps. An image whose wait ended without saying so
-(its worker died) drops out once it has not been read for three of its intervals.
+(its worker died) drops out once it has not been read for three of its intervals. A scan-complete event
+for a waiting image ends its wait at once (ingest starts a chain that reads it now; see ingest.py).
 """
 
 from __future__ import annotations
@@ -65,6 +66,21 @@ class ScanWaits:
         """Seconds until `image` may be read again (0: now). A countdown shorter than its turn (the Redis
         broker caps them) wakes the task early: it waits again without spending a read."""
         return float(self._due(keys=[self._key(region)], args=[image, self.poll, self.budget]))
+
+    def finish(self, region: str, image: str, ttl: int) -> bool:
+        """A scan-complete event ("ECR Image Scan", "Inspector2 Scan") for `image`: remember it for `ttl` s
+        (a chain reading the image later takes its scan as final); True if the image is waiting right now."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(self._finished_key(region, image), "1", ex=ttl)
+        pipe.zscore(self._key(region), image)
+        return pipe.execute()[1] is not None
+
+    def finished(self, region: str, image: str) -> bool:
+        """Whether a scan-complete event said the image's scan is done."""
+        return bool(self.r.exists(self._finished_key(region, image)))
+
+    def _finished_key(self, region: str, image: str) -> str:
+        return f"{self.namespace}:scandone:{region}:{image}"
 
     def done(self, region: str, image: str) -> None:
         """The image's wait is over (scan final, or the wait ran out)."""

@@ -156,12 +156,13 @@ def scan_step(svc: Services, msg: Described, now: datetime | None = None) -> Sca
     now = now or datetime.now(UTC)
     region, waiting_as = msg.event.region, f"{msg.image.registry_id}/{msg.image.repository}@{msg.image.digest}"
     remaining = (scan_deadline(svc, msg) - now).total_seconds()
-    due = svc.scan_waits.due_in(region, waiting_as)
+    finished = msg.event.scan_finished or svc.scan_waits.finished(region, waiting_as)
+    due = 0.0 if finished else svc.scan_waits.due_in(region, waiting_as)
     if due > 0 and remaining > 0:
         raise ScanNotReady("not this image's turn to be read yet", remaining=remaining, next_read=due)
     try:
         scan = scan_findings(svc.ecr(region), msg.image)
-        if scan.status == "ACTIVE" and not scan.findings and now < settle_deadline(svc, msg):
+        if scan.status == "ACTIVE" and not scan.findings and not finished and now < settle_deadline(svc, msg):
             # ACTIVE says continuous scanning is on, not that Inspector's first scan is done (aws/aws-cli#6759).
             raise ScanNotReady("enhanced scan ACTIVE with no findings yet: Inspector's first scan may be running")
     except ScanNotReady as exc:

@@ -189,3 +189,52 @@ def _described(age: int) -> Described:
     image = Image(registry_id=local.ACCOUNT, region=local.REGION, repository=repository, digest=digest, tags=[])
     match = Match(tenant=TENANT_A, product=PRODUCT_A1, product_name="shop", component="")
     return Described(event=event, match=match, image=image)
+
+
+# Scan-complete events end a wait (AWS's own "ECR Image Scan" and "Inspector2 Scan" samples, tests/aws/events).
+
+
+@pytest.mark.parametrize("sample", ["ecr-image-scan.json", "inspector2-scan.json"])
+def test_a_scan_complete_event_ends_the_wait_at_once(stack: Stack, sample: str) -> None:
+    """With a 30 s poll, nothing but the event can report the image within 20 s of its first read."""
+    from test_events import live
+
+    proxy = FaultProxy(stack.moto_url).start()
+    env = stack.env(
+        broker_db=own_broker_db(),
+        AWS_ENDPOINT_URL_ECR=proxy.url,
+        NINKIK_SCAN_POLL_SECONDS="30",
+        NINKIK_SCAN_WAIT_SECONDS="300",
+        NINKIK_RETRY_BACKOFF_MAX_SECONDS="60",
+        NINKIK_BROKER_VISIBILITY_TIMEOUT="600",
+    )
+    repository = f"{TENANT_A}/shop"
+    queue_url = stack.new_queue()
+    stack.standin.reset()
+    waiting = stack.push(repository, "waiting")
+    nobody = stack.push(repository, "never-pushed")  # a scan event for an image whose push never came
+    proxy.scanning[waiting] = time.monotonic() + 3600
+    worker = celery_worker(stack, env, f"scanevent-{sample[:4]}")
+    feeder = ingest(stack, env, queue_url, name=f"ingest-scanevent-{sample[:4]}")
+
+    def reads(digest: str) -> int:
+        return sum(1 for c in proxy.calls if c.action == "DescribeImageScanFindings" and _digest(c) == digest)
+
+    try:
+        stack.send(queue_url, local.push_event(repository, waiting, "waiting"))
+        wait_for(lambda: reads(waiting) >= 1, 30, "the first read (IN_PROGRESS)")
+        first_read = time.monotonic()
+        proxy.scanning[waiting] = 0  # the scan finishes ...
+        event = live(sample, repository, waiting)
+        stack.send(queue_url, event)  # ... and says so
+        stack.send(queue_url, event)  # twice: EventBridge delivers at least once
+        stack.send(queue_url, live(sample, repository, nobody))
+        wait_for(lambda: stack.received_for(waiting), 20, "the report, ended by the scan event")
+        assert time.monotonic() - first_read < 27  # the next poll would have come 27-33 s after the first read
+        wait_for(lambda: "scan done" in feeder.output(), 10, "ingest to log the scan event")
+        assert len(stack.received_for(waiting)) == 1
+        assert not stack.received_for(nobody) and reads(nobody) == 0  # nobody waited for it: nothing read
+    finally:
+        feeder.stop()
+        worker.stop()
+        proxy.stop()
