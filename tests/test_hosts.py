@@ -34,7 +34,7 @@ pytestmark = [
     pytest.mark.skipif(available() is not None and not CI, reason=available() or ""),  # CI skips nothing
 ]
 REPOSITORY = f"{TENANT_A}/shop"
-VISIBILITY = 10  # the Redis broker's visibility timeout in these tests (seconds)
+VISIBILITY = 20  # the Redis broker's visibility timeout in these tests (seconds; run limit a quarter of it)
 
 
 @dataclass
