@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     result_expires_seconds: int = 7 * 24 * 3600
     sent_record_seconds: int = 90 * 24 * 3600
     broker_visibility_timeout: int = 240  # Redis broker only: see brokers/redis.py
+    # RabbitMQ: a peer silent this long (a worker host gone, a NAT dropping the connection) is dead and its
+    # unacknowledged tasks go back to their queue (the broker sends a heartbeat every half of it).
+    broker_heartbeat_seconds: PositiveInt = 30
     aws_give_up_seconds: int = 3600
     notify_give_up_seconds: int = 24 * 3600
     retry_backoff_max_seconds: int = 300

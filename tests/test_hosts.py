@@ -46,6 +46,7 @@ class Net:
     redis_url: str
     moto_url: str
     standin: Standin
+    rabbitmq: local.RabbitMQ | None
 
     def env(self, **overrides: str) -> dict[str, str]:
         """Environment for ingest and workers on the other hosts: only the services host's address."""
@@ -83,9 +84,12 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         redis_proc, redis_url = local.start_redis(work, host=address)
         moto_proc, moto_url = local.start_moto(work, host=address)
         standin = Standin(TENANTS, TOKEN, host=address).start()
+        rabbitmq = local.start_rabbitmq(work, host=address) if local.rabbitmq_scripts() or CI else None
         try:
-            yield Net(hosts, work, redis_url, moto_url, standin)
+            yield Net(hosts, work, redis_url, moto_url, standin, rabbitmq)
         finally:
+            if rabbitmq is not None:
+                rabbitmq.remove()
             standin.stop()
             moto_proc.stop()
             redis_proc.stop()
@@ -143,15 +147,28 @@ def keys_per_image(standin: Standin, digests: list[str]) -> dict[str, set[str]]:
     return out
 
 
-def test_a_worker_host_dropping_off_the_network_mid_task_redis_broker(net: Net) -> None:
+HEARTBEAT = 6  # RabbitMQ in these tests: a silent peer is dropped after about this long
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_a_worker_host_dropping_off_the_network_mid_task(net: Net, broker: str) -> None:
     net.standin.reset()
-    env = net.env()
+    if broker == "rabbitmq":
+        if net.rabbitmq is None:
+            pytest.skip(f"rabbitmq-server is not installed: {local.RABBITMQ_INSTALL}")
+        with net.hosts.inside(Hosts.SERVICES):
+            vhost = net.rabbitmq.vhost(f"hosts-{uuid.uuid4().hex[:6]}")
+        env = net.env(NINKIK_BROKER_URL=vhost, NINKIK_BROKER_HEARTBEAT_SECONDS=str(HEARTBEAT))
+        bound = f"heartbeat_s={HEARTBEAT}"
+    else:
+        env = net.env()
+        bound = f"visibility_timeout_s={VISIBILITY}"
     with net.hosts.inside(Hosts.SERVICES):
         lost = worker(net, "worker-1", env)
         other = worker(net, "worker-2", env)
         # Every POST takes a second, so the cut finds worker-1 with tasks in hand.
         net.standin.answer_next(0, times=1000, delay=1.0)
-        digests, queue_url = push(net, 20, "worker-host")
+        digests, queue_url = push(net, 20, f"worker-host-{broker}")
         feeder = ingest(net, env, queue_url)
         lost_address = net.hosts.address("worker-1")
         try:
@@ -169,15 +186,16 @@ def test_a_worker_host_dropping_off_the_network_mid_task_redis_broker(net: Net) 
                 "worker-1 back on the network",
             )
             posts_before = len(net.standin.peers)
-            wait_for(lambda: _drained(net), 60, "the queues to drain")
+            if broker == "redis":
+                wait_for(lambda: _drained(net), 60, "the queues to drain")
             keys = keys_per_image(net.standin, digests)
             assert all(len(k) == 1 for k in keys.values()), {d: k for d, k in keys.items() if len(k) != 1}
             records = Records(redis.Redis.from_url(env["NINKIK_REDIS_URL"], decode_responses=True), "ninkik")
             assert all(records.begin_send(next(iter(k)), "probe", 1).state == "sent" for k in keys.values())
             repeats = sum(1 for status, key in net.standin.attempts if status == 409)
             print(
-                f"\nRELIABILITY worker-host-lost (redis broker): events={len(digests)} lost=0 duplicates=0 "
-                f"recovered_s={recovered:.1f} visibility_timeout_s={VISIBILITY} repeated_posts_409={repeats} "
+                f"\nRELIABILITY worker-host-lost ({broker} broker): events={len(digests)} lost=0 duplicates=0 "
+                f"recovered_s={recovered:.1f} {bound} repeated_posts_409={repeats} "
                 f"posts_after_return={len(net.standin.peers) - posts_before}"
             )
         finally:

@@ -29,7 +29,6 @@ DEAD_LETTER_EXCHANGE = "ninkik-dead-letter"
 DEAD_LETTER_QUEUE = "ninkik-dead-letter"
 # Native delayed delivery rounds a countdown down to whole seconds and refuses one under a second.
 COUNTDOWN_MIN = 1.0
-HEARTBEAT_SECONDS = 30
 
 
 def queue_arguments() -> dict[str, Any]:
@@ -77,7 +76,7 @@ def celery_config(settings: Settings, chain_tasks: Sequence[str] = ()) -> dict[s
         "broker_transport_options": {"confirm_publish": True},
         # A dead peer (a worker host gone, a NAT dropping the connection) is noticed within two beats;
         # its unacknowledged messages go back to the queue then.
-        "broker_heartbeat": HEARTBEAT_SECONDS,
+        "broker_heartbeat": settings.broker_heartbeat_seconds,
         # Countdowns wait in the broker's delay queues (quorum), not in a worker's memory.
         "broker_native_delayed_delivery_queue_type": "quorum",
         "worker_detect_quorum_queues": True,

@@ -170,7 +170,7 @@ def rabbitmq_scripts() -> Path | None:
 
 
 class RabbitMQ:
-    """A rabbitmq-server node of its own on 127.0.0.1 (AMQP, management API and dist ports all free ones).
+    """A rabbitmq-server node of its own on `host` (AMQP, management API and dist ports all free ones).
 
     As root the node runs as the `rabbitmq` user (Debian's wrapper would re-exec it through `su` in a
     session of its own, out of reach of our process group; here it is started as that user directly),
@@ -178,7 +178,9 @@ class RabbitMQ:
     pid file, and killed at exit whatever happened.
     """
 
-    def __init__(self, log_dir: Path, port: int | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, log_dir: Path, port: int | None = None, data_dir: Path | None = None, host: str = "127.0.0.1"
+    ) -> None:
         scripts = rabbitmq_scripts()
         if scripts is None:
             raise RuntimeError(f"rabbitmq-server is not installed: {RABBITMQ_INSTALL}")
@@ -187,8 +189,9 @@ class RabbitMQ:
         self.management_port = free_port()
         self.dist_port = free_port()
         self.node = f"ninkik{self.port}@localhost"
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}"
-        self.management_url = f"http://127.0.0.1:{self.management_port}"
+        self.host = host
+        self.url = f"amqp://guest:guest@{host}:{self.port}"
+        self.management_url = f"http://{host}:{self.management_port}"
         # pytest's temporary directories are private to root: the node's own files live elsewhere.
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"ninkik-rabbitmq-{self.port}-"))
         _node_dirs.add(self.data_dir)
@@ -214,7 +217,7 @@ class RabbitMQ:
             "HOME": str(d),  # the Erlang cookie lives here, shared by the node and rabbitmqctl
             "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
             "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_IP_ADDRESS": self.host,
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
@@ -233,9 +236,11 @@ class RabbitMQ:
         (d / "rabbitmq-env.conf").write_text("")
         (d / "enabled_plugins").write_text("[rabbitmq_management].\n")
         (d / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
-            f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
-            "log.console = true\nlog.console.level = warning\nlog.file = false\n"
+            f"listeners.tcp.default = {self.host}:{self.port}\n"
+            f"management.tcp.ip = {self.host}\nmanagement.tcp.port = {self.management_port}\n"
+            # guest may log in from other hosts only on a test host of its own (tests/hosts.py)
+            + ("" if self.host.startswith("127.") else "loopback_users.guest = false\n")
+            + "log.console = true\nlog.console.level = warning\nlog.file = false\n"
         )
         if self._user:
             subprocess.run(["chown", "-R", f"{self._user}:", str(d)], check=True)
@@ -251,7 +256,7 @@ class RabbitMQ:
         def login() -> bool:
             if self.proc is not None and not self.proc.alive():
                 raise AssertionError(f"rabbitmq-server exited:\n{self.proc.output()[-3000:]}")
-            conn = amqp.Connection(f"127.0.0.1:{self.port}", connect_timeout=2)
+            conn = amqp.Connection(f"{self.host}:{self.port}", connect_timeout=2)
             try:
                 conn.connect()
             finally:
@@ -308,9 +313,9 @@ class RabbitMQ:
         _node_dirs.discard(self.data_dir)
 
 
-def start_rabbitmq(log_dir: Path, port: int | None = None) -> RabbitMQ:
+def start_rabbitmq(log_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> RabbitMQ:
     """A rabbitmq-server node of its own (management plugin on), waited on until AMQP answers."""
-    return RabbitMQ(log_dir, port)
+    return RabbitMQ(log_dir, port, host=host)
 
 
 def start_moto(log_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[Proc, str]:
