@@ -98,13 +98,14 @@ class Ingest:
     def run(self) -> None:
         """Poll until SIGTERM/SIGINT; the batch in hand is finished before leaving.
 
-        Until the queue answers, and whenever a poll fails, it retries with backoff, one log line per attempt.
+        Until the queue answers, and whenever a poll fails, it retries with backoff: one log line when an
+        outage begins, one when it ends (each attempt at DEBUG).
         SIGTERM interrupts any wait on SQS (a call or a pause) at once: nothing is in hand then.
         """
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         started = False
-        failures = 0
+        failures, outage_began = 0, 0.0
         while not self._stopping:
             try:
                 if not started:
@@ -112,26 +113,37 @@ class Ingest:
                     started = True
                 else:
                     self.poll_once()
+                if failures:
+                    log.warning(
+                        "SQS, Redis and the broker answer again: %d failed attempts over %.0fs",
+                        failures,
+                        time.monotonic() - outage_began,
+                    )
                 failures = 0
             except _Stop:
                 break
             except ConfigError:
                 raise
-            except (RedisError, BotoCoreError, ClientError, OperationalError, OSError) as exc:
-                # Redis, the broker or SQS is down: nothing was deleted, SQS redelivers; wait and go on.
+            except Exception as exc:
+                # Redis, the broker or SQS is down (or something nobody classified): nothing was deleted, SQS
+                # redelivers; wait and go on. One line per outage at ERROR, each retry at DEBUG, one when over.
                 failures += 1
+                outage_began = outage_began if failures > 1 else time.monotonic()
                 metrics.POLL_ERRORS.inc()
                 pause = min(30.0, 0.5 * 2**failures)
+                known = isinstance(exc, (RedisError, BotoCoreError, ClientError, OperationalError, OSError))
                 what = "poll" if started else f"reaching the queue {self.queue_url}"
                 reason = " ".join(str(exc).split())
-                log.error("%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, reason, pause)
-                self._sleep(pause)
-            except Exception as exc:
-                # Not an outage we know: log it with its traceback, and go on as for an outage.
-                failures += 1
-                metrics.POLL_ERRORS.inc()
-                pause = min(30.0, 0.5 * 2**failures)
-                log.exception("poll failed (%s); retrying in %.1fs", type(exc).__name__, pause)
+                log.log(
+                    logging.ERROR if failures == 1 else logging.DEBUG,
+                    "%s failed (%s: %s); retrying in %.1fs%s",
+                    what,
+                    type(exc).__name__,
+                    reason,
+                    pause,
+                    ", with backoff up to 30 s, until it works (one line then)" if failures == 1 else "",
+                    exc_info=not known and failures == 1,
+                )
                 self._sleep(pause)
         log.info("stopped: %s", dict(self.counts))
 

@@ -226,8 +226,10 @@ def test_ingest_against_an_endpoint_that_never_answers(stack: Stack, silent: Sil
 
 
 def test_ingest_against_a_closed_port_retries_and_stops_on_sigterm(stack: Stack) -> None:
-    env = stack.env(AWS_ENDPOINT_URL_SQS=closed_port_url("http"), NINKIK_SQS_QUEUE_URL=stack.new_queue())
-    proc = local.Proc("ingest-refused", [*CLI, "ingest"], stack.work, env)
+    env = stack.env(
+        AWS_ENDPOINT_URL_SQS=closed_port_url("http"), NINKIK_SQS_QUEUE_URL=stack.new_queue(), NINKIK_LOG_LEVEL="DEBUG"
+    )
+    proc = local.Proc("ingest-refused", [*CLI, "ingest"], stack.work, env)  # DEBUG: every attempt's line
     try:
         wait_for(lambda: proc.output().count("retrying in") >= 2 or not proc.alive(), 60, "two failed attempts")
         assert proc.alive(), proc.output()

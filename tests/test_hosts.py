@@ -119,12 +119,13 @@ def ingest(net: Net, env: dict[str, str], queue_url: str) -> local.Proc:
     return proc
 
 
-def push(net: Net, count: int, label: str) -> tuple[list[str], str]:
-    """`count` images with a finished scan, their push events on a new queue; (digests, queue URL)."""
+def push(net: Net, count: int, label: str, queue: str | None = None) -> tuple[list[str], str]:
+    """`count` images with a finished scan, their push events on the queue named `queue` (made if new, by
+    default one per label); (digests, queue URL)."""
     session = boto3.session.Session(aws_access_key_id="t", aws_secret_access_key="t", region_name=local.REGION)
     ecr = session.client("ecr", endpoint_url=net.moto_url)
     sqs = session.client("sqs", endpoint_url=net.moto_url)
-    queue_url = sqs.create_queue(QueueName=f"push-{label}", Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
+    queue_url = sqs.create_queue(QueueName=f"push-{queue or label}", Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
     digests = []
     for i in range(count):
         digest = local.push_image(ecr, REPOSITORY, f"{label}-{uuid.uuid4()}", f"{label}-{i}")
@@ -225,3 +226,36 @@ def test_a_stale_worker_whose_notify_lock_expired_does_not_undo_the_other_worker
         assert client.get(records.key("sending", key)) == "other"  # ... but not the other worker's lock
         records.end_send(key, "other", sent_ttl=60)
         assert records.begin_send(key, "stale", lock_ttl=30).state == "sent"  # its retry sends nothing
+
+
+def test_ingest_host_dropping_off_the_network(net: Net) -> None:
+    """Ingest's SQS and broker connections hang: each attempt ends at its timeout, nothing is deleted, so SQS
+    redelivers; when the link is back ingest goes on by itself, and its log has one line for the outage."""
+    net.standin.reset()
+    env = net.env()
+    with net.hosts.inside(Hosts.SERVICES):
+        workers = worker(net, "worker-2", env)
+        digests, queue_url = push(net, 10, "ingest-host")
+        feeder = ingest(net, env, queue_url)
+        try:
+            wait_for(lambda: len(keys_per_image(net.standin, digests)) == 10, 60, "the first ten")
+            net.hosts.cut("ingest")
+            cut_at = time.monotonic()
+            more, _ = push(net, 10, "ingest-host-b", queue="ingest-host")  # they wait in SQS meanwhile
+            wait_for(lambda: "poll failed" in feeder.output(), 60, "ingest to notice the outage")
+            net.hosts.mend("ingest")
+            wait_for(lambda: len(keys_per_image(net.standin, digests + more)) == 20, 120, "every image after")
+            recovered = time.monotonic() - cut_at
+            keys = keys_per_image(net.standin, digests + more)
+            assert all(len(k) == 1 for k in keys.values())
+            assert feeder.alive()
+            wait_for(lambda: "answer again" in feeder.output(), 30, "ingest to say the outage is over")
+            outage_lines = [line for line in feeder.output().splitlines() if "ERROR" in line]
+            assert len(outage_lines) == 1, outage_lines
+            print(
+                f"\nRELIABILITY ingest-host-lost (redis broker): events=20 lost=0 duplicates=0 "
+                f"recovered_s={recovered:.1f} error_lines={len(outage_lines)}"
+            )
+        finally:
+            feeder.stop()
+            workers.stop()
