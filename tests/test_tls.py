@@ -129,3 +129,39 @@ def test_a_certificate_that_does_not_verify_is_one_line_in_check(stack: Stack, t
     lines = [line for line in done.stdout.splitlines() if "NINKIK_REDIS_URL" in line]
     assert len(lines) == 1 and "certificate" in lines[0] and "NINKIK_TLS_CA_FILE" in lines[0], done.stdout
 
+
+
+def test_the_pipeline_with_every_connection_over_tls(stack: Stack, tls_redis: TlsRedis) -> None:
+    """amqps:// to RabbitMQ (as Amazon MQ requires) and rediss:// to Redis, one CA for both."""
+    if local.rabbitmq_scripts() is None and not CI:
+        pytest.skip(f"rabbitmq-server is not installed: {local.RABBITMQ_INSTALL}")
+    files = tls_redis.files
+    rabbit = local.start_rabbitmq(stack.work, tls=(files.cert, files.key, files.ca))
+    stack.standin.reset()
+    env = stack.env(
+        NINKIK_BROKER_URL=rabbit.tls_url,
+        NINKIK_BROKER_MANAGEMENT_URL=rabbit.management_url,
+        NINKIK_RESULT_BACKEND=f"{tls_redis.url}/3",
+        NINKIK_REDIS_URL=f"{tls_redis.url}/4",
+        NINKIK_TLS_CA_FILE=str(files.ca),
+    )
+    queue_url = stack.new_queue()
+    digest = stack.push(f"{TENANT_A}/shop", "amqps-1.0")
+    worker = celery_worker_tls(stack, env)
+    feeder = ingest(stack, env, queue_url, name="ingest-amqps")
+    try:
+        stack.send(queue_url, local.push_event(f"{TENANT_A}/shop", digest, "amqps-1.0"))
+        wait_for(lambda: stack.received_for(digest), 60, "the report over amqps:// and rediss://")
+        done = subprocess.run(
+            [sys.executable, "-m", "ninkik_tasks.cli", "check"],
+            env={**env, "NINKIK_SQS_QUEUE_URL": queue_url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "OK   broker: NINKIK_BROKER_URL answers (RabbitMQ" in done.stdout, done.stdout
+        assert "Traceback" not in done.stdout + done.stderr
+    finally:
+        feeder.stop()
+        worker.stop()
+        rabbit.remove()

@@ -179,8 +179,14 @@ class RabbitMQ:
     """
 
     def __init__(
-        self, log_dir: Path, port: int | None = None, data_dir: Path | None = None, host: str = "127.0.0.1"
+        self,
+        log_dir: Path,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        host: str = "127.0.0.1",
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
+        """`tls`: (certificate, key, CA) PEM files for an AMQPS listener too, at `tls_url`."""
         scripts = rabbitmq_scripts()
         if scripts is None:
             raise RuntimeError(f"rabbitmq-server is not installed: {RABBITMQ_INSTALL}")
@@ -192,6 +198,9 @@ class RabbitMQ:
         self.host = host
         self.url = f"amqp://guest:guest@{host}:{self.port}"
         self.management_url = f"http://{host}:{self.management_port}"
+        self.tls = tls
+        self.tls_port = free_port() if tls else 0
+        self.tls_url = f"amqps://guest:guest@{host}:{self.tls_port}" if tls else ""
         # pytest's temporary directories are private to root: the node's own files live elsewhere.
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"ninkik-rabbitmq-{self.port}-"))
         _node_dirs.add(self.data_dir)
@@ -241,6 +250,7 @@ class RabbitMQ:
             # guest may log in from other hosts only on a test host of its own (tests/hosts.py)
             + ("" if self.host.startswith("127.") else "loopback_users.guest = false\n")
             + "log.console = true\nlog.console.level = warning\nlog.file = false\n"
+            + self._tls_config()
         )
         if self._user:
             subprocess.run(["chown", "-R", f"{self._user}:", str(d)], check=True)
@@ -248,6 +258,19 @@ class RabbitMQ:
             f"rabbitmq-{self.port}", [str(self.scripts / "rabbitmq-server")], self.log_dir, self.env(), user=self._user
         )
         self.wait_ready()
+
+    def _tls_config(self) -> str:
+        if not self.tls:
+            return ""
+        names = ("cert.pem", "key.pem", "ca.pem")
+        for source, name in zip(self.tls, names, strict=True):
+            shutil.copyfile(source, self.data_dir / name)  # readable by the node's user (chowned below)
+        cert, key, ca = (self.data_dir / name for name in names)
+        return (
+            f"listeners.ssl.default = {self.host}:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {ca}\nssl_options.certfile = {cert}\nssl_options.keyfile = {key}\n"
+            "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n"
+        )
 
     def wait_ready(self, timeout: float = 90) -> None:
         """Wait until the node accepts an AMQP login."""
@@ -313,9 +336,11 @@ class RabbitMQ:
         _node_dirs.discard(self.data_dir)
 
 
-def start_rabbitmq(log_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> RabbitMQ:
+def start_rabbitmq(
+    log_dir: Path, port: int | None = None, host: str = "127.0.0.1", tls: tuple[Path, Path, Path] | None = None
+) -> RabbitMQ:
     """A rabbitmq-server node of its own (management plugin on), waited on until AMQP answers."""
-    return RabbitMQ(log_dir, port, host=host)
+    return RabbitMQ(log_dir, port, host=host, tls=tls)
 
 
 def start_moto(log_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[Proc, str]:
