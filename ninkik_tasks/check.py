@@ -123,7 +123,11 @@ def _rabbitmq(s: Settings) -> Iterator[Check]:
             "and a well-known password is no password; create a user of its own (rabbitmqctl add_user)",
         )
     ssl: Any = tls.amqp_options(s) if parsed.scheme == "amqps" else False
-    conn = Connection(url, connect_timeout=5, ssl=ssl)  # type: ignore[no-untyped-call]
+    try:
+        conn = Connection(url, connect_timeout=5, ssl=ssl)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        yield Check("FAIL", "broker", f"NINKIK_BROKER_URL ({_safe_url(url)}) is not a valid URL: {exc}")
+        return
     try:
         conn.ensure_connection(max_retries=1)  # type: ignore[no-untyped-call]
     except Exception as exc:

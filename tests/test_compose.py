@@ -444,12 +444,32 @@ def test_docker_compose_config(tmp_path: Path) -> None:
 # The local profile, run without Docker
 
 
+COMPOSE_INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def _interpolate(value: str, variables: dict[str, str]) -> str:
+    """Compose's interpolation of ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2) or "", match.group(3) or ""
+        present = name in variables and (variables[name] != "" or not op.startswith(":"))
+        if present:
+            return variables[name]
+        if op.endswith("?"):
+            raise AssertionError(f"compose would refuse to start: {arg or name + ' is not set'}")
+        return arg if op.endswith("-") else ""
+
+    return COMPOSE_INTERPOLATION.sub(one, value.replace("$$", "\0")).replace("\0", "$")
+
+
 def _compose_env(service: str, env_file: str) -> dict[str, str]:
-    """The environment compose gives `service`: its env_file (here `env_file`), then its `environment`."""
+    """The environment compose gives `service`: its env_file (here `env_file`, also compose's .env), then its
+    `environment`, interpolated from that file as compose does."""
     env = {var: value for var, (value, is_set) in _env_file(env_file).items() if is_set}
     environment = _services()[service].get("environment", {})
     assert isinstance(environment, dict)
-    env.update({str(k): str(v) for k, v in environment.items()})
+    variables = dict(env)
+    env.update({str(k): _interpolate(str(v), variables) for k, v in environment.items()})
     return env
 
 
@@ -459,15 +479,16 @@ def _pointed_at(env: dict[str, str], hosts: dict[str, str]) -> dict[str, str]:
     out = {}
     for var, value in env.items():
         for service, address in hosts.items():
-            if f"//{service}" in value:
-                value = value.replace(f"//{service}", f"//{address}")
-                used.add(service)
+            for before in ("//", "@"):  # redis://redis:6379, amqp://user:password@rabbitmq:5672
+                if f"{before}{service}" in value:
+                    value = value.replace(f"{before}{service}", f"{before}{address}")
+                    used.add(service)
         out[var] = value
     assert used == set(hosts), f"the local profile no longer uses {set(hosts) - used}: update this test"
     return out
 
 
-def test_local_profile_starts_ingest_and_check(stack: Stack, tmp_path: Path) -> None:
+def test_local_profile_starts_ingest_and_check(stack: Stack, rabbitmq: local.RabbitMQ, tmp_path: Path) -> None:
     from ninkik_tasks.local.standin import Standin
 
     services = _services()
@@ -479,7 +500,19 @@ def test_local_profile_starts_ingest_and_check(stack: Stack, tmp_path: Path) -> 
     standin = Standin(tenants, env["NINKIK_API_TOKEN"]).start()
     redis_proc, redis_url = local.start_redis(tmp_path)
     try:
+        # The RabbitMQ service as compose sets it up: user ninkik (RABBITMQ_PASSWORD), vhost ninkik.
+        password = _env_file(".env.local.example")["RABBITMQ_PASSWORD"][0]
+        for args in (
+            ("add_user", "ninkik", password),
+            ("add_vhost", "ninkik"),
+            ("set_permissions", "-p", "ninkik", "ninkik", ".*", ".*", ".*"),
+            ("set_user_tags", "ninkik", "management"),
+        ):
+            done = rabbitmq.ctl(*args)
+            assert done.returncode == 0 or "already" in done.stdout + done.stderr, done.stdout + done.stderr
         hosts = {
+            "rabbitmq:5672": f"127.0.0.1:{rabbitmq.port}",
+            "rabbitmq:15672": f"127.0.0.1:{rabbitmq.management_port}",
             "redis:6379": redis_url.removeprefix("redis://"),
             f"moto:{moto_port}": stack.moto_url.removeprefix("http://"),
             f"standin:{standin_port}": standin.url.removeprefix("http://"),

@@ -202,7 +202,9 @@ class RabbitMQ:
         self.tls_port = free_port() if tls else 0
         self.tls_url = f"amqps://guest:guest@{host}:{self.tls_port}" if tls else ""
         # pytest's temporary directories are private to root: the node's own files live elsewhere.
-        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"ninkik-rabbitmq-{self.port}-"))
+        # ... nor would a TMPDIR below one (a test's): as root, always directly under /tmp.
+        parent = "/tmp" if os.geteuid() == 0 else None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"ninkik-rabbitmq-{self.port}-", dir=parent))
         _node_dirs.add(self.data_dir)
         self.log_dir = log_dir
         self._user: str | None = None
