@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 
 from .config import Settings
@@ -53,3 +54,40 @@ def configure(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
     for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Outage:
+    """One WARNING when a dependency stops answering and one when it answers again, per process: an outage
+    is one line in the log, however many tasks meet it (each retry stays at DEBUG)."""
+
+    def __init__(self, what: str, logger: logging.Logger) -> None:
+        self.what = what
+        self.log = logger
+        self._since: float | None = None
+        self._failures = 0
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> bool:
+        """Count a failure; True for the first one of an outage (which is logged)."""
+        with self._lock:
+            self._failures += 1
+            if self._since is not None:
+                return False
+            self._since = time.monotonic()
+        self.log.warning(
+            "%s does not answer (%s: %s): the tasks that need it retry until it does (one line then)",
+            self.what,
+            type(exc).__name__,
+            " ".join(str(exc).split())[:200],
+        )
+        return True
+
+    def ok(self) -> None:
+        """A call that needed it worked: log the end of an outage, if there was one."""
+        if self._since is None:
+            return
+        with self._lock:
+            since, failures, self._since, self._failures = self._since, self._failures, None, 0
+        if since is not None:
+            elapsed = time.monotonic() - since
+            self.log.warning("%s answers again: %d failed steps over %.0fs", self.what, failures, elapsed)

@@ -70,7 +70,7 @@ class PipelineStats:
         try:
             self.r.hincrby(self.key, ":".join((kind, *labels)), 1)
         except redis.RedisError:  # counting must never fail the work it counts
-            log.warning("could not count %s %s", kind, labels)
+            log.debug("could not count %s %s", kind, labels)
 
     def read(self) -> dict[str, int]:
         """Every counter."""

@@ -38,6 +38,8 @@ from .stages import (
 )
 
 log = logging.getLogger(__name__)
+# Redis (records, results, the limiter) or the broker not answering: one line per outage per process.
+STORES_OUTAGE = logs.Outage("Redis or the broker", log)
 T = TypeVar("T")
 
 # Outcomes that are not faults of the system: the chain ends quietly (recorded, task SUCCESS).
@@ -63,11 +65,15 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
     """Run one stage: TransientError -> retry with backoff within a budget; PermanentError -> record, end."""
     s = get_settings()
     first_try = first_try or time.time()
+    quiet = False
     try:
         try:
-            return step()
+            out = step()
+            STORES_OUTAGE.ok()
+            return out
         except (RedisConnectionError, RedisTimeoutError, OperationalError) as exc:
-            # Redis restarting: the records, the broker and results come back; so does this step.
+            # Redis restarting or unreachable: the records, the broker and results come back; so does this step.
+            quiet = not STORES_OUTAGE.failed(exc)
             raise TransientError(f"Redis unavailable ({type(exc).__name__})") from None
         except SoftTimeLimitExceeded:
             # The Redis broker's run limit (brokers/redis.py): give the task back as a retry.
@@ -90,8 +96,14 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
         elif exc.retry_after is not None:
             countdown = min(max(exc.retry_after, countdown), cap)
         countdown = max(countdown, broker.countdown_floor(s))
-        log.info(
-            "%s will retry in %.1fs (%s): %s task=%s", stage, countdown, exc, describe(pushed, match), task.request.id
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "%s will retry in %.1fs (%s): %s task=%s",
+            stage,
+            countdown,
+            exc,
+            describe(pushed, match),
+            task.request.id,
         )
         _svc().stats.incr("retry", stage)
         raise task.retry(countdown=countdown, kwargs={"first_try": first_try}) from None

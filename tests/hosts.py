@@ -78,6 +78,7 @@ class Hosts:
         self.run = uuid.uuid4().hex[:4]
         self.names = [self.SERVICES, *names]
         self._made: list[str] = []
+        self.second_address = f"{SUBNET}.200"
 
     def ns(self, name: str) -> str:
         """The namespace of a host."""
@@ -95,6 +96,8 @@ class Hosts:
             self._add(services)
             _ip("link", "add", "br0", "type", "bridge", ns=services)
             _ip("addr", "add", f"{self.address(self.SERVICES)}/24", "dev", "br0", ns=services)
+            # A second address of the services host, for a server a test makes unreachable alone (`block`).
+            _ip("addr", "add", f"{self.second_address}/24", "dev", "br0", ns=services)
             _ip("link", "set", "br0", "up", ns=services)
             for i, name in enumerate(self.names[1:], start=1):
                 ns, outside = self.ns(name), f"v{i}"
@@ -149,3 +152,13 @@ class Hosts:
     def mend(self, name: str) -> None:
         """Put a host back on the network."""
         _ip("link", "set", f"v{self.names.index(name)}", "up", ns=self.ns(self.SERVICES))
+
+    def block(self, name: str, address: str) -> None:
+        """From a host, make `address` unreachable, silently (its frames go to a MAC nobody has: connections
+        hang, no refusal), while every other address of the services host still answers."""
+        nobody = "02:00:00:00:00:01"
+        _ip("neigh", "replace", address, "lladdr", nobody, "dev", "eth0", "nud", "permanent", ns=self.ns(name))
+
+    def unblock(self, name: str, address: str) -> None:
+        """Undo `block`."""
+        _ip("neigh", "del", address, "dev", "eth0", ns=self.ns(name))

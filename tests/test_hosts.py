@@ -81,7 +81,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     work = tmp_path_factory.mktemp("hosts")
     with Hosts(["ingest", "worker-1", "worker-2"]) as hosts, hosts.inside(Hosts.SERVICES):
         address = hosts.address(Hosts.SERVICES)
-        redis_proc, redis_url = local.start_redis(work, host=address)
+        redis_proc, redis_url = local.start_redis(work, host=hosts.second_address)  # so it can be cut off alone
         moto_proc, moto_url = local.start_moto(work, host=address)
         standin = Standin(TENANTS, TOKEN, host=address).start()
         rabbitmq = local.start_rabbitmq(work, host=address) if local.rabbitmq_scripts() or CI else None
@@ -192,7 +192,12 @@ def test_a_worker_host_dropping_off_the_network_mid_task(net: Net, broker: str) 
             keys = keys_per_image(net.standin, digests)
             assert all(len(k) == 1 for k in keys.values()), {d: k for d, k in keys.items() if len(k) != 1}
             records = Records(redis.Redis.from_url(env["NINKIK_REDIS_URL"], decode_responses=True), "ninkik")
-            assert all(records.begin_send(next(iter(k)), "probe", 1).state == "sent" for k in keys.values())
+            # Recorded once the redo has sent it: after the stale worker's notify lock expired (3 HTTP timeouts + 30 s).
+            wait_for(
+                lambda: all(records.begin_send(next(iter(k)), "probe", 1).state == "sent" for k in keys.values()),
+                90,
+                "every report recorded as sent",
+            )
             repeats = sum(1 for status, key in net.standin.attempts if status == 409)
             print(
                 f"\nRELIABILITY worker-host-lost ({broker} broker): events={len(digests)} lost=0 duplicates=0 "
@@ -259,3 +264,44 @@ def test_ingest_host_dropping_off_the_network(net: Net) -> None:
         finally:
             feeder.stop()
             workers.stop()
+
+
+def test_redis_unreachable_from_the_workers_rabbitmq_broker(net: Net) -> None:
+    """Redis (records, results, the limiter) silent for the workers, longer than their socket timeouts, while
+    RabbitMQ still answers: the steps that need Redis retry, nothing is lost or doubled, and each worker
+    process logs the outage in one line and its end in another."""
+    if net.rabbitmq is None:
+        pytest.skip(f"rabbitmq-server is not installed: {local.RABBITMQ_INSTALL}")
+    net.standin.reset()
+    with net.hosts.inside(Hosts.SERVICES):
+        vhost = net.rabbitmq.vhost(f"hosts-{uuid.uuid4().hex[:6]}")
+        env = net.env(NINKIK_BROKER_URL=vhost)
+        workers = worker(net, "worker-1", env)
+        digests, queue_url = push(net, 10, "redis-silent")
+        feeder = ingest(net, env, queue_url)
+        try:
+            wait_for(lambda: len(keys_per_image(net.standin, digests)) >= 3, 60, "the first reports")
+            net.hosts.block("worker-1", net.hosts.second_address)
+            blocked_at = time.monotonic()
+            more, _ = push(net, 10, "redis-silent-b", queue="redis-silent")
+            wait_for(lambda: "does not answer" in workers.output(), 90, "the workers to meet the outage")
+            # Longer than the workers' Redis socket timeouts (10 s for records, 30 s for results).
+            wait_for(lambda: time.monotonic() - blocked_at > 35, 40, "the outage to outlast the socket timeouts")
+            net.hosts.unblock("worker-1", net.hosts.second_address)
+            wait_for(lambda: len(keys_per_image(net.standin, digests + more)) == 20, 180, "every image after")
+            recovered = time.monotonic() - blocked_at
+            keys = keys_per_image(net.standin, digests + more)
+            assert all(len(k) == 1 for k in keys.values())
+            assert workers.alive() and feeder.alive()
+            wait_for(lambda: "answers again" in workers.output(), 60, "the workers to say it is over")
+            began = [line for line in workers.output().splitlines() if "does not answer" in line]
+            ended = [line for line in workers.output().splitlines() if "answers again" in line]
+            processes = 3  # the prefork worker's main process and its two children each say it once
+            assert 1 <= len(began) <= processes and 1 <= len(ended) <= processes, (began, ended)
+            print(
+                f"\nRELIABILITY redis-silent-for-workers (rabbitmq broker): events=20 lost=0 duplicates=0 "
+                f"outage_s={recovered:.1f} outage_lines={len(began)} recovery_lines={len(ended)}"
+            )
+        finally:
+            feeder.stop()
+            workers.stop(timeout=5)
