@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 
-from .config import Settings
 from .ecr import DENIED, classified, error_code, error_message
-from .errors import ConfigError, InvalidFilter, PermanentError, TransientError
+from .errors import PermanentError, TransientError
 from .events import ImagePushed
-from .inventory import Inventory
-from .tenants import REPOSITORY, Directory, load_tenants_file, split
+from .filters import Filters
+from .inventory import Known, Registry, registries
+from .tenants import split
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
@@ -33,99 +32,6 @@ Source = Literal["backfill", "reconcile", "rescan"]
 Start = Callable[[ImagePushed], object]
 PAGE_SIZE = 1000  # the most DescribeRepositories and DescribeImages return per call
 NOT_READY = {"PENDING", "IN_PROGRESS"}
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which images a sweep covers; every field optional."""
-
-    tenant: str | None = None
-    repositories: tuple[str, ...] = ()
-    since: datetime | None = None
-
-    def as_kwargs(self) -> dict[str, str | list[str] | None]:
-        """The filters as the backfill task's keyword arguments (JSON-friendly)."""
-        return {
-            "tenant": self.tenant,
-            "repository": list(self.repositories) or None,
-            "since": self.since.isoformat() if self.since else None,
-        }
-
-
-def validate(
-    tenant: object = None,
-    repository: object = None,
-    since: object = None,
-    *,
-    tenant_known: Callable[[str], bool],
-    now: datetime | None = None,
-) -> Filters:
-    """Check and normalise backfill filters; InvalidFilter with a one-line reason if one is unusable.
-
-    `repository` is one name or a list of them (`backfill --repository` may be given more than once).
-    """
-    if tenant is not None:
-        if not isinstance(tenant, str) or not _UUID.fullmatch(tenant.strip()):
-            raise InvalidFilter(f"tenant {tenant!r} is not a UUID (like 3f1c9a52-5d0e-4b8a-9c7e-0a1b2c3d4e5f)")
-        tenant = tenant.strip().lower()
-    names: list[object] = (
-        [] if repository is None else list(repository) if isinstance(repository, list | tuple) else [repository]
-    )
-    owners: set[str] = set()
-    for name in names:
-        if not isinstance(name, str):
-            raise InvalidFilter(f"repository {name!r} is not a repository name")
-        try:
-            owner = split(name).tenant
-        except PermanentError:
-            raise InvalidFilter(
-                f"repository {name[:300]!r} is not a ninkik repository (${{TENANT_UUID}}/${{PRODUCT}}[/...])"
-            ) from None
-        if tenant is not None and owner != tenant:
-            raise InvalidFilter(f"repository {name} belongs to tenant {owner}, not to tenant {tenant}")
-        owners.add(owner)
-    for uuid_ in sorted({t for t in (tenant, *owners) if t}):
-        if not tenant_known(uuid_):
-            raise InvalidFilter(f"tenant {uuid_} is not known to ninkik")
-    when = None
-    if since is not None:
-        when = parse_since(since)
-        if when > (now or datetime.now(UTC)):
-            raise InvalidFilter(f"since {since!r} is in the future: no image would match")
-    repositories = tuple(dict.fromkeys(n for n in names if isinstance(n, str)))
-    return Filters(tenant=tenant, repositories=repositories, since=when)
-
-
-def parse_since(value: object) -> datetime:
-    """An ISO-8601 date or date-time as an aware UTC datetime (no offset means UTC)."""
-    if not isinstance(value, str):
-        raise InvalidFilter(f"since {value!r} is not an ISO-8601 date or time")
-    try:
-        when = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise InvalidFilter(
-            f"since {value[:80]!r} is not an ISO-8601 date or time (like 2026-11-01 or 2026-11-01T08:00:00Z)"
-        ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class Registry:
-    """One account's registry in one region."""
-
-    account: str
-    region: str
-
-
-def registries(settings: Settings) -> list[Registry]:
-    """Every registry to read: each allowed account in each allowed region."""
-    if not settings.aws_account_ids:
-        raise ConfigError("NINKIK_AWS_ACCOUNT_IDS is not set: set it to the accounts whose registries to read")
-    regions = settings.allowed_regions()
-    if not regions:
-        raise ConfigError("no AWS region known: set NINKIK_AWS_REGIONS or AWS_REGION to the region of your registries")
-    return [Registry(account, region) for account in settings.aws_account_ids for region in regions]
 
 
 # The accepted limit of sweeping without a full listing, as sweeps and `check` state it.
@@ -218,57 +124,6 @@ def image_pages(ecr: ECRClient, registry_id: str, repository: str) -> Iterator[l
             if error_code(exc) != "RepositoryNotFoundException":
                 raise
             raise _Missing(repository) from None
-
-
-@dataclass
-class Known:
-    """The repositories a sweep can name when the registry cannot be listed.
-
-    For each tenant: its products' repositories (by UUID and by name, from the tenant directory), those seen in
-    push events (the inventory), and those the operator named (NINKIK_REPOSITORIES). The tenants are
-    NINKIK_TENANT_UUIDS, the tenants file's and those seen in events.
-    """
-
-    inventory: Inventory
-    directory: Callable[[], Directory]
-    tenants: set[str] = field(default_factory=set)
-    named: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, svc: Services) -> Known:
-        """What this deployment knows, from its settings, tenant directory and Redis."""
-        s = svc.settings
-        tenants = set(s.tenant_uuids)
-        if s.tenants_file:
-            tenants |= set(load_tenants_file(s.tenants_file))
-        return cls(Inventory(svc.redis, s.redis_namespace), svc.directory, tenants, tuple(s.repositories))
-
-    def all_tenants(self) -> set[str]:
-        """Every tenant whose repositories a sweep without --tenant names."""
-        owners = set()
-        for name in self.named:
-            with suppress(PermanentError):
-                owners.add(split(name).tenant)
-        return self.tenants | self.inventory.tenants() | owners
-
-    def names(self, registry: Registry, tenant: str) -> list[str]:
-        """The repositories of `tenant` in `registry` a sweep can name (none for a tenant ninkik does not know).
-
-        Only the known tenant's names are read: a chain for any other would end at tenant matching anyway, and
-        names remembered from events of unknown tenants get no AWS call.
-        """
-        directory_tenant = self.directory().tenant(tenant)
-        if directory_tenant is None:
-            log.info("tenant %s is not known to ninkik: none of its repositories is read", tenant)
-            return []
-        names = {n for n in self.inventory.known(registry.account, registry.region) if n.startswith(f"{tenant}/")}
-        names |= {n for n in self.named if n.startswith(f"{tenant}/")}
-        for product in directory_tenant.products:
-            for segment in (product.uuid.lower(), product.name.lower()):
-                candidate = f"{tenant}/{segment}"
-                if REPOSITORY.fullmatch(candidate):
-                    names.add(candidate)
-        return sorted(names)
 
 
 def pushed_at(detail: ImageDetailTypeDef) -> datetime | None:

@@ -14,11 +14,11 @@ import redis
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from . import brokers, tls
-from .backfill import LIMIT, LISTING_STATEMENT, Known, Registry
+from .backfill import LIMIT, LISTING_STATEMENT
 from .config import Settings
 from .ecr import DENIED, INSPECTOR_FIX, INSPECTOR_STATEMENT, error_code, error_message
 from .errors import ConfigError, PermanentError, TransientError
-from .inventory import Inventory
+from .inventory import Inventory, Known, Registry
 from .tenants import Directory, load_tenants_file, split
 
 if TYPE_CHECKING:

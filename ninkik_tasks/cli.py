@@ -272,9 +272,9 @@ def failures_retry(entry_id: str) -> None:
 @click.option("--wait", is_flag=True, help="Show progress until it is done (Ctrl-C stops waiting, not the backfill).")
 def backfill(tenant: str | None, repository: tuple[str, ...], since: str | None, wait: bool) -> None:
     """Queue a backfill: start the chain for every image in the registries, or only the filtered ones."""
-    from .backfill import validate
     from .config import get_settings
     from .errors import PermanentError, TransientError
+    from .filters import validate
     from .pipeline import backfill as backfill_task
     from .stages import services
 

@@ -22,6 +22,7 @@ from .celery_app import AWS_QUEUE, CONTROL_QUEUE, NINKIK_QUEUE, app
 from .config import get_settings
 from .errors import PermanentError, ScanNotReady, TransientError
 from .events import ImagePushed
+from .filters import validate
 from .stages import (
     Described,
     Matched,
@@ -212,7 +213,7 @@ def backfill(
 ) -> dict[str, Any]:
     """Start the chain for every image in the registries, or the tenant's, the repositories', pushed since."""
     svc = _svc()
-    filters = sweeps.validate(tenant, repository, since, tenant_known=lambda t: svc.directory().tenant(t) is not None)
+    filters = validate(tenant, repository, since, tenant_known=lambda t: svc.directory().tenant(t) is not None)
 
     def progress(p: sweeps.Progress) -> None:
         self.update_state(state="PROGRESS", meta=p.as_dict())

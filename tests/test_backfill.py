@@ -31,12 +31,13 @@ from conftest import TENANT_A, TENANT_B, TOKEN, Stack, celery_worker, ingest
 from iamproxy import IamProxy
 
 from ninkik_tasks import local
-from ninkik_tasks.backfill import Filters, Known, Progress, Registry, Sweep, reconcile, rescan, watermark_key
+from ninkik_tasks.backfill import Progress, Sweep, reconcile, rescan, watermark_key
 from ninkik_tasks.clients import AWS_CONFIG
 from ninkik_tasks.config import Settings
 from ninkik_tasks.errors import TransientError
 from ninkik_tasks.events import ImagePushed
-from ninkik_tasks.inventory import Inventory
+from ninkik_tasks.filters import Filters
+from ninkik_tasks.inventory import Inventory, Known, Registry
 from ninkik_tasks.local import wait_for
 from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step, scan_step
 from ninkik_tasks.tenants import Directory
