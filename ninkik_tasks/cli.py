@@ -290,8 +290,8 @@ def backfill(tenant: str | None, repository: tuple[str, ...], since: str | None,
     except RuntimeError as exc:  # Celery's result backend says RuntimeError when Redis is down
         reason = " ".join(str(exc).split())
         raise ConfigError(f"cannot queue the backfill (NINKIK_BROKER_URL, NINKIK_RESULT_BACKEND): {reason}") from None
-    click.echo(result.id)
     if not wait:
+        click.echo(result.id)
         click.echo("backfill queued: follow it in Flower, or run this again with --wait", err=True)
         return
     sys.exit(_watch_backfill(result))
@@ -308,6 +308,8 @@ def _watch_backfill(result: Any) -> int:
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
         ) as bar:
+            # The id goes out once Ctrl-C is ours to handle: a Ctrl-C right after it stops the waiting alone.
+            click.echo(result.id)
             row = bar.add_task("queued, waiting for a worker on ninkik-control", total=None)
             while not result.ready():
                 if result.state == "PROGRESS" and isinstance(result.info, dict):
