@@ -298,12 +298,15 @@ def backfill(tenant: str | None, repository: tuple[str, ...], since: str | None,
 
 
 def _watch_backfill(result: Any) -> int:
+    import signal
     import time
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
+    # Ctrl-C (SIGINT) stops the waiting, also where a shell started this with SIGINT ignored (a job of a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
