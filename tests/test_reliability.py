@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -118,6 +121,34 @@ def wait_all_notified(
         ) from None
 
 
+def _left_to_the_sweep(
+    stack: Stack, env: dict[str, str], digests: list[str], timeout: float, since: datetime
+) -> list[str]:
+    """On the Redis broker, wait out the bound; what is still missing then was taken off its list by BRPOP
+    a moment before the kill and never reached the unacked set (docs/reliability.md: the one window kombu's
+    Redis transport cannot close). Such an image has no failure recorded, and the next `ninkik.reconcile`
+    re-runs it; a backfill of the test's repository since its start stands in for that sweep here (reconcile
+    itself is tested in test_backfill.py). Returns the images the sweep had to notify."""
+    try:
+        wait_for(lambda: all_notified(stack.standin, digests), timeout, "every image within the bound")
+        return []
+    except TimeoutError:
+        pass
+    missing = [d for d in digests if d not in notified(stack.standin)]
+    assert not [f for f in stack.failures() if f.get("digest") in missing], "a lost image has a failure recorded"
+    sweep = subprocess.run(
+        [sys.executable, "-m", "ninkik_tasks.cli", "backfill", "--repository", REPOSITORY, "--since", since.isoformat()]
+        + ["--wait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    wait_for(lambda: all_notified(stack.standin, digests), 60, "the sweep to notify the images the kills lost")
+    return missing
+
+
 @pytest.fixture
 def fresh(stack: Stack) -> Stack:
     stack.standin.reset()
@@ -127,6 +158,7 @@ def fresh(stack: Stack) -> Stack:
 @pytest.mark.parametrize("broker", BROKERS, indirect=True)
 def test_workers_killed_repeatedly(fresh: Stack, broker: Broker) -> None:
     stack = fresh
+    started_at = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=2)
     env = broker.env(NINKIK_ECR_CALLS_PER_SECOND="0")
     queue_url = stack.new_queue()
     digests = push_many(stack, n(160), f"kills-{broker.kind}")
@@ -159,13 +191,12 @@ def test_workers_killed_repeatedly(fresh: Stack, broker: Broker) -> None:
             procs[victim] = celery_worker(stack, env, f"kill-{victim}{round_}", pool=pool, concurrency=concurrency)
         deadline = kill_recovery_deadline(broker, env)
         left = deadline - (time.monotonic() - last_kill)
-        wait_all_notified(
-            stack,
-            digests,
-            max(left, 0.1),
-            f"every image within {deadline:.0f} s of the last kill",
-            [feeder, *procs.values()],
-        )
+        what = f"every image within {deadline:.0f} s of the last kill"
+        swept: list[str] = []
+        if broker.kind == "rabbitmq":
+            wait_all_notified(stack, digests, max(left, 0.1), what, [feeder, *procs.values()])
+        else:
+            swept = _left_to_the_sweep(stack, env, digests, max(left, 0.1), started_at)
         recovered = time.monotonic() - last_kill
         assert kills == 3, "the run ended before the workers could be killed three times"
         assert_each_once(stack.standin.received, digests)
@@ -176,6 +207,7 @@ def test_workers_killed_repeatedly(fresh: Stack, broker: Broker) -> None:
             kills=kills,
             notified_s_after_last_kill=round(recovered, 1),
             deadline_s=round(deadline),
+            lost_in_brpop_window=len(swept),
         )
     finally:
         feeder.stop()
