@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Task, chain
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.result import AsyncResult
 from celery.signals import setup_logging
 from kombu.exceptions import OperationalError
@@ -64,6 +64,19 @@ def backoff(retries: int, cap: float) -> float:
 
 def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable[[], T], first_try: float | None) -> T:
     """Run one stage: TransientError -> retry with backoff within a budget; PermanentError -> record, end."""
+    try:
+        return _attempt(task, stage, pushed, match, step, first_try)
+    except SoftTimeLimitExceeded:
+        # The Redis broker's run limit, met while retrying or recording (Redis or the broker slow to answer
+        # the retry itself): the message goes back to the broker as it came, rather than the task failing
+        # (a failed task is acknowledged, and its chain would end with nothing recorded).
+        log.warning("%s ran past its soft time limit while retrying: requeued: %s", stage, describe(pushed, match))
+        raise Reject("soft time limit while retrying", requeue=True) from None
+
+
+def _attempt(
+    task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable[[], T], first_try: float | None
+) -> T:
     s = get_settings()
     first_try = first_try or time.time()
     quiet = False

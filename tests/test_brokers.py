@@ -191,3 +191,36 @@ def test_a_task_over_the_delivery_limit_is_dead_lettered_into_failures_list(
         app.close()
     finally:
         proc.stop()
+
+
+def test_a_soft_time_limit_met_while_retrying_gives_the_message_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Redis broker's soft time limit can fire inside the retry itself (the retry's publish waiting for a
+    Redis that is gone): the message is requeued, not failed and acknowledged with its chain ended unrecorded.
+    A stub task stands in for Celery's: no real worker can be made to hit its limit at exactly that line."""
+    from types import SimpleNamespace
+
+    from celery.exceptions import Reject, SoftTimeLimitExceeded
+
+    from ninkik_tasks import pipeline
+    from ninkik_tasks.errors import TransientError
+
+    def retry(**_: Any) -> None:
+        raise SoftTimeLimitExceeded()
+
+    def step() -> None:
+        raise TransientError("Redis unavailable")
+
+    monkeypatch.setattr(pipeline, "get_settings", lambda: Settings(broker_url="redis://127.0.0.1:1/0"))
+    monkeypatch.setattr(pipeline, "_svc", lambda: SimpleNamespace(stats=SimpleNamespace(incr=lambda *a: None)))
+    task = SimpleNamespace(request=SimpleNamespace(retries=0, id="t-1"), retry=retry)
+    pushed = ImagePushed(
+        event_id="e-1",
+        account="123456789012",
+        region="eu-central-1",
+        repository=f"{TENANT_A}/shop",
+        digest="sha256:" + "a" * 64,
+        time=datetime.now(UTC),
+    )
+    with pytest.raises(Reject) as raised:
+        pipeline._run(task, "notify", pushed, None, step, None)  # type: ignore[arg-type]
+    assert raised.value.requeue
