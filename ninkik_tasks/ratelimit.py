@@ -9,6 +9,7 @@ TransientError, so its task is retried later instead of holding a worker.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -51,3 +52,26 @@ class RateLimiter:
     def before_send(self, **_: Any) -> None:
         """botocore `before-send` hook: every HTTP attempt, retries and pages included, takes a slot."""
         self.acquire()
+
+
+class Pace:
+    """At most `per_second` steps per second in this process, by sleeping: a sweep's own pace, so it spreads its
+    chains' ECR calls instead of queueing them all at once in front of new pushes."""
+
+    def __init__(
+        self,
+        per_second: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval = 1.0 / per_second
+        self._clock, self._sleep = clock, sleep
+        self._next = 0.0
+
+    def wait(self) -> None:
+        """Return when the next step may go."""
+        now = self._clock()
+        if self._next > now:
+            self._sleep(self._next - now)
+            now = self._next
+        self._next = now + self.interval

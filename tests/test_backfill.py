@@ -31,7 +31,7 @@ from conftest import TENANT_A, TENANT_B, TOKEN, Stack, celery_worker, ingest
 from iamproxy import IamProxy
 
 from ninkik_tasks import local
-from ninkik_tasks.backfill import Progress, Sweep, reconcile, rescan, watermark_key
+from ninkik_tasks.backfill import Progress, Sweep, reconcile, rescan, rescan_pace, watermark_key
 from ninkik_tasks.clients import AWS_CONFIG
 from ninkik_tasks.config import Settings
 from ninkik_tasks.errors import TransientError
@@ -39,6 +39,7 @@ from ninkik_tasks.events import ImagePushed
 from ninkik_tasks.filters import Filters
 from ninkik_tasks.inventory import Inventory, Known, Registry
 from ninkik_tasks.local import wait_for
+from ninkik_tasks.ratelimit import Pace
 from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step, scan_step
 from ninkik_tasks.tenants import Directory
 
@@ -515,6 +516,24 @@ def test_rescan_notifies_only_a_changed_report(stack: Stack, svc: StubbedService
     assert stack.received_for(digest)[-1].body["scan"]["severity_counts"] == {"CRITICAL": 1, "HIGH": 1}
     rescan_with(second)
     assert len(stack.received_for(digest)) == 2 and not stack.received_for(running)
+
+
+def test_a_rescan_spreads_its_chains_over_a_share_of_the_ecr_budget() -> None:
+    """The daily rescan starts its chains at a quarter of the region's ECR budget (two calls an image), not in
+    one burst in front of new pushes; with no budget set there is nothing to share and no pace."""
+    pace = rescan_pace(Settings(ecr_calls_per_second=20))
+    assert pace is not None and pace.interval == pytest.approx(0.4)  # 2.5 images a second
+    assert rescan_pace(Settings(ecr_calls_per_second=0)) is None
+    now, slept = [100.0], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    paced = Pace(2.5, clock=lambda: now[0], sleep=sleep)
+    for _ in range(5):
+        paced.wait()
+    assert slept == pytest.approx([0.4] * 4)  # the first goes at once, each next one 0.4 s after it
 
 
 # 7. Bad filters, and Ctrl-C while waiting
