@@ -38,9 +38,10 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def ecr(region: str, limiter: RateLimiter | None = None) -> ECRClient:
-    """This process's ECR client for `region`; with a limiter, every HTTP attempt waits for its slot."""
-    key = ("ecr", region)
+def ecr(region: str, limiter: RateLimiter | None = None, lane: str = "") -> ECRClient:
+    """This process's ECR client for `region` (one per `lane`: its limiter's waiting rule); with a limiter,
+    every HTTP attempt waits for its slot."""
+    key = ("ecr", region, lane)
     if key not in _cache:
         made = boto3.session.Session().client("ecr", region_name=region, config=AWS_CONFIG)
         if limiter is not None:

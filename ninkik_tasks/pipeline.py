@@ -23,6 +23,7 @@ from .config import get_settings
 from .errors import PermanentError, ScanNotReady, TransientError
 from .events import ImagePushed
 from .filters import validate
+from .ratelimit import RateLimited
 from .stages import (
     Described,
     Matched,
@@ -107,6 +108,8 @@ def _attempt(
             countdown = min(exc.next_read, cap)
         if isinstance(exc, ScanNotReady) and exc.remaining is not None:
             countdown = max(0.5, min(countdown, exc.remaining + 0.5))
+        elif isinstance(exc, RateLimited):
+            countdown = min((exc.retry_after or 1.0) * random.uniform(0.9, 1.1), cap)  # the queue drained by then
         elif exc.retry_after is not None:
             countdown = min(max(exc.retry_after, countdown), cap)
         countdown = max(countdown, broker.countdown_floor(s))

@@ -17,7 +17,8 @@ import redis
 from .errors import TransientError
 
 # KEYS[1] = next free slot (microseconds, Redis clock); ARGV = interval_us, max_wait_us.
-# Returns the wait in microseconds before the reserved slot, or -1 if it would exceed max_wait.
+# Returns the wait in microseconds before the reserved slot, or minus the queue's length if it would exceed
+# max_wait (nothing reserved then).
 _RESERVE = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
@@ -25,10 +26,15 @@ local interval = tonumber(ARGV[1])
 local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
 if slot < now then slot = now end
 local wait = slot - now
-if wait > tonumber(ARGV[2]) then return -1 end
+if wait > tonumber(ARGV[2]) then return -wait end
 redis.call('SET', KEYS[1], tostring(slot + interval), 'PX', math.floor((wait + interval) / 1000) + 1000)
 return wait
 """
+
+
+class RateLimited(TransientError):
+    """The limiter's queue is longer than a call may wait: come back when it will have drained (`retry_after`),
+    not after a growing backoff, or a burst's retries keep the queue full for minutes after it."""
 
 
 class RateLimiter:
@@ -44,7 +50,12 @@ class RateLimiter:
         """Wait for this caller's slot; returns the seconds waited. TransientError if the queue is too long."""
         wait_us = int(self._reserve(keys=[self.key], args=[self.interval_us, self.max_wait_us]))
         if wait_us < 0:
-            raise TransientError(f"rate limit {self.key}: more calls queued than the limit allows for now")
+            queued = -wait_us / 1_000_000
+            raise RateLimited(
+                f"rate limit {self.key}: {queued:.1f}s of calls queued, more than the {self.max_wait_us / 1e6:.0f}s "
+                "a call may wait",
+                retry_after=max(1.0, queued - self.max_wait_us / 2_000_000),
+            )
         if wait_us:
             time.sleep(wait_us / 1_000_000)
         return wait_us / 1_000_000

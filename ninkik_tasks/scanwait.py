@@ -28,10 +28,10 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 # KEYS[1] = the region's waiting set; ARGV = member, poll seconds, reads per second for waits.
-# Returns the seconds until the member is due for a read (0: now, or it is not waiting).
+# Returns the seconds until the member is due for a read (0: now), or -1 if it is not waiting.
 _DUE = """
 local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not last then return '0' end
+if not last then return '-1' end
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
 local interval = math.max(tonumber(ARGV[2]), redis.call('ZCARD', KEYS[1]) / tonumber(ARGV[3]))
@@ -62,10 +62,12 @@ class ScanWaits:
         interval = max(self.poll, waiting / self.budget)
         return interval * random.uniform(0.9, 1.1)
 
-    def due_in(self, region: str, image: str) -> float:
-        """Seconds until `image` may be read again (0: now). A countdown shorter than its turn (the Redis
-        broker caps them) wakes the task early: it waits again without spending a read."""
-        return float(self._due(keys=[self._key(region)], args=[image, self.poll, self.budget]))
+    def due_in(self, region: str, image: str) -> float | None:
+        """Seconds until `image` may be read again (0: now); None if it is not waiting (its first read). A
+        countdown shorter than its turn (the Redis broker caps them) wakes the task early: it waits again
+        without spending a read."""
+        due = float(self._due(keys=[self._key(region)], args=[image, self.poll, self.budget]))
+        return None if due < 0 else due
 
     def finish(self, region: str, image: str, ttl: int) -> bool:
         """A scan-complete event ("ECR Image Scan", "Inspector2 Scan") for `image`: remember it for `ttl` s

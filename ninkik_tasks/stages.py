@@ -21,7 +21,7 @@ from .findings import Image, Report
 from .idempotency import Records
 from .metrics import PipelineStats
 from .notify import idempotency_key, images_url, render, send
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimited, RateLimiter
 from .records import Journal, failures
 from .scanwait import ScanWaits
 from .tenants import Directory, Match
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
 
 log = logging.getLogger(__name__)
+# The longest a call waits for its slot in the region's ECR budget (RateLimited beyond: retried when the queue
+# will have drained); a scan still running, read again, waits at most a second and else reads at its next turn.
+FIRST_MAX_WAIT = 10.0
+REREAD_MAX_WAIT = 1.0
 
 
 @dataclass
@@ -61,14 +65,20 @@ class Services:
         """Where chains that ended without a notification are recorded."""
         return failures(self.redis, self.settings.redis_namespace)
 
-    def ecr(self, region: str) -> ECRClient:
-        """The ECR client for a region, its calls limited across all workers by NINKIK_ECR_CALLS_PER_SECOND."""
+    def ecr(self, region: str, rereading: bool = False) -> ECRClient:
+        """The ECR client for a region, its calls limited across all workers by NINKIK_ECR_CALLS_PER_SECOND.
+
+        `rereading`: for a scan still running, read again. Such a call waits at most REREAD_MAX_WAIT for its
+        slot (RateLimited otherwise: read at its next turn), so a burst of new pushes' first reads and
+        DescribeImages never queues behind the waits, which take at most half of the budget anyway.
+        """
         s = self.settings
         limiter = None
         if s.ecr_calls_per_second > 0:
             key = f"{s.redis_namespace}:ratelimit:ecr:{region}"
-            limiter = RateLimiter(self.redis, key, s.ecr_calls_per_second)
-        return clients.ecr(region, limiter)
+            max_wait = REREAD_MAX_WAIT if rereading else FIRST_MAX_WAIT
+            limiter = RateLimiter(self.redis, key, s.ecr_calls_per_second, max_wait=max_wait)
+        return clients.ecr(region, limiter, lane="reread" if rereading else "")
 
     def directory(self) -> Directory:
         """The tenant directory (API or file)."""
@@ -157,14 +167,22 @@ def scan_step(svc: Services, msg: Described, now: datetime | None = None) -> Sca
     region, waiting_as = msg.event.region, f"{msg.image.registry_id}/{msg.image.repository}@{msg.image.digest}"
     remaining = (scan_deadline(svc, msg) - now).total_seconds()
     finished = msg.event.scan_finished or svc.scan_waits.finished(region, waiting_as)
-    due = 0.0 if finished else svc.scan_waits.due_in(region, waiting_as)
-    if due > 0 and remaining > 0:
+    due = None if finished else svc.scan_waits.due_in(region, waiting_as)
+    if due and remaining > 0:
         raise ScanNotReady("not this image's turn to be read yet", remaining=remaining, next_read=due)
+    rereading = due is not None  # a scan still running, read again: it gives way to first reads
     try:
-        scan = scan_findings(svc.ecr(region), msg.image)
+        scan = scan_findings(svc.ecr(region, rereading=rereading), msg.image)
         if scan.status == "ACTIVE" and not scan.findings and not finished and now < settle_deadline(svc, msg):
             # ACTIVE says continuous scanning is on, not that Inspector's first scan is done (aws/aws-cli#6759).
             raise ScanNotReady("enhanced scan ACTIVE with no findings yet: Inspector's first scan may be running")
+    except RateLimited:
+        if not rereading or remaining <= 0:
+            raise
+        next_read = svc.scan_waits.next_read(region, waiting_as)
+        raise ScanNotReady(
+            "the ECR budget is queued with first reads: read again at its next turn", remaining, next_read
+        ) from None
     except ScanNotReady as exc:
         if remaining > 0:
             next_read = svc.scan_waits.next_read(region, waiting_as)

@@ -14,12 +14,13 @@ from botocore.stub import Stubber
 from conftest import PRODUCT_A1, TENANT_A, Stack, celery_worker, ingest, own_broker_db
 from faultproxy import FaultProxy
 
-from ninkik_tasks import local
+from ninkik_tasks import clients, local
 from ninkik_tasks.config import Settings
 from ninkik_tasks.errors import ScanNotReady
 from ninkik_tasks.events import ImagePushed
 from ninkik_tasks.findings import Image
 from ninkik_tasks.local import wait_for
+from ninkik_tasks.ratelimit import RateLimited, RateLimiter
 from ninkik_tasks.scanwait import ScanWaits
 from ninkik_tasks.stages import Described, Services, scan_step
 from ninkik_tasks.tenants import Match
@@ -44,7 +45,7 @@ def test_many_waiting_images_share_half_the_ecr_budget(waits: ScanWaits) -> None
 
 
 def test_a_task_woken_before_its_turn_is_told_to_wait_again(waits: ScanWaits) -> None:
-    assert waits.due_in("eu-central-1", "new") == 0  # not waiting yet: read now
+    assert waits.due_in("eu-central-1", "new") is None  # not waiting yet: its first read, now
     waits.next_read("eu-central-1", "read-just-now")
     assert 4 <= waits.due_in("eu-central-1", "read-just-now") <= 4.5  # 0.9 of the 5 s interval
 
@@ -116,7 +117,7 @@ def _digest(call: object) -> str | None:
 class _Stubbed(Services):
     stubbed: Any = None
 
-    def ecr(self, region: str) -> Any:
+    def ecr(self, region: str, rereading: bool = False) -> Any:
         return self.stubbed
 
 
@@ -238,3 +239,52 @@ def test_a_scan_complete_event_ends_the_wait_at_once(stack: Stack, sample: str) 
         feeder.stop()
         worker.stop()
         proxy.stop()
+
+
+def test_a_scan_read_again_gives_way_to_first_reads_in_the_ecr_budget(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of new pushes queues their first reads in the region's limiter: a wait's re-read does not join
+    the queue behind them (it is read at its next turn), while a first read waits for its slot. Real limiter on
+    redis-server, real ECR calls to moto; the queue is made by reserving slots with the limiter's own script."""
+    for name, value in local.aws_env(stack.moto_url).items():
+        monkeypatch.setenv(name, value)
+    clients._reset_after_fork()  # this process's ECR clients, made again for the emulator
+    settings = Settings(
+        redis_url=f"{stack.redis_url}/2",
+        redis_namespace=f"t-{uuid.uuid4().hex[:8]}",
+        ecr_calls_per_second=20,
+        scan_poll_seconds=0.1,
+    )
+    svc = Services(settings, stack.records, httpx.Client())
+    repository = f"{TENANT_A}/shop"
+    match = Match(tenant=TENANT_A, product=PRODUCT_A1, product_name="shop", component="")
+
+    def described(digest: str) -> Described:
+        event = ImagePushed(
+            event_id=digest, account=local.ACCOUNT, region=local.REGION, repository=repository, digest=digest,
+            time=datetime.now(UTC),
+        )
+        image = Image(registry_id=local.ACCOUNT, region=local.REGION, repository=repository, digest=digest, tags=[])
+        return Described(event=event, match=match, image=image)
+
+    running = described(stack.push(repository, status="IN_PROGRESS"))
+    with pytest.raises(ScanNotReady):
+        scan_step(svc, running)  # its first read: the scan is running, so it waits
+    waiting_as = f"{local.ACCOUNT}/{repository}@{running.image.digest}"
+    wait_for(lambda: svc.scan_waits.due_in(local.REGION, waiting_as) == 0, 5, "its next turn")
+    limiter = RateLimiter(stack.records, f"{settings.redis_namespace}:ratelimit:ecr:{local.REGION}", 20)
+    slot_key = limiter.key
+    for _ in range(40):  # two seconds of first reads queued ahead, at 20 calls/s
+        limiter._reserve(keys=[slot_key], args=[limiter.interval_us, 10_000_000])
+    queued_until = stack.records.get(slot_key)
+    with pytest.raises(RateLimited) as refused:  # any call that may wait 1 s at most: told when to come back
+        RateLimiter(stack.records, slot_key, 20, max_wait=1.0).acquire()
+    assert refused.value.retry_after is not None and 1.0 <= refused.value.retry_after <= 1.5
+    with pytest.raises(ScanNotReady, match="first reads") as caught:
+        scan_step(svc, running)
+    assert caught.value.next_read is not None
+    assert stack.records.get(slot_key) == queued_until  # it took no slot: no ECR call
+    fresh = described(stack.push(repository, findings=[]))
+    done = scan_step(svc, fresh)  # a first read waits its turn in the queue, then reads
+    assert done.status == "COMPLETE"
