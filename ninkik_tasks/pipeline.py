@@ -67,12 +67,16 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
     """Run one stage: TransientError -> retry with backoff within a budget; PermanentError -> record, end."""
     try:
         return _attempt(task, stage, pushed, match, step, first_try)
-    except SoftTimeLimitExceeded:
-        # The Redis broker's run limit, met while retrying or recording (Redis or the broker slow to answer
-        # the retry itself): the message goes back to the broker as it came, rather than the task failing
-        # (a failed task is acknowledged, and its chain would end with nothing recorded).
-        log.warning("%s ran past its soft time limit while retrying: requeued: %s", stage, describe(pushed, match))
-        raise Reject("soft time limit while retrying", requeue=True) from None
+    except (SoftTimeLimitExceeded, Reject) as exc:
+        # The retry could not be published: Celery's `task.retry` turns any error of its publish (the broker
+        # or Redis slow or gone; the Redis broker's soft time limit met inside it) into Reject(requeue=False),
+        # which drops the message, and a soft time limit met while recording would fail and acknowledge it.
+        # Either way the chain would end with nothing recorded: the message goes back to the broker as it came.
+        if isinstance(exc, Reject) and exc.requeue:
+            raise
+        cause = exc.reason if isinstance(exc, Reject) else exc
+        log.warning("%s could not be retried (%r): requeued: %s", stage, cause, describe(pushed, match))
+        raise Reject(f"could not be retried: {cause!r}", requeue=True) from None
 
 
 def _attempt(

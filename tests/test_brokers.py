@@ -193,10 +193,15 @@ def test_a_task_over_the_delivery_limit_is_dead_lettered_into_failures_list(
         proc.stop()
 
 
-def test_a_soft_time_limit_met_while_retrying_gives_the_message_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Redis broker's soft time limit can fire inside the retry itself (the retry's publish waiting for a
-    Redis that is gone): the message is requeued, not failed and acknowledged with its chain ended unrecorded.
-    A stub task stands in for Celery's: no real worker can be made to hit its limit at exactly that line."""
+@pytest.mark.parametrize("celery_style", [True, False], ids=["in-the-retrys-publish", "before-it"])
+def test_a_retry_that_cannot_be_published_gives_the_message_back(
+    monkeypatch: pytest.MonkeyPatch, celery_style: bool
+) -> None:
+    """The Redis broker's soft time limit can fire inside the retry itself (its publish waiting for a Redis that
+    is gone, seen in the worker-host partition test), and any error of that publish makes Celery's task.retry
+    raise Reject(requeue=False), which drops the message: requeued instead. A stub task stands in for Celery's
+    (the real one's retry is what it mimics, celery/app/task.py): no real worker can be made to hit its limit at
+    exactly that line."""
     from types import SimpleNamespace
 
     from celery.exceptions import Reject, SoftTimeLimitExceeded
@@ -205,6 +210,8 @@ def test_a_soft_time_limit_met_while_retrying_gives_the_message_back(monkeypatch
     from ninkik_tasks.errors import TransientError
 
     def retry(**_: Any) -> None:
+        if celery_style:
+            raise Reject(SoftTimeLimitExceeded(), requeue=False)  # what task.retry does with its publish's error
         raise SoftTimeLimitExceeded()
 
     def step() -> None:
