@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import backfill as sweeps
 from . import brokers, logs
+from .artifacts import SKIP_REASONS
 from .celery_app import AWS_QUEUE, CONTROL_QUEUE, NINKIK_QUEUE, app
 from .config import get_settings
 from .errors import PermanentError, ScanNotReady, TransientError
@@ -44,7 +45,8 @@ STORES_OUTAGE = logs.Outage("Redis or the broker", log)
 T = TypeVar("T")
 
 # Outcomes that are not faults of the system: the chain ends quietly (recorded, task SUCCESS).
-SKIPS = {"repository_format", "unknown_tenant", "unknown_product", "image_gone"}
+# Artifacts that are not images, and manifests reported inside their index: artifacts.SKIP_REASONS.
+SKIPS = {"repository_format", "unknown_tenant", "unknown_product", "image_gone", *SKIP_REASONS}
 
 
 @setup_logging.connect
@@ -122,6 +124,8 @@ def _run(task: Task, stage: str, pushed: ImagePushed, match: Any, step: Callable
 
 def _record(task: Task, stage: str, pushed: ImagePushed, match: Any, exc: PermanentError) -> None:
     _svc().stats.incr("failure", stage, exc.reason)
+    if exc.reason in SKIP_REASONS:
+        _svc().stats.incr("skipped", exc.reason)
     level = logging.INFO if exc.reason in SKIPS else logging.ERROR
     log.log(
         level,
