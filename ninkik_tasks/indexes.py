@@ -191,5 +191,40 @@ class Claims:
         return bool(self.r.exists(f"{self.namespace}:indexunread:{region}:{registry}"))
 
 
+# What `ninkik-tasks check` says about ecr:BatchGetImage.
+GRANTED = (
+    "ecr:BatchGetImage is granted on {repository}: a multi-platform image is one report per index, with each "
+    "platform's digest, platform and findings, and its platform and attestation manifests are not reported apart"
+)
+NOT_GRANTED = (
+    "ecr:BatchGetImage is not granted on {repository} (the setup guide does not grant it): each platform image of "
+    "a multi-platform build is reported on its own (untagged) and the tagged index without findings "
+    "(status INDEX_UNREAD); adding {statement} to the ECR policy makes it one report per tag with every "
+    "platform's findings, and leaves attestation manifests out by the index rather than by their scan status"
+)
+
+
+def probe(ecr: ECRClient, account: str, region: str, repository: str, digest: str) -> tuple[bool, str]:
+    """(granted, the line `check` prints) for ecr:BatchGetImage on one image of `repository`."""
+    try:
+        ecr.batch_get_image(
+            registryId=account,
+            repositoryName=repository,
+            imageIds=[{"imageDigest": digest}],
+            acceptedMediaTypes=[*INDEX_MEDIA_TYPES, *MANIFEST_MEDIA_TYPES],
+        )
+    except ClientError as exc:
+        if error_code(exc) not in DENIED:
+            return False, f"ecr:BatchGetImage on {repository} failed: {error_code(exc)}"
+        tenant = repository.split("/", 1)[0]
+        statement = (
+            BATCH_GET_IMAGE_STATEMENT.replace("<region>", region)
+            .replace("<account>", account)
+            .replace("${TENANT_UUID}", tenant)
+        )
+        return False, NOT_GRANTED.format(repository=repository, statement=statement)
+    return True, GRANTED.format(repository=repository)
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
