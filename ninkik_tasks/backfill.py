@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 
+from .artifacts import INDEX_MEDIA_TYPES
 from .ecr import DENIED, classified, error_code, error_message
 from .errors import PermanentError, TransientError
 from .events import ImagePushed
 from .filters import Filters
+from .findings import Image
+from .indexes import Claims, claim_listed
 from .inventory import Known, Registry, registries
 from .tenants import split
 
@@ -56,6 +59,7 @@ class Progress:
     chains_started: int = 0
     already_started: int = 0  # reconcile: started by an earlier run
     not_ready: int = 0  # rescan: a scan running right now is read next time
+    in_index: int = 0  # untagged manifests an index lists: reported in the index's report, no chain of their own
     other_repositories: int = 0  # not named ${TENANT_UUID}/${PRODUCT}: no image call made
     missing_repositories: int = 0  # named (a product's, seen in an event, by the operator) but not in the registry
     by_name: list[str] = field(default_factory=list)  # registries that could not be listed: enumerated by name
@@ -166,6 +170,9 @@ class Sweep:
     mark: Callable[[list[str]], None] | None = None
     # where names come from when the registry cannot be listed (None: such a sweep fails)
     known: Known | None = None
+    # which index lists a manifest (None: every image gets a chain); claims are kept this many seconds
+    claims: Claims | None = None
+    claim_ttl: int = 90 * 24 * 3600
     progress: Progress = field(default_factory=Progress)
 
     def run(self, registry: Registry, filters: Filters) -> Progress:
@@ -261,6 +268,10 @@ class Sweep:
     def _repository(
         self, ecr: ECRClient, registry: Registry, repository: str, filters: Filters, mine: Progress
     ) -> None:
+        # Untagged manifests are started last, once the repository's indexes have claimed theirs: a multi-platform
+        # tag is one report (its index's), not one per manifest.
+        indexes: list[str] = []
+        untagged: list[ImageDetailTypeDef] = []
         for page in image_pages(ecr, registry.account, repository):
             before = mine.images
             mine.images += len(page)
@@ -269,17 +280,37 @@ class Sweep:
                 ready = [d for d in wanted if (d.get("imageScanStatus") or {}).get("status") not in NOT_READY]
                 mine.not_ready += len(wanted) - len(ready)
                 wanted = ready
-            events = [pushed_event(self.source, d, registry.region) for d in wanted]
-            if self.seen is not None:
-                seen = self.seen([e.event_id for e in events])
-                mine.already_started += len(seen)
-                events = [e for e in events if e.event_id not in seen]
-            for event in events:
-                self.start(event)
-                mine.chains_started += 1
-            if self.mark is not None and events:
-                self.mark([e.event_id for e in events])  # only once their chains are queued
+            if self.claims is not None:
+                indexes += [d["imageDigest"] for d in wanted if d.get("imageManifestMediaType") in INDEX_MEDIA_TYPES]
+                later = [
+                    d
+                    for d in wanted
+                    if not d.get("imageTags") and d.get("imageManifestMediaType") not in INDEX_MEDIA_TYPES
+                ]
+                untagged += later
+                wanted = [d for d in wanted if d not in later]
+            self._start(registry, wanted, mine)
             self._report(mine, before)
+        if untagged and self.claims is not None:
+            where = Image(
+                registry_id=registry.account, region=registry.region, repository=repository, digest="", tags=[]
+            )
+            digests = [d["imageDigest"] for d in untagged]
+            claimed = claim_listed(ecr, self.claims, where, indexes, digests, self.claim_ttl)
+            mine.in_index += len(claimed)
+            self._start(registry, [d for d in untagged if d["imageDigest"] not in claimed], mine)
+
+    def _start(self, registry: Registry, details: list[ImageDetailTypeDef], mine: Progress) -> None:
+        events = [pushed_event(self.source, d, registry.region) for d in details]
+        if self.seen is not None:
+            seen = self.seen([e.event_id for e in events])
+            mine.already_started += len(seen)
+            events = [e for e in events if e.event_id not in seen]
+        for event in events:
+            self.start(event)
+            mine.chains_started += 1
+        if self.mark is not None and events:
+            self.mark([e.event_id for e in events])  # only once their chains are queued
 
     def _report(self, mine: Progress, images_before: int | None = None) -> None:
         """Report the running total at each new repository and whenever another `progress_every` images were read."""
@@ -308,7 +339,7 @@ def backfill(
 ) -> dict[str, Any]:
     """Start a chain (source backfill) for every image the filters select, in every registry."""
     began = time.monotonic()
-    sweep = Sweep("backfill", svc.ecr, start, on_progress, progress_every, known=Known.of(svc))
+    sweep = Sweep("backfill", svc.ecr, start, on_progress, progress_every, known=Known.of(svc), **_claims(svc))
     for registry in registries(svc.settings):
         sweep.run(registry, filters)
     summary = {
@@ -343,6 +374,7 @@ def reconcile(svc: Services, start: Start, *, now: datetime | None = None) -> di
             seen=records.seen_events,
             mark=lambda ids: records.mark_events(ids, s.event_dedupe_seconds),
             known=Known.of(svc),
+            **_claims(svc),
         )
         out: dict[str, Any] = {}
         errors: list[str] = []
@@ -383,11 +415,16 @@ def rescan(svc: Services, start: Start, *, now: datetime | None = None) -> dict[
             log.info("rescan skipped: another rescan is running")
             return {"skipped": "another rescan is running"}
         since = (now or datetime.now(UTC)) - timedelta(days=s.rescan_days)
-        sweep = Sweep("rescan", svc.ecr, start, known=Known.of(svc))
+        sweep = Sweep("rescan", svc.ecr, start, known=Known.of(svc), **_claims(svc))
         for registry in registries(s):
             sweep.run(registry, Filters(since=since))
         log.info("rescan done: %s", sweep.progress.as_dict())
         return {**sweep.progress.as_dict(), **summary_notes(sweep.progress), "since": since.isoformat()}
+
+
+def _claims(svc: Services) -> dict[str, Any]:
+    """The sweeps' view of which index lists a manifest."""
+    return {"claims": svc.claims, "claim_ttl": svc.settings.sent_record_seconds}
 
 
 @contextmanager

@@ -191,6 +191,34 @@ class Claims:
         return bool(self.r.exists(f"{self.namespace}:indexunread:{region}:{registry}"))
 
 
+def claim_listed(
+    ecr: ECRClient, claims: Claims, image: Image, indexes: list[str], untagged: list[str], ttl: int
+) -> set[str]:
+    """For a sweep: which of `untagged` (digests of one repository) an index lists, reading `indexes` (digests of
+    the same repository) only when some are not claimed already. `image` names the repository."""
+    unclaimed = [
+        d
+        for d, index in zip(
+            untagged, claims.index_of(image.region, image.registry_id, image.repository, untagged), strict=True
+        )
+        if index is None
+    ]
+    if unclaimed and indexes and not claims.unreadable(image.region, image.registry_id):
+        for digest in indexes:
+            try:
+                manifest = read_manifest(ecr, image.model_copy(update={"digest": digest}))
+            except IndexUnreadable:
+                claims.mark_unreadable(image.region, image.registry_id)
+                break
+            except PermanentError:
+                continue  # deleted since it was listed
+            _, listed = platforms_of(manifest)
+            claims.claim(image.region, image.registry_id, image.repository, listed, digest, ttl)
+        found = claims.index_of(image.region, image.registry_id, image.repository, unclaimed)
+        unclaimed = [d for d, index in zip(unclaimed, found, strict=True) if index is None]
+    return set(untagged) - set(unclaimed)
+
+
 # What `ninkik-tasks check` says about ecr:BatchGetImage.
 GRANTED = (
     "ecr:BatchGetImage is granted on {repository}: a multi-platform image is one report per index, with each "

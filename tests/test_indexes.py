@@ -13,16 +13,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
-from conftest import PRODUCT_A2, TENANT_A, Stack, celery_worker, ingest, own_broker_db
+import redis
+from conftest import PRODUCT_A2, TENANT_A, TOKEN, Stack, celery_worker, ingest, own_broker_db
 from iamproxy import IamProxy
 
+from ninkik_tasks import backfill as sweeps
 from ninkik_tasks import local
 from ninkik_tasks.artifacts import not_an_image
+from ninkik_tasks.config import Settings
+from ninkik_tasks.errors import PermanentError
+from ninkik_tasks.events import ImagePushed
+from ninkik_tasks.filters import Filters
 from ninkik_tasks.findings import Finding, Image, Report, Scan
 from ninkik_tasks.indexes import Platform, merge, platforms_of
 from ninkik_tasks.local import oci, wait_for
 from ninkik_tasks.notify import render
+from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step, scan_step
 
 REPOSITORY = f"{TENANT_A}/web"
 HOLD = "10"  # seconds an untagged image waits for an index (the events of one build arrive within a second)
@@ -234,6 +242,66 @@ def test_without_batch_get_image_each_platform_is_reported_once_and_the_index_as
         feeder.stop()
         worker.stop()
         proxy.stop()
+
+
+# Sweeps: backfill and rescan of a repository with multi-platform tags, the chain's stages run in-process.
+
+
+class _MotoServices(Services):
+    """The real services, ECR the shared emulator (reached directly: these stages run in the test's process)."""
+
+    client: Any = None
+
+    def ecr(self, region: str) -> Any:
+        return self.client
+
+
+def test_backfill_and_rescan_report_one_per_tag(stack: Stack) -> None:
+    repository = f"{TENANT_A}/web/sweep-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        redis_url=f"{stack.redis_url}/2",
+        redis_namespace=f"t-{uuid.uuid4().hex[:8]}",
+        aws_account_ids=[local.ACCOUNT],
+        aws_regions=[local.REGION],
+        api_url=stack.standin.url,
+        api_token=TOKEN,
+        scan_wait_seconds=0,
+        http_timeout_seconds=5,
+    )
+    svc = _MotoServices(settings, redis.Redis.from_url(settings.redis_url, decode_responses=True), httpx.Client())
+    svc.client = stack.ecr
+    made = oci.push_build(stack.ecr, repository, uuid.uuid4().hex, ("linux/amd64", "linux/arm64/v8"), "1.0")
+    for label, digest in made.platforms.items():
+        local.set_scan_result(stack.moto_url, stack.ecr, repository, digest, findings=FINDINGS[label])
+    for digest in made.attestations.values():
+        local.set_scan_result(stack.moto_url, stack.ecr, repository, digest, status="UNSUPPORTED_IMAGE")
+    plain = local.push_image(stack.ecr, repository, uuid.uuid4().hex, "plain")
+    local.set_scan_result(stack.moto_url, stack.ecr, repository, plain)
+    outcomes: list[str] = []
+
+    def chain(event: ImagePushed) -> None:
+        try:
+            scanned = scan_step(svc, describe_step(svc, match_tenant(svc, event)))
+        except PermanentError as exc:
+            outcomes.append(exc.reason)
+            return
+        outcomes.append(notify_step(svc, scanned, owner=f"test-{uuid.uuid4()}"))
+
+    try:
+        summary = sweeps.backfill(svc, Filters(repositories=(repository,)), chain)
+        # The index's chain claims nothing new: the sweep read the index and left its manifests out.
+        assert (summary["images"], summary["chains_started"], summary["in_index"]) == (6, 2, 4)
+        assert sorted(outcomes) == ["notified", "notified"]
+        assert posts_for(stack, [made.index, plain, *made.manifests()]).count(made.index) == 1
+        body = stack.received_for(made.index)[0].body
+        assert body["source"] == "backfill" and len(body["index"]["platforms"]) == 2
+        # A rescan reads them again: nothing changed, nothing sent (the idempotency key is the same).
+        outcomes.clear()
+        summary = sweeps.rescan(svc, chain)
+        assert summary["in_index"] >= 4 and outcomes.count("already_sent") == 2 and "notified" not in outcomes
+        assert len(stack.received_for(made.index)) == 1
+    finally:
+        svc.http.close()
 
 
 # The pure parts: index reading, merging, media types, fingerprints.
