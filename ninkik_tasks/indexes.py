@@ -16,7 +16,7 @@ import redis
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from .artifacts import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES
+from .artifacts import IMAGE_CONFIG_MEDIA_TYPES, INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES
 from .ecr import DENIED, classified, error_code
 from .errors import PermanentError
 from .findings import Finding, Image, PlatformScan, Scan, severity_counts
@@ -91,8 +91,15 @@ def platforms_of(manifest: dict[str, Any]) -> tuple[list[Platform], list[str]]:
         annotations = entry.get("annotations") or {}
         platform = entry.get("platform") or {}
         key, value = ATTESTATION_ANNOTATION
-        if annotations.get(key) == value or entry.get("mediaType") in INDEX_MEDIA_TYPES:
-            continue  # an attestation (or a nested index, which buildx does not write): not a platform image
+        artifact = entry.get("artifactType")
+        if (
+            annotations.get(key) == value
+            or entry.get("mediaType") in INDEX_MEDIA_TYPES
+            or (artifact is not None and artifact not in IMAGE_CONFIG_MEDIA_TYPES)
+        ):
+            # An attestation, an OCI artifact listed beside the images (a SOCI index), or a nested index (which
+            # buildx does not write): not a platform image.
+            continue
         platforms.append(
             Platform(
                 digest=entry["digest"],

@@ -130,3 +130,21 @@ class ScanWaits:
 
     def _holding_key(self, region: str) -> str:
         return f"{self.namespace}:scanholding:{region}"
+
+    # An index's platforms whose scans were final at an earlier read of the index's wait.
+    def keep(self, region: str, index: str, platform: str, scan: str, ttl: int) -> None:
+        """Keep a platform's final scan (JSON) while the index's other platforms are waited for."""
+        self.r.set(self._kept_key(region, index, platform), scan, ex=ttl)
+
+    def kept(self, region: str, index: str, platform: str) -> str | None:
+        """A platform's scan kept by `keep`, else None."""
+        value = self.r.get(self._kept_key(region, index, platform))
+        return None if value is None else str(value)
+
+    def forget_kept(self, region: str, index: str, platforms: list[str]) -> None:
+        """The index's wait is over: its next read (a rescan) reads every platform again."""
+        if platforms:
+            self.r.delete(*(self._kept_key(region, index, p) for p in platforms))
+
+    def _kept_key(self, region: str, index: str, platform: str) -> str:
+        return f"{self.namespace}:scankept:{region}:{index}:{platform}"

@@ -298,27 +298,37 @@ def index_scan(svc: Services, msg: Described, now: datetime) -> tuple[Scan, Inde
     if due > 0 and remaining > 0:
         raise ScanNotReady("not this index's turn to be read yet", remaining=remaining, next_read=due)
     scans: list[tuple[Platform, Scan]] = []
-    pending = 0
+    pending: list[str] = []  # the platforms still scanning, as ScanWaits names them
+    waits, keep_for = svc.scan_waits, svc.settings.scan_wait_seconds + 600
     for platform in msg.platforms:
         image = msg.image.model_copy(
             update={"digest": platform.digest, "tags": [], "manifest_media_type": None, "artifact_media_type": None}
         )
-        done = finished or svc.scan_waits.finished(region, waiting_as(image))
+        kept = waits.kept(region, member, platform.digest)
+        if kept is not None:  # final at an earlier read of this wait: not read again
+            scans.append((platform, Scan.model_validate_json(kept)))
+            continue
+        done = finished or waits.finished(region, waiting_as(image))
         try:
-            scans.append((platform, read_scan(svc, msg, image, now, done)))
+            scan = read_scan(svc, msg, image, now, done)
+            waits.keep(region, member, platform.digest, scan.model_dump_json(), keep_for)
+            scans.append((platform, scan))
         except ScanNotReady:
-            pending += 1
+            pending.append(waiting_as(image))
             scans.append((platform, not_scanned()))
     if pending and remaining > 0:
-        next_read = svc.scan_waits.next_read(region, member)
+        # Each platform still scanning is one waiting image: its reads count against the budget as any other's.
+        next_read = max(waits.next_read(region, m) for m in [member, *pending])
         raise ScanNotReady(
-            f"{pending} of {len(scans)} platforms' scans not final", remaining=remaining, next_read=next_read
+            f"{len(pending)} of {len(scans)} platforms' scans not final", remaining=remaining, next_read=next_read
         )
     if pending:
         log.info(
-            "%d platforms not scanned within %ss: %s", pending, svc.settings.scan_wait_seconds, describe(msg.event)
+            "%d platforms not scanned within %ss: %s", len(pending), svc.settings.scan_wait_seconds, describe(msg.event)
         )
-    svc.scan_waits.done(region, member)
+    for m in [member, *(waiting_as(msg.image.model_copy(update={"digest": p.digest})) for p in msg.platforms)]:
+        waits.done(region, m)
+    waits.forget_kept(region, member, [p.digest for p in msg.platforms])
     scan, platforms = merge(scans)
     return scan, Index(platforms=platforms)
 

@@ -11,6 +11,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -23,14 +24,14 @@ from ninkik_tasks import backfill as sweeps
 from ninkik_tasks import local
 from ninkik_tasks.artifacts import not_an_image
 from ninkik_tasks.config import Settings
-from ninkik_tasks.errors import PermanentError
+from ninkik_tasks.errors import PermanentError, ScanNotReady
 from ninkik_tasks.events import ImagePushed
 from ninkik_tasks.filters import Filters
 from ninkik_tasks.findings import Finding, Image, Report, Scan
 from ninkik_tasks.indexes import Platform, merge, platforms_of
 from ninkik_tasks.local import oci, wait_for
 from ninkik_tasks.notify import render
-from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step, scan_step
+from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step, scan_step, waiting_as
 
 REPOSITORY = f"{TENANT_A}/web"
 HOLD = "10"  # seconds an untagged image waits for an index (the events of one build arrive within a second)
@@ -256,20 +257,59 @@ class _MotoServices(Services):
         return self.client
 
 
-def test_backfill_and_rescan_report_one_per_tag(stack: Stack) -> None:
-    repository = f"{TENANT_A}/web/sweep-{uuid.uuid4().hex[:8]}"
-    settings = Settings(
+def moto_services(stack: Stack, **settings: Any) -> _MotoServices:
+    """Services on the shared Redis (a namespace of their own), the shared emulator and the stand-in."""
+    made = Settings(
         redis_url=f"{stack.redis_url}/2",
         redis_namespace=f"t-{uuid.uuid4().hex[:8]}",
         aws_account_ids=[local.ACCOUNT],
         aws_regions=[local.REGION],
         api_url=stack.standin.url,
         api_token=TOKEN,
-        scan_wait_seconds=0,
         http_timeout_seconds=5,
+        **settings,
     )
-    svc = _MotoServices(settings, redis.Redis.from_url(settings.redis_url, decode_responses=True), httpx.Client())
+    svc = _MotoServices(made, redis.Redis.from_url(made.redis_url, decode_responses=True), httpx.Client())
     svc.client = stack.ecr
+    return svc
+
+
+def test_an_index_waits_for_every_platform_then_reports_what_the_wait_gave(stack: Stack) -> None:
+    svc = moto_services(stack, scan_wait_seconds=600, scan_poll_seconds=0.1)
+    repository = f"{TENANT_A}/web/wait-{uuid.uuid4().hex[:8]}"
+    made = oci.push_build(
+        stack.ecr, repository, uuid.uuid4().hex, ("linux/amd64", "linux/arm64"), "1", attestations=False
+    )
+    amd = made.platforms["linux/amd64"]  # arm64 is never scanned
+    local.set_scan_result(stack.moto_url, stack.ecr, repository, amd, findings=FINDINGS["linux/amd64"])
+    pushed = ImagePushed(
+        event_id=str(uuid.uuid4()),
+        account=local.ACCOUNT,
+        region=local.REGION,
+        repository=repository,
+        digest=made.index,
+        tag="1",
+        time=datetime.now(UTC),
+    )
+    try:
+        described = describe_step(svc, match_tenant(svc, pushed))
+        with pytest.raises(ScanNotReady, match="1 of 2 platforms' scans not final"):
+            scan_step(svc, described)  # arm64's scan has not started
+        assert svc.scan_waits.kept(local.REGION, waiting_as(described.image), amd) is not None  # not read again
+        scanned = scan_step(svc, described, now=datetime.now(UTC) + timedelta(seconds=601))  # the wait ran out
+        report = json.loads(svc.redis.get(svc.records.key("report", scanned.key)) or "{}")
+        assert report["scan"]["status"] == "NOT_SCANNED" and report["scan"]["severity_counts"] == {"HIGH": 1, "LOW": 1}
+        statuses = {p["platform"]: p["scan_status"] for p in report["index"]["platforms"]}
+        assert statuses == {"linux/amd64": "COMPLETE", "linux/arm64": "NOT_SCANNED"}
+        assert svc.scan_waits.kept(local.REGION, waiting_as(described.image), amd) is None
+        assert svc.scan_waits.waiting(local.REGION) == 0
+    finally:
+        svc.http.close()
+
+
+def test_backfill_and_rescan_report_one_per_tag(stack: Stack) -> None:
+    repository = f"{TENANT_A}/web/sweep-{uuid.uuid4().hex[:8]}"
+    svc = moto_services(stack, scan_wait_seconds=0)
     made = oci.push_build(stack.ecr, repository, uuid.uuid4().hex, ("linux/amd64", "linux/arm64/v8"), "1.0")
     for label, digest in made.platforms.items():
         local.set_scan_result(stack.moto_url, stack.ecr, repository, digest, findings=FINDINGS[label])
@@ -277,28 +317,29 @@ def test_backfill_and_rescan_report_one_per_tag(stack: Stack) -> None:
         local.set_scan_result(stack.moto_url, stack.ecr, repository, digest, status="UNSUPPORTED_IMAGE")
     plain = local.push_image(stack.ecr, repository, uuid.uuid4().hex, "plain")
     local.set_scan_result(stack.moto_url, stack.ecr, repository, plain)
-    outcomes: list[str] = []
+    outcomes: dict[str, list[str]] = {}
 
     def chain(event: ImagePushed) -> None:
         try:
             scanned = scan_step(svc, describe_step(svc, match_tenant(svc, event)))
+            outcome = notify_step(svc, scanned, owner=f"test-{uuid.uuid4()}")
         except PermanentError as exc:
-            outcomes.append(exc.reason)
-            return
-        outcomes.append(notify_step(svc, scanned, owner=f"test-{uuid.uuid4()}"))
+            outcome = exc.reason
+        outcomes.setdefault(event.digest, []).append(outcome)
 
     try:
         summary = sweeps.backfill(svc, Filters(repositories=(repository,)), chain)
-        # The index's chain claims nothing new: the sweep read the index and left its manifests out.
+        # Six manifests, two chains: the index's (its manifests claimed by the sweep) and the plain image's.
         assert (summary["images"], summary["chains_started"], summary["in_index"]) == (6, 2, 4)
-        assert sorted(outcomes) == ["notified", "notified"]
+        assert outcomes == {made.index: ["notified"], plain: ["notified"]}
         assert posts_for(stack, [made.index, plain, *made.manifests()]).count(made.index) == 1
         body = stack.received_for(made.index)[0].body
         assert body["source"] == "backfill" and len(body["index"]["platforms"]) == 2
-        # A rescan reads them again: nothing changed, nothing sent (the idempotency key is the same).
+        # A rescan (of every known repository) reads them again: nothing changed, nothing sent (the same key).
         outcomes.clear()
         summary = sweeps.rescan(svc, chain)
-        assert summary["in_index"] >= 4 and outcomes.count("already_sent") == 2 and "notified" not in outcomes
+        assert summary["in_index"] >= 4 and not set(made.manifests()) & set(outcomes)
+        assert outcomes[made.index] == ["already_sent"] and outcomes[plain] == ["already_sent"]
         assert len(stack.received_for(made.index)) == 1
     finally:
         svc.http.close()
