@@ -9,19 +9,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
-
-from botocore.exceptions import ClientError
+from typing import TYPE_CHECKING, Any
 
 from .artifacts import INDEX_MEDIA_TYPES
-from .ecr import DENIED, classified, error_code, error_message
 from .errors import PermanentError, TransientError
 from .events import ImagePushed
 from .filters import Filters
 from .findings import Image
 from .indexes import Claims, claim_listed
 from .inventory import Known, Registry, registries
-from .tenants import split
+from .listing import ListingDenied, Missing, Source, image_pages, pushed_at, pushed_event, repositories
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
@@ -31,9 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Source = Literal["backfill", "reconcile", "rescan"]
 Start = Callable[[ImagePushed], object]
-PAGE_SIZE = 1000  # the most DescribeRepositories and DescribeImages return per call
 NOT_READY = {"PENDING", "IN_PROGRESS"}
 
 
@@ -73,87 +68,6 @@ class Progress:
         """Add another sweep's counts to these."""
         for name, value in asdict(other).items():
             setattr(self, name, getattr(self, name) + value)
-
-
-class _ListingDenied(Exception):
-    """DescribeRepositories without names was refused (the policy is scoped to some tenants' repositories)."""
-
-
-class _Missing(Exception):
-    """The repository named is not in the registry."""
-
-
-def repositories(ecr: ECRClient, registry_id: str, filters: Filters, progress: Progress) -> Iterator[str]:
-    """The registry's ninkik repositories (every page), only the filtered tenant's when given.
-
-    _ListingDenied if the policy refuses the listing, raised before any name is given out.
-    """
-    paginator = ecr.get_paginator("describe_repositories")
-    first = True
-    with classified("ecr:DescribeRepositories"):
-        pages = iter(paginator.paginate(registryId=registry_id, PaginationConfig={"PageSize": PAGE_SIZE}))
-        while True:
-            try:
-                page = next(pages)
-            except StopIteration:
-                return
-            except ClientError as exc:
-                if first and error_code(exc) in DENIED:
-                    raise _ListingDenied(error_message(exc)) from None
-                raise
-            first = False
-            for repository in page.get("repositories", []):
-                name = repository["repositoryName"]
-                try:
-                    owner = split(name).tenant
-                except PermanentError:
-                    progress.other_repositories += 1
-                    log.debug("not a ninkik repository, skipped: repository=%s", name)
-                    continue
-                if filters.tenant is None or owner == filters.tenant:
-                    yield name
-
-
-def image_pages(ecr: ECRClient, registry_id: str, repository: str) -> Iterator[list[ImageDetailTypeDef]]:
-    """Every page of DescribeImages for one repository; _Missing if there is no such repository."""
-    paginator = ecr.get_paginator("describe_images")
-    pages = paginator.paginate(
-        registryId=registry_id, repositoryName=repository, PaginationConfig={"PageSize": PAGE_SIZE}
-    )
-    with classified("ecr:DescribeImages"):
-        try:
-            for page in pages:
-                yield page.get("imageDetails", [])
-        except ClientError as exc:
-            if error_code(exc) != "RepositoryNotFoundException":
-                raise
-            raise _Missing(repository) from None
-
-
-def pushed_at(detail: ImageDetailTypeDef) -> datetime | None:
-    """When the image was pushed, as an aware datetime."""
-    when = detail.get("imagePushedAt")
-    if when is None:
-        return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
-
-
-def pushed_event(source: Source, detail: ImageDetailTypeDef, region: str) -> ImagePushed:
-    """The ImagePushed a sweep hands to the chain for one image of DescribeImages."""
-    registry, repository, digest = detail["registryId"], detail["repositoryName"], detail["imageDigest"]
-    tags = sorted(detail.get("imageTags") or [])
-    return ImagePushed(
-        event_id=f"{source}:{registry}:{region}:{repository}@{digest}",
-        account=registry,
-        region=region,
-        repository=repository,
-        digest=digest,
-        tag=tags[0] if tags else None,
-        time=pushed_at(detail) or datetime.now(UTC),
-        source=source,
-        manifest_media_type=detail.get("imageManifestMediaType"),
-        artifact_media_type=detail.get("artifactMediaType"),
-    )
 
 
 @dataclass
@@ -209,7 +123,7 @@ class Sweep:
         try:
             yield from repositories(ecr, registry.account, filters, mine)
             return
-        except _ListingDenied as exc:
+        except ListingDenied as exc:
             if self.known is None:
                 raise PermanentError("access_denied", f"ecr:DescribeRepositories is not granted: {exc}") from None
             where = f"{registry.account}/{registry.region}"
@@ -245,7 +159,7 @@ class Sweep:
             self._report(mine)
             try:
                 self._repository(ecr, registry, repository, filters, mine)
-            except _Missing:
+            except Missing:
                 mine.repositories -= 1
                 mine.missing_repositories += 1
                 log.debug("no repository %s in %s/%s", repository, registry.account, registry.region)
