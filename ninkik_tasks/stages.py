@@ -293,6 +293,7 @@ def index_scan(svc: Services, msg: Described, now: datetime) -> tuple[Scan, Inde
         return Scan(type="NONE", status=INDEX_UNREAD), Index(platforms=None, unread_reason=UNREAD_REASON)
     region, member = msg.event.region, waiting_as(msg.image)
     remaining = (scan_deadline(svc, msg) - now).total_seconds()
+    # A platform's scan-complete event marks its index (ingest): read it now, each platform by its own status.
     finished = msg.event.scan_finished or svc.scan_waits.finished(region, member)
     due = 0.0 if finished else svc.scan_waits.due_in(region, member)
     if due > 0 and remaining > 0:
@@ -308,7 +309,7 @@ def index_scan(svc: Services, msg: Described, now: datetime) -> tuple[Scan, Inde
         if kept is not None:  # final at an earlier read of this wait: not read again
             scans.append((platform, Scan.model_validate_json(kept)))
             continue
-        done = finished or waits.finished(region, waiting_as(image))
+        done = waits.finished(region, waiting_as(image))  # this platform's own scan-complete event
         try:
             scan = read_scan(svc, msg, image, now, done)
             waits.keep(region, member, platform.digest, scan.model_dump_json(), keep_for)

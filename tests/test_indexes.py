@@ -8,6 +8,7 @@ IAM layer (tests/iamproxy.py) refuses it as AWS does under the setup guide's pol
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import httpx
 import pytest
 import redis
 from conftest import PRODUCT_A2, TENANT_A, TOKEN, Stack, celery_worker, ingest, own_broker_db
+from faultproxy import FaultProxy
 from iamproxy import IamProxy
 
 from ninkik_tasks import backfill as sweeps
@@ -239,6 +241,48 @@ def test_without_batch_get_image_each_platform_is_reported_once_and_the_index_as
             assert alone["image"]["tags"] == [] and "index" not in alone  # no invented link
             assert {f["id"] for f in alone["scan"]["findings"]} == {f["name"] for f in FINDINGS[label]}
         assert proxy.refusals("ecr:BatchGetImage")
+    finally:
+        feeder.stop()
+        worker.stop()
+        proxy.stop()
+
+
+def test_a_platforms_scan_complete_event_reads_its_waiting_index_at_once(stack: Stack) -> None:
+    """With a 120 s poll, nothing but the "ECR Image Scan" event of the platform can report the index within 60 s
+    of its first read. moto's scans are final at once: a proxy in front of it answers IN_PROGRESS until then."""
+    from test_events import live
+
+    proxy = FaultProxy(stack.moto_url).start()
+    worker, feeder, queue_url = _start(
+        stack,
+        "index-scan-event",
+        AWS_ENDPOINT_URL_ECR=proxy.url,
+        NINKIK_SCAN_POLL_SECONDS="120",
+        NINKIK_SCAN_WAIT_SECONDS="600",
+        NINKIK_RETRY_BACKOFF_MAX_SECONDS="200",
+        NINKIK_BROKER_VISIBILITY_TIMEOUT="900",
+    )
+    try:
+        made = build(stack, ("linux/amd64", "linux/arm64/v8"), "4.0.0", attestations=False)
+        arm = made.platforms["linux/arm64/v8"]
+        proxy.scanning[arm] = time.monotonic() + 3600
+        _, index = events(made, "4.0.0")
+        stack.send(queue_url, index)
+
+        def reads(digest: str) -> int:
+            return sum(
+                1
+                for c in proxy.calls
+                if c.action == "DescribeImageScanFindings"
+                and (c.params.get("imageId") or {}).get("imageDigest") == digest
+            )
+
+        wait_for(lambda: reads(arm) >= 1, 30, "the first read of the platform still scanning")
+        proxy.scanning[arm] = 0  # the scan finishes and says so
+        stack.send(queue_url, live("ecr-image-scan.json", REPOSITORY, arm))
+        [received] = wait_for(lambda: stack.received_for(made.index), 60, "the index's report, read at the event")
+        assert [p["scan_status"] for p in received.body["index"]["platforms"]] == ["COMPLETE", "COMPLETE"]
+        assert "index read now" in feeder.output()
     finally:
         feeder.stop()
         worker.stop()
