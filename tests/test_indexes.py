@@ -361,6 +361,8 @@ def test_backfill_and_rescan_report_one_per_tag(stack: Stack) -> None:
         local.set_scan_result(stack.moto_url, stack.ecr, repository, digest, status="UNSUPPORTED_IMAGE")
     plain = local.push_image(stack.ecr, repository, uuid.uuid4().hex, "plain")
     local.set_scan_result(stack.moto_url, stack.ecr, repository, plain)
+    # moto's DescribeImages gives no artifactMediaType (AWS does): the chain reads the manifest's config type.
+    chart = oci.put(stack.ecr, repository, oci.helm_chart_manifest(uuid.uuid4().hex), "0.1.0")
     outcomes: dict[str, list[str]] = {}
 
     def chain(event: ImagePushed) -> None:
@@ -373,9 +375,10 @@ def test_backfill_and_rescan_report_one_per_tag(stack: Stack) -> None:
 
     try:
         summary = sweeps.backfill(svc, Filters(repositories=(repository,)), chain)
-        # Six manifests, two chains: the index's (its manifests claimed by the sweep) and the plain image's.
-        assert (summary["images"], summary["chains_started"], summary["in_index"]) == (6, 2, 4)
-        assert outcomes == {made.index: ["notified"], plain: ["notified"]}
+        # Seven manifests, three chains: the index's (its manifests claimed by the sweep), the plain image's and
+        # the chart's (not an image: not reported).
+        assert (summary["images"], summary["chains_started"], summary["in_index"]) == (7, 3, 4)
+        assert outcomes == {made.index: ["notified"], plain: ["notified"], chart: ["not_an_image"]}
         assert posts_for(stack, [made.index, plain, *made.manifests()]).count(made.index) == 1
         body = stack.received_for(made.index)[0].body
         assert body["source"] == "backfill" and len(body["index"]["platforms"]) == 2
@@ -384,6 +387,7 @@ def test_backfill_and_rescan_report_one_per_tag(stack: Stack) -> None:
         summary = sweeps.rescan(svc, chain)
         assert summary["in_index"] >= 4 and not set(made.manifests()) & set(outcomes)
         assert outcomes[made.index] == ["already_sent"] and outcomes[plain] == ["already_sent"]
+        assert outcomes[chart] == ["not_an_image"]
         assert len(stack.received_for(made.index)) == 1
     finally:
         svc.http.close()
