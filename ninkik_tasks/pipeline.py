@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import backfill as sweeps
 from . import brokers, logs
-from .artifacts import SKIP_REASONS
+from .artifacts import IN_INDEX, SKIP_REASONS
 from .celery_app import AWS_QUEUE, CONTROL_QUEUE, NINKIK_QUEUE, app
 from .config import get_settings
 from .errors import PermanentError, ScanNotReady, TransientError
@@ -136,6 +136,8 @@ def _record(task: Task, stage: str, pushed: ImagePushed, match: Any, exc: Perman
         describe(pushed, match),
         task.request.id,
     )
+    if exc.reason == IN_INDEX:
+        return  # reported in its index's report: nothing for an operator to look at (logged and counted only)
     _svc().failures.add(
         stage=stage,
         reason=exc.reason,
