@@ -71,7 +71,10 @@ def put(ecr: ECRClient, repository: str, body: str, tag: str | None = None, medi
     """Put one manifest (creating the repository if needed); returns its digest."""
     with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
         ecr.create_repository(repositoryName=repository)
-    kwargs: dict[str, Any] = {"imageTag": tag} if tag else {}
+    # The digest AWS gives a manifest (moto computes one from the layers, and picks one of 101 for an index).
+    kwargs: dict[str, Any] = {"imageDigest": _digest(body)}
+    if tag:
+        kwargs["imageTag"] = tag
     if media_type:
         kwargs["imageManifestMediaType"] = media_type
     answer = ecr.put_image(repositoryName=repository, imageManifest=body, **kwargs)
