@@ -10,6 +10,7 @@ index is reported as an index without platforms, each platform image on its own.
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -24,6 +25,8 @@ from .findings import Finding, Image, PlatformScan, Scan, severity_counts
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
 
+log = logging.getLogger(__name__)
+
 # How buildx marks an attestation manifest in the index (its platform is unknown/unknown).
 ATTESTATION_ANNOTATION = ("vnd.docker.reference.type", "attestation-manifest")
 BATCH_GET_IMAGE_STATEMENT = (
@@ -34,6 +37,8 @@ UNREAD_REASON = (
     "ecr:BatchGetImage is not granted: this index's platform images are reported on their own; add "
     f"{BATCH_GET_IMAGE_STATEMENT} to the ECR policy to have them, with their findings, in this report"
 )
+# The most platforms an index report reads (buildx builds have a handful; each costs a scan read per poll).
+MAX_PLATFORMS = 64
 # Statuses of a platform's scan that make the index's scan complete.
 FINAL_WITH_FINDINGS = ("COMPLETE", "ACTIVE")
 
@@ -108,6 +113,11 @@ def platforms_of(manifest: dict[str, Any]) -> tuple[list[Platform], list[str]]:
                 variant=_text(platform.get("variant")),
             )
         )
+    if len(platforms) > MAX_PLATFORMS:
+        # The rest are not claimed: each is reported on its own, none is lost.
+        log.warning("an index lists %d platforms: the first %d are in its report", len(platforms), MAX_PLATFORMS)
+        apart = {p.digest for p in platforms[MAX_PLATFORMS:]}
+        return platforms[:MAX_PLATFORMS], [d for d in digests if d not in apart]
     return platforms, digests
 
 

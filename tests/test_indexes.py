@@ -416,6 +416,16 @@ def test_attestations_are_not_platforms_and_every_manifest_is_claimed() -> None:
     assert [p.label for p in platforms] == ["linux/arm/v7"] and listed == ["sha256:a", "sha256:b"]
 
 
+def test_an_index_of_too_many_platforms_claims_only_those_in_its_report() -> None:
+    manifest = {
+        "manifests": [
+            {"digest": f"sha256:{i}", "platform": {"os": "linux", "architecture": f"a{i}"}} for i in range(70)
+        ]
+    }
+    platforms, listed = platforms_of(manifest)
+    assert len(platforms) == 64 and listed == [p.digest for p in platforms]
+
+
 def test_the_index_status_is_complete_only_when_every_platform_is() -> None:
     amd, arm = Platform(digest="sha256:a", os="linux", architecture="amd64"), Platform(digest="sha256:b")
     finding = Finding(id="CVE-1", severity="HIGH", package="p", version="1")
