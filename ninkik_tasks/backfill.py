@@ -9,17 +9,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
-
-from .ecr import DENIED, classified, error_code, error_message
+from .artifacts import INDEX_MEDIA_TYPES
 from .errors import PermanentError, TransientError
 from .events import ImagePushed
 from .filters import Filters
+from .findings import Image
+from .indexes import Claims, claim_listed
 from .inventory import Known, Registry, registries
+from .listing import ListingDenied, Missing, Source, image_pages, pushed_at, pushed_event, repositories
 from .ratelimit import Pace
-from .tenants import split
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
@@ -30,9 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Source = Literal["backfill", "reconcile", "rescan"]
 Start = Callable[[ImagePushed], object]
-PAGE_SIZE = 1000  # the most DescribeRepositories and DescribeImages return per call
 NOT_READY = {"PENDING", "IN_PROGRESS"}
 
 
@@ -58,6 +56,7 @@ class Progress:
     chains_started: int = 0
     already_started: int = 0  # reconcile: started by an earlier run
     not_ready: int = 0  # rescan: a scan running right now is read next time
+    in_index: int = 0  # untagged manifests an index lists: reported in the index's report, no chain of their own
     other_repositories: int = 0  # not named ${TENANT_UUID}/${PRODUCT}: no image call made
     missing_repositories: int = 0  # named (a product's, seen in an event, by the operator) but not in the registry
     by_name: list[str] = field(default_factory=list)  # registries that could not be listed: enumerated by name
@@ -71,87 +70,6 @@ class Progress:
         """Add another sweep's counts to these."""
         for name, value in asdict(other).items():
             setattr(self, name, getattr(self, name) + value)
-
-
-class _ListingDenied(Exception):
-    """DescribeRepositories without names was refused (the policy is scoped to some tenants' repositories)."""
-
-
-class _Missing(Exception):
-    """The repository named is not in the registry."""
-
-
-def repositories(ecr: ECRClient, registry_id: str, filters: Filters, progress: Progress) -> Iterator[str]:
-    """The registry's ninkik repositories (every page), only the filtered tenant's when given.
-
-    _ListingDenied if the policy refuses the listing, raised before any name is given out.
-    """
-    paginator = ecr.get_paginator("describe_repositories")
-    first = True
-    with classified("ecr:DescribeRepositories"):
-        pages = iter(paginator.paginate(registryId=registry_id, PaginationConfig={"PageSize": PAGE_SIZE}))
-        while True:
-            try:
-                page = next(pages)
-            except StopIteration:
-                return
-            except ClientError as exc:
-                if first and error_code(exc) in DENIED:
-                    raise _ListingDenied(error_message(exc)) from None
-                raise
-            first = False
-            for repository in page.get("repositories", []):
-                name = repository["repositoryName"]
-                try:
-                    owner = split(name).tenant
-                except PermanentError:
-                    progress.other_repositories += 1
-                    log.debug("not a ninkik repository, skipped: repository=%s", name)
-                    continue
-                if filters.tenant is None or owner == filters.tenant:
-                    yield name
-
-
-def image_pages(ecr: ECRClient, registry_id: str, repository: str) -> Iterator[list[ImageDetailTypeDef]]:
-    """Every page of DescribeImages for one repository; _Missing if there is no such repository."""
-    paginator = ecr.get_paginator("describe_images")
-    pages = paginator.paginate(
-        registryId=registry_id, repositoryName=repository, PaginationConfig={"PageSize": PAGE_SIZE}
-    )
-    with classified("ecr:DescribeImages"):
-        try:
-            for page in pages:
-                yield page.get("imageDetails", [])
-        except ClientError as exc:
-            if error_code(exc) != "RepositoryNotFoundException":
-                raise
-            raise _Missing(repository) from None
-
-
-def pushed_at(detail: ImageDetailTypeDef) -> datetime | None:
-    """When the image was pushed, as an aware datetime."""
-    when = detail.get("imagePushedAt")
-    if when is None:
-        return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
-
-
-def pushed_event(source: Source, detail: ImageDetailTypeDef, region: str) -> ImagePushed:
-    """The ImagePushed a sweep hands to the chain for one image of DescribeImages."""
-    registry, repository, digest = detail["registryId"], detail["repositoryName"], detail["imageDigest"]
-    tags = sorted(detail.get("imageTags") or [])
-    return ImagePushed(
-        event_id=f"{source}:{registry}:{region}:{repository}@{digest}",
-        account=registry,
-        region=region,
-        repository=repository,
-        digest=digest,
-        tag=tags[0] if tags else None,
-        time=pushed_at(detail) or datetime.now(UTC),
-        source=source,
-        manifest_media_type=detail.get("imageManifestMediaType"),
-        artifact_media_type=detail.get("artifactMediaType"),
-    )
 
 
 @dataclass
@@ -169,6 +87,9 @@ class Sweep:
     # where names come from when the registry cannot be listed (None: such a sweep fails)
     known: Known | None = None
     pace: Pace | None = None  # rescan: how fast chains are started
+    # which index lists a manifest (None: every image gets a chain); claims are kept this many seconds
+    claims: Claims | None = None
+    claim_ttl: int = 90 * 24 * 3600
     progress: Progress = field(default_factory=Progress)
 
     def run(self, registry: Registry, filters: Filters) -> Progress:
@@ -205,7 +126,7 @@ class Sweep:
         try:
             yield from repositories(ecr, registry.account, filters, mine)
             return
-        except _ListingDenied as exc:
+        except ListingDenied as exc:
             if self.known is None:
                 raise PermanentError("access_denied", f"ecr:DescribeRepositories is not granted: {exc}") from None
             where = f"{registry.account}/{registry.region}"
@@ -241,7 +162,7 @@ class Sweep:
             self._report(mine)
             try:
                 self._repository(ecr, registry, repository, filters, mine)
-            except _Missing:
+            except Missing:
                 mine.repositories -= 1
                 mine.missing_repositories += 1
                 log.debug("no repository %s in %s/%s", repository, registry.account, registry.region)
@@ -264,6 +185,10 @@ class Sweep:
     def _repository(
         self, ecr: ECRClient, registry: Registry, repository: str, filters: Filters, mine: Progress
     ) -> None:
+        # Untagged manifests are started last, once the repository's indexes have claimed theirs: a multi-platform
+        # tag is one report (its index's), not one per manifest.
+        indexes: list[str] = []
+        untagged: list[ImageDetailTypeDef] = []
         for page in image_pages(ecr, registry.account, repository):
             before = mine.images
             mine.images += len(page)
@@ -272,19 +197,39 @@ class Sweep:
                 ready = [d for d in wanted if (d.get("imageScanStatus") or {}).get("status") not in NOT_READY]
                 mine.not_ready += len(wanted) - len(ready)
                 wanted = ready
-            events = [pushed_event(self.source, d, registry.region) for d in wanted]
-            if self.seen is not None:
-                seen = self.seen([e.event_id for e in events])
-                mine.already_started += len(seen)
-                events = [e for e in events if e.event_id not in seen]
-            for event in events:
-                if self.pace is not None:
-                    self.pace.wait()
-                self.start(event)
-                mine.chains_started += 1
-            if self.mark is not None and events:
-                self.mark([e.event_id for e in events])  # only once their chains are queued
+            if self.claims is not None:
+                indexes += [d["imageDigest"] for d in wanted if d.get("imageManifestMediaType") in INDEX_MEDIA_TYPES]
+                later = [
+                    d
+                    for d in wanted
+                    if not d.get("imageTags") and d.get("imageManifestMediaType") not in INDEX_MEDIA_TYPES
+                ]
+                untagged += later
+                wanted = [d for d in wanted if d not in later]
+            self._start(registry, wanted, mine)
             self._report(mine, before)
+        if untagged and self.claims is not None:
+            where = Image(
+                registry_id=registry.account, region=registry.region, repository=repository, digest="", tags=[]
+            )
+            digests = [d["imageDigest"] for d in untagged]
+            claimed = claim_listed(ecr, self.claims, where, indexes, digests, self.claim_ttl)
+            mine.in_index += len(claimed)
+            self._start(registry, [d for d in untagged if d["imageDigest"] not in claimed], mine)
+
+    def _start(self, registry: Registry, details: list[ImageDetailTypeDef], mine: Progress) -> None:
+        events = [pushed_event(self.source, d, registry.region) for d in details]
+        if self.seen is not None:
+            seen = self.seen([e.event_id for e in events])
+            mine.already_started += len(seen)
+            events = [e for e in events if e.event_id not in seen]
+        for event in events:
+            if self.pace is not None:
+                self.pace.wait()
+            self.start(event)
+            mine.chains_started += 1
+        if self.mark is not None and events:
+            self.mark([e.event_id for e in events])  # only once their chains are queued
 
     def _report(self, mine: Progress, images_before: int | None = None) -> None:
         """Report the running total at each new repository and whenever another `progress_every` images were read."""
@@ -313,7 +258,7 @@ def backfill(
 ) -> dict[str, Any]:
     """Start a chain (source backfill) for every image the filters select, in every registry."""
     began = time.monotonic()
-    sweep = Sweep("backfill", svc.ecr, start, on_progress, progress_every, known=Known.of(svc))
+    sweep = Sweep("backfill", svc.ecr, start, on_progress, progress_every, known=Known.of(svc), **_claims(svc))
     for registry in registries(svc.settings):
         sweep.run(registry, filters)
     summary = {
@@ -348,6 +293,7 @@ def reconcile(svc: Services, start: Start, *, now: datetime | None = None) -> di
             seen=records.seen_events,
             mark=lambda ids: records.mark_events(ids, s.event_dedupe_seconds),
             known=Known.of(svc),
+            **_claims(svc),
         )
         out: dict[str, Any] = {}
         errors: list[str] = []
@@ -400,11 +346,16 @@ def rescan(svc: Services, start: Start, *, now: datetime | None = None) -> dict[
             log.info("rescan skipped: another rescan is running")
             return {"skipped": "another rescan is running"}
         since = (now or datetime.now(UTC)) - timedelta(days=s.rescan_days)
-        sweep = Sweep("rescan", svc.ecr, start, known=Known.of(svc), pace=rescan_pace(s))
+        sweep = Sweep("rescan", svc.ecr, start, known=Known.of(svc), pace=rescan_pace(s), **_claims(svc))
         for registry in registries(s):
             sweep.run(registry, Filters(since=since))
         log.info("rescan done: %s", sweep.progress.as_dict())
         return {**sweep.progress.as_dict(), **summary_notes(sweep.progress), "since": since.isoformat()}
+
+
+def _claims(svc: Services) -> dict[str, Any]:
+    """The sweeps' view of which index lists a manifest."""
+    return {"claims": svc.claims, "claim_ttl": svc.settings.sent_record_seconds}
 
 
 @contextmanager

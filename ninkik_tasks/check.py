@@ -13,7 +13,7 @@ import httpx
 import redis
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from . import brokers, tls
+from . import brokers, indexes, tls
 from .backfill import LIMIT, LISTING_STATEMENT
 from .config import Settings
 from .ecr import DENIED, INSPECTOR_FIX, INSPECTOR_STATEMENT, error_code, error_message
@@ -373,6 +373,8 @@ def _images(ecr: ECRClient, account: str, repository: str) -> Iterator[Check]:
         )
         return
     digest = details[0]["imageDigest"]
+    granted, line = indexes.probe(ecr, account, ecr.meta.region_name, repository, digest)
+    yield Check("OK" if granted else "WARN", "ecr", line)
     try:
         findings = ecr.describe_image_scan_findings(
             registryId=account, repositoryName=repository, imageId={"imageDigest": digest}, maxResults=1

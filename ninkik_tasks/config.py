@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # Enhanced scanning says ACTIVE before Inspector's first scan of the image is done: an ACTIVE scan with no
     # findings is waited for this long after the push (within NINKIK_SCAN_WAIT_SECONDS) before it is reported.
     enhanced_settle_seconds: NonNegativeInt = 300
+    # An untagged image (a platform manifest of a multi-platform build, pushed just before its index) is reported
+    # on its own only if no index listed it within this many seconds after its push (0: at once).
+    untagged_hold_seconds: float = Field(default=30.0, ge=0)
     result_expires_seconds: int = 7 * 24 * 3600
     sent_record_seconds: int = 90 * 24 * 3600
     broker_visibility_timeout: int = 240  # Redis broker only: see brokers/redis.py

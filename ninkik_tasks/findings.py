@@ -32,6 +32,7 @@ class Finding(BaseModel):
     cvss_version: str | None = None
     vendor_severity: str | None = None  # the distribution's or vendor's own rating (enhanced)
     status: str | None = None  # Inspector's finding status: ACTIVE | SUPPRESSED | CLOSED (enhanced)
+    platforms: list[str] | None = None  # index reports only: the platforms (os/architecture/variant) that have it
 
 
 class Image(BaseModel):
@@ -60,19 +61,43 @@ class Scan(BaseModel):
     findings: list[Finding] = []
 
 
+class PlatformScan(BaseModel):
+    """One platform of an index: its manifest, its platform and its own scan (the findings are the index's)."""
+
+    model_config = ConfigDict(frozen=True)
+    digest: str
+    platform: str  # os/architecture[/variant], as findings' `platforms` name it
+    os: str | None = None
+    architecture: str | None = None
+    variant: str | None = None
+    scan_type: Literal["BASIC", "ENHANCED", "NONE"]
+    scan_status: str
+    completed_at: datetime | None = None
+    severity_counts: dict[str, int] = {}
+
+
+class Index(BaseModel):
+    """What an index report adds: its platforms, or why they could not be read (ecr:BatchGetImage)."""
+
+    model_config = ConfigDict(frozen=True)
+    platforms: list[PlatformScan] | None = None
+    unread_reason: str | None = None
+
+
 class Report(BaseModel):
     """The body POSTed to ninkik, less its `source`."""
 
     model_config = ConfigDict(frozen=True)
     image: Image
     scan: Scan
+    index: Index | None = None  # image indexes (multi-platform builds) only
 
     def fingerprint(self) -> str:
         """A hash of what ninkik would see change: tags and the scan's status and findings, not times.
 
         Fields a finding does not have are left out, so a field added later changes only the reports that have it.
         """
-        material = {
+        material: dict[str, Any] = {
             "image": {
                 "registry_id": self.image.registry_id,
                 "region": self.image.region,
@@ -89,6 +114,19 @@ class Report(BaseModel):
                 ),
             },
         }
+        if self.index is not None:  # single images keep the fingerprint they always had
+            platforms = self.index.platforms
+            material["index"] = {
+                "platforms": None
+                if platforms is None
+                else sorted(
+                    (
+                        {"digest": p.digest, "platform": p.platform, "type": p.scan_type, "status": p.scan_status}
+                        for p in platforms
+                    ),
+                    key=lambda p: (p["platform"], p["digest"]),
+                )
+            }
         blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:32]
 

@@ -22,6 +22,7 @@ from .ecr import DENIED, THROTTLING, error_code
 from .errors import ConfigError, IgnoredEvent, InvalidEvent
 from .events import ImagePushed, ImageScanned, parse, scanned_image
 from .idempotency import Records
+from .indexes import Claims
 from .inventory import Inventory
 from .records import MAX_BODY_CHARS, Journal
 from .scanwait import ScanWaits
@@ -276,7 +277,22 @@ class Ingest:
         out = []
         for message, event in scans:
             image = f"{event.account}/{event.repository}@{event.digest}"
-            if self.scan_waits.finish(event.region, image, ttl):
+            waiting = self.scan_waits.finish(event.region, image, ttl)
+            index = self._index_of(event)
+            if index is not None:
+                # A platform of an index: the index's report is what waits for it, and is read now if waiting.
+                if self.scan_waits.finish(event.region, f"{event.account}/{event.repository}@{index}", ttl):
+                    log.info(
+                        "scan done: repository=%s digest=%s (in index %s) event=%s: index read now",
+                        event.repository,
+                        event.digest,
+                        index,
+                        event.event_id,
+                    )
+                    out.append((message, scanned_image(event).model_copy(update={"digest": index, "tag": None})))
+                else:
+                    handled.append(message)
+            elif waiting:
                 log.info(
                     "scan done: repository=%s digest=%s event=%s: read now",
                     event.repository,
@@ -287,6 +303,11 @@ class Ingest:
             else:
                 handled.append(message)
         return out
+
+    def _index_of(self, event: ImageScanned) -> str | None:
+        """The index that lists the scanned image (as its chain recorded it), if any."""
+        claims = Claims(self.records.r, self.settings.redis_namespace)
+        return claims.index_of(event.region, event.account, event.repository, [event.digest])[0]
 
     def _ignore(self, message: MessageTypeDef, exc: IgnoredEvent) -> None:
         """Count and drop a well-formed AWS event that is not a push (the quarantine is for what operators fix)."""

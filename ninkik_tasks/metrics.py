@@ -26,9 +26,7 @@ log = logging.getLogger(__name__)
 INGEST = CollectorRegistry(auto_describe=True)
 RECEIVED = Counter("ninkik_ingest_messages_received", "SQS messages received by this ingest", registry=INGEST)
 ACCEPTED = Counter("ninkik_ingest_events_accepted", "Valid push events (new or duplicate)", registry=INGEST)
-DUPLICATES = Counter(
-    "ninkik_ingest_duplicates", "Events dropped because their id was already handled", registry=INGEST
-)
+DUPLICATES = Counter("ninkik_ingest_duplicates", "Events dropped because their id was already handled", registry=INGEST)
 REJECTED = Counter("ninkik_ingest_rejected", "Messages refused, by reason", ["reason"], registry=INGEST)
 IGNORED = Counter(
     "ninkik_ingest_ignored",
@@ -83,6 +81,12 @@ PIPELINE_METRICS = {
     "already_sent": ("ninkik_pipeline_already_sent", "Reports not sent again because ninkik has them", ["how"]),
     "failure": ("ninkik_pipeline_failures", "Chains ended without a notification", ["stage", "reason"]),
     "retry": ("ninkik_pipeline_retries", "Retries scheduled, by stage", ["stage"]),
+    "skipped": (
+        "ninkik_pipeline_skipped",
+        "Manifests not reported: artifacts that are not images, manifests reported in their index",
+        ["reason"],
+    ),
+    "held": ("ninkik_pipeline_held", "Untagged images held for an index that may list them", ["kind"]),
 }
 
 

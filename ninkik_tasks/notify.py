@@ -23,7 +23,13 @@ def idempotency_key(match: Match, report: Report) -> str:
 def render(report: Report, source: str) -> dict[str, Any]:
     """The JSON body of the POST, as DESIGN.md's contract has it."""
     body = report.model_dump(mode="json")
-    return {"source": source, "image": body["image"], "scan": body["scan"]}
+    rendered = {"source": source, "image": body["image"], "scan": body["scan"]}
+    if report.index is not None:  # an image index: fields added, none changed (single-platform consumers read on)
+        rendered["index"] = body["index"]
+    for finding in rendered["scan"]["findings"]:
+        if finding.get("platforms") is None:
+            finding.pop("platforms", None)
+    return rendered
 
 
 def images_url(api_url: str, match: Match) -> str:

@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import backfill as sweeps
 from . import brokers, logs
+from .artifacts import IN_INDEX, SKIP_REASONS
 from .celery_app import AWS_QUEUE, CONTROL_QUEUE, NINKIK_QUEUE, app
 from .config import get_settings
 from .errors import PermanentError, ScanNotReady, TransientError
@@ -45,7 +46,8 @@ STORES_OUTAGE = logs.Outage("Redis or the broker", log)
 T = TypeVar("T")
 
 # Outcomes that are not faults of the system: the chain ends quietly (recorded, task SUCCESS).
-SKIPS = {"repository_format", "unknown_tenant", "unknown_product", "image_gone"}
+# Artifacts that are not images, and manifests reported inside their index: artifacts.SKIP_REASONS.
+SKIPS = {"repository_format", "unknown_tenant", "unknown_product", "image_gone", *SKIP_REASONS}
 
 
 @setup_logging.connect
@@ -142,6 +144,8 @@ def _attempt(
 
 def _record(task: Task, stage: str, pushed: ImagePushed, match: Any, exc: PermanentError) -> None:
     _svc().stats.incr("failure", stage, exc.reason)
+    if exc.reason in SKIP_REASONS:
+        _svc().stats.incr("skipped", exc.reason)
     level = logging.INFO if exc.reason in SKIPS else logging.ERROR
     log.log(
         level,
@@ -152,6 +156,8 @@ def _record(task: Task, stage: str, pushed: ImagePushed, match: Any, exc: Perman
         describe(pushed, match),
         task.request.id,
     )
+    if exc.reason == IN_INDEX:
+        return  # reported in its index's report: nothing for an operator to look at (logged and counted only)
     _svc().failures.add(
         stage=stage,
         reason=exc.reason,

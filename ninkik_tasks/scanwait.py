@@ -6,11 +6,17 @@ the status reads of all waiting images take at most `share` of the region's shar
 stays for first reads (new pushes), DescribeImages and sweeps. An image whose wait ended without saying so
 (its worker died) drops out once it has not been read for three of its intervals. A scan-complete event
 for a waiting image ends its wait at once (ingest starts a chain that reads it now; see ingest.py).
+
+An untagged image whose scan is final may still be held a short while (NINKIK_UNTAGGED_HOLD_SECONDS after its
+push) for an index that lists it (stages.hold_seconds): a held image leaves the waiting set (it takes no reads and
+no share of the budget), its final scan is kept here, and it is counted apart (`held`), not as a scan wait.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import time
 
 import redis
 
@@ -91,3 +97,56 @@ class ScanWaits:
     def waiting(self, region: str) -> int:
         """How many images of the region are waiting now."""
         return int(self.r.zcard(self._key(region)))
+
+    def hold(self, region: str, image: str, seconds: float, scan: str) -> None:
+        """Hold `image` (its scan final: `scan`, as JSON) for `seconds`; it is not waiting for its scan any more."""
+        payload = json.dumps({"until": time.time() + seconds, "scan": scan})
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(self._held_key(region, image), payload, ex=int(seconds) + 600)
+        pipe.sadd(self._holding_key(region), image)
+        pipe.expire(self._holding_key(region), int(seconds) + 600)
+        pipe.zrem(self._key(region), image)
+        pipe.execute()
+
+    def held(self, region: str, image: str) -> tuple[float, str] | None:
+        """(seconds the hold still lasts, the scan kept) for a held image, else None."""
+        raw = self.r.get(self._held_key(region, image))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return max(0.0, float(data["until"]) - time.time()), str(data["scan"])
+
+    def release(self, region: str, image: str) -> None:
+        """The image's hold is over (reported, or listed by an index)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.delete(self._held_key(region, image))
+        pipe.srem(self._holding_key(region), image)
+        pipe.execute()
+
+    def holding(self, region: str) -> int:
+        """How many untagged images of the region are held for an index now (counted apart from waits)."""
+        return int(self.r.scard(self._holding_key(region)))
+
+    def _held_key(self, region: str, image: str) -> str:
+        return f"{self.namespace}:scanhold:{region}:{image}"
+
+    def _holding_key(self, region: str) -> str:
+        return f"{self.namespace}:scanholding:{region}"
+
+    # An index's platforms whose scans were final at an earlier read of the index's wait.
+    def keep(self, region: str, index: str, platform: str, scan: str, ttl: int) -> None:
+        """Keep a platform's final scan (JSON) while the index's other platforms are waited for."""
+        self.r.set(self._kept_key(region, index, platform), scan, ex=ttl)
+
+    def kept(self, region: str, index: str, platform: str) -> str | None:
+        """A platform's scan kept by `keep`, else None."""
+        value = self.r.get(self._kept_key(region, index, platform))
+        return None if value is None else str(value)
+
+    def forget_kept(self, region: str, index: str, platforms: list[str]) -> None:
+        """The index's wait is over: its next read (a rescan) reads every platform again."""
+        if platforms:
+            self.r.delete(*(self._kept_key(region, index, p) for p in platforms))
+
+    def _kept_key(self, region: str, index: str, platform: str) -> str:
+        return f"{self.namespace}:scankept:{region}:{index}:{platform}"

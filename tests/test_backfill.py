@@ -388,7 +388,7 @@ class StubbedServices(Services):
 
     stubbed: Any = None
 
-    def ecr(self, region: str) -> Any:
+    def ecr(self, region: str, rereading: bool = False) -> Any:
         return self.stubbed
 
 

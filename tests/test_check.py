@@ -139,6 +139,20 @@ def test_check_under_the_scoped_policy_says_what_works_and_what_is_lost(stack: S
         for line in lines
     )
     assert any(line.startswith("WARN") and f"tenant {nobody} has nothing to sweep" in line for line in lines)
+    # What ecr:BatchGetImage would change (multi-platform images), with the statement to add.
+    [batch] = [line for line in lines if "ecr:BatchGetImage" in line]
+    assert batch.startswith("WARN") and "one report per tag with every platform's findings" in batch, batch
+    statement = f"arn:aws:ecr:{local.REGION}:{local.ACCOUNT}:repository/{TENANT_A}/*"
+    assert '"Action": "ecr:BatchGetImage"' in batch and statement in batch
+
+
+def test_check_says_what_batch_get_image_gives_where_it_is_granted(stack: Stack, account: GuideAccount) -> None:
+    # The account's own emulator enforces the guide's policy itself: the shared (permissive) one behind the IAM
+    # layer plays an account whose policy adds ecr:BatchGetImage.
+    stack.push(f"{TENANT_A}/shop", "check-batch-get-image")
+    lines = guided(stack, account, IamProxy(stack.moto_url, {TENANT_A}, batch_get_image=True))
+    [batch] = [line for line in lines if "ecr:BatchGetImage" in line]
+    assert batch.startswith("OK") and "one report per index" in batch, batch
 
 
 def test_check_names_the_statement_enhanced_scanning_needs(stack: Stack) -> None:

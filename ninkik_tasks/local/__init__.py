@@ -488,8 +488,10 @@ def push_event(
     account: str = ACCOUNT,
     region: str = REGION,
     event_id: str | None = None,
+    manifest_media_type: str = "application/vnd.docker.distribution.manifest.v2+json",
+    artifact_media_type: str | None = "application/vnd.docker.container.image.v1+json",
 ) -> dict[str, Any]:
-    """An EventBridge "ECR Image Action" PUSH/SUCCESS event as delivered to SQS."""
+    """An EventBridge "ECR Image Action" PUSH/SUCCESS event as delivered to SQS (an index's has no artifact type)."""
     # As ECR sends it: an untagged push has "image-tag": "", and the media types are in the event.
     detail: dict[str, Any] = {
         "result": "SUCCESS",
@@ -497,9 +499,10 @@ def push_event(
         "image-digest": digest,
         "action-type": "PUSH",
         "image-tag": tag or "",
-        "manifest-media-type": "application/vnd.docker.distribution.manifest.v2+json",
-        "artifact-media-type": "application/vnd.docker.container.image.v1+json",
+        "manifest-media-type": manifest_media_type,
     }
+    if artifact_media_type is not None:
+        detail["artifact-media-type"] = artifact_media_type
     return {
         "version": "0",
         "id": event_id or str(uuid.uuid4()),

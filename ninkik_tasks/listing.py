@@ -1,0 +1,108 @@
+"""The sweeps' reads of a registry: its repositories (every page) and each repository's images."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
+
+from botocore.exceptions import ClientError
+
+from .ecr import DENIED, classified, error_code, error_message
+from .errors import PermanentError
+from .events import ImagePushed
+from .filters import Filters
+from .tenants import split
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecr import ECRClient
+    from mypy_boto3_ecr.type_defs import ImageDetailTypeDef
+
+    from .backfill import Progress
+
+log = logging.getLogger(__name__)
+
+Source = Literal["backfill", "reconcile", "rescan"]
+PAGE_SIZE = 1000  # the most DescribeRepositories and DescribeImages return per call
+
+
+class ListingDenied(Exception):
+    """DescribeRepositories without names was refused (the policy is scoped to some tenants' repositories)."""
+
+
+class Missing(Exception):
+    """The repository named is not in the registry."""
+
+
+def repositories(ecr: ECRClient, registry_id: str, filters: Filters, progress: Progress) -> Iterator[str]:
+    """The registry's ninkik repositories (every page), only the filtered tenant's when given.
+
+    ListingDenied if the policy refuses the listing, raised before any name is given out.
+    """
+    paginator = ecr.get_paginator("describe_repositories")
+    first = True
+    with classified("ecr:DescribeRepositories"):
+        pages = iter(paginator.paginate(registryId=registry_id, PaginationConfig={"PageSize": PAGE_SIZE}))
+        while True:
+            try:
+                page = next(pages)
+            except StopIteration:
+                return
+            except ClientError as exc:
+                if first and error_code(exc) in DENIED:
+                    raise ListingDenied(error_message(exc)) from None
+                raise
+            first = False
+            for repository in page.get("repositories", []):
+                name = repository["repositoryName"]
+                try:
+                    owner = split(name).tenant
+                except PermanentError:
+                    progress.other_repositories += 1
+                    log.debug("not a ninkik repository, skipped: repository=%s", name)
+                    continue
+                if filters.tenant is None or owner == filters.tenant:
+                    yield name
+
+
+def image_pages(ecr: ECRClient, registry_id: str, repository: str) -> Iterator[list[ImageDetailTypeDef]]:
+    """Every page of DescribeImages for one repository; Missing if there is no such repository."""
+    paginator = ecr.get_paginator("describe_images")
+    pages = paginator.paginate(
+        registryId=registry_id, repositoryName=repository, PaginationConfig={"PageSize": PAGE_SIZE}
+    )
+    with classified("ecr:DescribeImages"):
+        try:
+            for page in pages:
+                yield page.get("imageDetails", [])
+        except ClientError as exc:
+            if error_code(exc) != "RepositoryNotFoundException":
+                raise
+            raise Missing(repository) from None
+
+
+def pushed_at(detail: ImageDetailTypeDef) -> datetime | None:
+    """When the image was pushed, as an aware datetime."""
+    when = detail.get("imagePushedAt")
+    if when is None:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def pushed_event(source: Source, detail: ImageDetailTypeDef, region: str) -> ImagePushed:
+    """The ImagePushed a sweep hands to the chain for one image of DescribeImages."""
+    registry, repository, digest = detail["registryId"], detail["repositoryName"], detail["imageDigest"]
+    tags = sorted(detail.get("imageTags") or [])
+    return ImagePushed(
+        event_id=f"{source}:{registry}:{region}:{repository}@{digest}",
+        account=registry,
+        region=region,
+        repository=repository,
+        digest=digest,
+        tag=tags[0] if tags else None,
+        time=pushed_at(detail) or datetime.now(UTC),
+        source=source,
+        manifest_media_type=detail.get("imageManifestMediaType"),
+        artifact_media_type=detail.get("artifactMediaType"),
+    )
