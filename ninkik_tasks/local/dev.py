@@ -130,7 +130,9 @@ def run(until_done: bool = False, flower_port: int = 5555, broker: str = "redis"
         if rabbit is not None:
             ours["NINKIK_BROKER_URL"] = rabbit.url
             ours["NINKIK_BROKER_MANAGEMENT_URL"] = rabbit.management_url
-        env = {**os.environ, **ours}
+        # The demo pushes no index, so its untagged image need not be held the production 30 s for one;
+        # a value in the environment still wins.
+        env = {"NINKIK_UNTAGGED_HOLD_SECONDS": "5", **os.environ, **ours}
         flower_port = flower_port if _port_free(flower_port) else local.free_port()
         celery = [sys.executable, "-m", "celery", "-A", "ninkik_tasks"]
         with console.status("starting ingest, a worker and Flower…"):
