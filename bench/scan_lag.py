@@ -219,8 +219,9 @@ def concurrent(count: int, quick: bool) -> Run:
     """`count` images waiting at once over 10 repositories, basic scans of 60-120 s."""
     low, high = (60, 120) if not quick else (20, 40)
     scans = {f"sha256:{uuid.uuid4().hex * 2}": random.uniform(low, high) for _ in range(count)}
-    # Pushed while the others wait: after their first reads (1,000 of them take 50 s of a 20 calls/s budget).
-    late = {f"sha256:{uuid.uuid4().hex * 2}": low + 5 for _ in range(10)}
+    # Pushed while the others wait, after their own first reads: a DescribeImages and a first scan read each
+    # (1,000 of them take 100 s of a 20 calls/s budget), so what the new pushes meet is the others' waits.
+    late = {f"sha256:{uuid.uuid4().hex * 2}": max(low + 5, 1.1 * count * 2 / LIMIT) for _ in range(10)}
     scans.update({digest: 10.0 for digest in late})
     return Run(f"{count} waiting at once", scans, wait=900, late=late)
 
