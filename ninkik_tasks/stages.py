@@ -336,7 +336,9 @@ def index_scan(svc: Services, msg: Described, now: datetime) -> tuple[Scan, Inde
             scan = read_scan(svc, msg, image, now, done, rereading)
             waits.keep(region, member, platform.digest, scan.model_dump_json(), keep_for)
             scans.append((platform, scan))
-        except (ScanNotReady, RateLimited):  # RateLimited only when rereading: then read at the next turn
+        except (ScanNotReady, RateLimited) as exc:
+            if isinstance(exc, RateLimited) and not rereading:
+                raise  # a first or last read waits for the budget (as image_scan's), never NOT_SCANNED for it
             pending.append(waiting_as(image))
             scans.append((platform, not_scanned()))
     if pending and remaining > 0:

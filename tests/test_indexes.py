@@ -23,7 +23,7 @@ from faultproxy import FaultProxy
 from iamproxy import IamProxy
 
 from ninkik_tasks import backfill as sweeps
-from ninkik_tasks import local
+from ninkik_tasks import local, stages
 from ninkik_tasks.artifacts import not_an_image
 from ninkik_tasks.config import Settings
 from ninkik_tasks.errors import PermanentError, ScanNotReady
@@ -33,6 +33,7 @@ from ninkik_tasks.findings import Finding, Image, Report, Scan
 from ninkik_tasks.indexes import Platform, merge, platforms_of
 from ninkik_tasks.local import oci, wait_for
 from ninkik_tasks.notify import render
+from ninkik_tasks.ratelimit import RateLimited
 from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step, scan_step, waiting_as
 
 REPOSITORY = f"{TENANT_A}/web"
@@ -323,6 +324,10 @@ def moto_services(stack: Stack, **settings: Any) -> _MotoServices:
     return svc
 
 
+def _refused(*_: Any) -> None:
+    raise RateLimited("rate limit: 12.0s of calls queued", retry_after=7.0)
+
+
 def test_an_index_waits_for_every_platform_then_reports_what_the_wait_gave(stack: Stack) -> None:
     svc = moto_services(stack, scan_wait_seconds=600, scan_poll_seconds=0.1)
     repository = f"{TENANT_A}/web/wait-{uuid.uuid4().hex[:8]}"
@@ -345,7 +350,14 @@ def test_an_index_waits_for_every_platform_then_reports_what_the_wait_gave(stack
         with pytest.raises(ScanNotReady, match="1 of 2 platforms' scans not final"):
             scan_step(svc, described)  # arm64's scan has not started
         assert svc.scan_waits.kept(local.REGION, waiting_as(described.image), amd) is not None  # not read again
-        scanned = scan_step(svc, described, now=datetime.now(UTC) + timedelta(seconds=601))  # the wait ran out
+        late = datetime.now(UTC) + timedelta(seconds=601)  # the wait ran out
+        with pytest.MonkeyPatch.context() as patch:
+            # The last read meets a full ECR budget (the limiter's refusal, played here without a limiter):
+            # retried when the queue drained, never reported NOT_SCANNED for it.
+            patch.setattr(stages, "scan_findings", _refused)
+            with pytest.raises(RateLimited):
+                scan_step(svc, described, now=late)
+        scanned = scan_step(svc, described, now=late)
         report = json.loads(svc.redis.get(svc.records.key("report", scanned.key)) or "{}")
         assert report["scan"]["status"] == "NOT_SCANNED" and report["scan"]["severity_counts"] == {"HIGH": 1, "LOW": 1}
         statuses = {p["platform"]: p["scan_status"] for p in report["index"]["platforms"]}
