@@ -60,24 +60,32 @@ def test_a_finished_wait_leaves_and_an_abandoned_one_expires(stack: Stack) -> No
     wait_for(lambda: waits.next_read("r", "alive") and waits.waiting("r") == 1, 5, "the abandoned wait to expire")
 
 
+def _behind_a_scanning_proxy(stack: Stack, **settings: str) -> tuple[FaultProxy, dict[str, str], str]:
+    """A proxy in front of moto that can answer IN_PROGRESS (moto's scans are final at once), the environment of
+    a pipeline on its own broker DB reading ECR through it (long backoff and visibility: only the scan wait
+    paces the reads), and a fresh queue; the stand-in emptied."""
+    proxy = FaultProxy(stack.moto_url).start()
+    env = stack.env(
+        broker_db=own_broker_db(),
+        AWS_ENDPOINT_URL_ECR=proxy.url,
+        NINKIK_RETRY_BACKOFF_MAX_SECONDS="60",
+        NINKIK_BROKER_VISIBILITY_TIMEOUT="600",
+        **settings,
+    )
+    queue_url = stack.new_queue()
+    stack.standin.reset()
+    return proxy, env, queue_url
+
+
 def test_a_scan_that_finishes_later_is_read_at_a_steady_pace_not_a_growing_one(stack: Stack) -> None:
     """Exponential backoff (the old wait) would leave gaps of 4-8 s by the 4th retry; a 1 s poll does not.
 
     moto's scans are final at once, so a proxy in front of it answers IN_PROGRESS until each scan "ends".
     """
-    proxy = FaultProxy(stack.moto_url).start()
-    env = stack.env(
-        broker_db=own_broker_db(),
-        AWS_ENDPOINT_URL_ECR=proxy.url,
-        NINKIK_SCAN_POLL_SECONDS="1",
-        NINKIK_SCAN_WAIT_SECONDS="120",
-        NINKIK_RETRY_BACKOFF_MAX_SECONDS="60",
-        NINKIK_BROKER_VISIBILITY_TIMEOUT="600",
-        NINKIK_SCAN_FIRST_READ_SECONDS="2",
+    proxy, env, queue_url = _behind_a_scanning_proxy(
+        stack, NINKIK_SCAN_POLL_SECONDS="1", NINKIK_SCAN_WAIT_SECONDS="120", NINKIK_SCAN_FIRST_READ_SECONDS="2"
     )
     repository = f"{TENANT_A}/shop"
-    queue_url = stack.new_queue()
-    stack.standin.reset()
     digests = [stack.push(repository, f"scan-later-{i}") for i in range(3)]
     worker = celery_worker(stack, env, "scanwait")
     feeder = ingest(stack, env, queue_url, name="ingest-scanwait")
@@ -200,18 +208,10 @@ def test_a_scan_complete_event_ends_the_wait_at_once(stack: Stack, sample: str) 
     """With a 30 s poll, nothing but the event can report the image within 20 s of its first read."""
     from test_events import live
 
-    proxy = FaultProxy(stack.moto_url).start()
-    env = stack.env(
-        broker_db=own_broker_db(),
-        AWS_ENDPOINT_URL_ECR=proxy.url,
-        NINKIK_SCAN_POLL_SECONDS="30",
-        NINKIK_SCAN_WAIT_SECONDS="300",
-        NINKIK_RETRY_BACKOFF_MAX_SECONDS="60",
-        NINKIK_BROKER_VISIBILITY_TIMEOUT="600",
+    proxy, env, queue_url = _behind_a_scanning_proxy(
+        stack, NINKIK_SCAN_POLL_SECONDS="30", NINKIK_SCAN_WAIT_SECONDS="300"
     )
     repository = f"{TENANT_A}/shop"
-    queue_url = stack.new_queue()
-    stack.standin.reset()
     waiting = stack.push(repository, "waiting")
     nobody = stack.push(repository, "never-pushed")  # a scan event for an image whose push never came
     proxy.scanning[waiting] = time.monotonic() + 3600
@@ -263,7 +263,11 @@ def test_a_scan_read_again_gives_way_to_first_reads_in_the_ecr_budget(
 
     def described(digest: str) -> Described:
         event = ImagePushed(
-            event_id=digest, account=local.ACCOUNT, region=local.REGION, repository=repository, digest=digest,
+            event_id=digest,
+            account=local.ACCOUNT,
+            region=local.REGION,
+            repository=repository,
+            digest=digest,
             time=datetime.now(UTC),
         )
         image = Image(registry_id=local.ACCOUNT, region=local.REGION, repository=repository, digest=digest, tags=[])
