@@ -51,15 +51,20 @@ def ecr(region: str, limiter: RateLimiter | None = None, lane: str = "") -> ECRC
     return client
 
 
-# Ingest's long poll waits up to 20 s: an answer later than 25 s means the endpoint is stuck. No botocore
+# An answer 5 s later than ingest's long poll (NINKIK_SQS_WAIT_SECONDS) means the endpoint is stuck. No botocore
 # retries: ingest's own loop retries with backoff and logs every failed attempt, and SIGTERM is never held
 # up by attempts it cannot see.
-SQS_CONFIG = Config(
-    retries={"mode": "standard", "total_max_attempts": 1},
-    connect_timeout=5,
-    read_timeout=25,
-    max_pool_connections=4,
-)
+SQS_READ_TIMEOUT_MARGIN = 5
+
+
+def sqs_config(settings: Settings) -> Config:
+    """The SQS client's bounds: one attempt, read timeout just above the long poll."""
+    return Config(
+        retries={"mode": "standard", "total_max_attempts": 1},
+        connect_timeout=5,
+        read_timeout=settings.sqs_wait_seconds + SQS_READ_TIMEOUT_MARGIN,
+        max_pool_connections=4,
+    )
 
 
 def sqs(settings: Settings) -> SQSClient:
@@ -69,9 +74,9 @@ def sqs(settings: Settings) -> SQSClient:
         raise ConfigError(
             f"the queue URL {settings.sqs_queue_url} names no region: set AWS_REGION to the queue's region"
         )
-    key = ("sqs", region)
+    key = ("sqs", region, settings.sqs_wait_seconds)
     if key not in _cache:
-        _cache[key] = boto3.session.Session().client("sqs", region_name=region, config=SQS_CONFIG)
+        _cache[key] = boto3.session.Session().client("sqs", region_name=region, config=sqs_config(settings))
     client: SQSClient = _cache[key]
     return client
 

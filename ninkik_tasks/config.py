@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     http_timeout_seconds: float = 10.0
 
     # Ingest
+    # SQS's long poll (0-20 s): how long one ReceiveMessage waits for messages; the call's read timeout is 5 s more.
+    sqs_wait_seconds: int = Field(default=20, ge=0, le=20)
     max_message_bytes: int = 256 * 1024
     event_dedupe_seconds: int = 4 * 24 * 3600
     delete_retry_seconds: int = 900

@@ -174,7 +174,7 @@ class Ingest:
             time.sleep(min(0.2, seconds))
 
     def receive(self) -> list[MessageTypeDef]:
-        """One long poll: up to 10 messages, waiting up to 20 s (SIGTERM interrupts it)."""
+        """One long poll: up to 10 messages, waiting up to NINKIK_SQS_WAIT_SECONDS (SIGTERM interrupts it)."""
         self._waiting = True
         try:
             if self._stopping:
@@ -183,7 +183,7 @@ class Ingest:
                 answer = self.sqs.receive_message(
                     QueueUrl=self.queue_url,
                     MaxNumberOfMessages=10,
-                    WaitTimeSeconds=20,
+                    WaitTimeSeconds=self.settings.sqs_wait_seconds,
                     MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
                 )
         except ClientError as exc:

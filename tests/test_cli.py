@@ -207,11 +207,13 @@ def silent() -> Iterator[SilentServer]:
 
 
 def test_ingest_against_an_endpoint_that_never_answers(stack: Stack, silent: SilentServer) -> None:
-    env = stack.env(AWS_ENDPOINT_URL_SQS=silent.url, NINKIK_SQS_QUEUE_URL=stack.new_queue())
+    env = stack.env(
+        AWS_ENDPOINT_URL_SQS=silent.url, NINKIK_SQS_QUEUE_URL=stack.new_queue(), NINKIK_SQS_WAIT_SECONDS="2"
+    )
     proc = local.Proc("ingest-silent", [*CLI, "ingest"], stack.work, env)
     try:
-        # Each attempt ends at the read timeout (25 s, above the 20 s long poll) with one log line, then a retry.
-        wait_for(lambda: "failed (ReadTimeoutError" in proc.output() or not proc.alive(), 90, "a failed attempt")
+        # Each attempt ends at the read timeout (5 s above the long poll: 7 s here) with one log line, then a retry.
+        wait_for(lambda: "failed (ReadTimeoutError" in proc.output() or not proc.alive(), 60, "a failed attempt")
         assert proc.alive(), proc.output()
         [failed] = [line for line in proc.output().splitlines() if "failed (" in line]
         assert "retrying in" in failed

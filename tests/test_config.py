@@ -53,3 +53,14 @@ def test_the_profile_region_when_no_variable_names_one(monkeypatch: pytest.Monke
     assert Settings(sqs_queue_url=EMULATOR).queue_region() == "eu-north-1"
     monkeypatch.setenv("AWS_PROFILE", "no-such-profile")  # boto3 says so when a client is made
     assert Settings(sqs_queue_url=EMULATOR).queue_region() is None
+
+
+def test_the_sqs_read_timeout_follows_the_long_poll() -> None:
+    from pydantic import ValidationError
+
+    from ninkik_tasks.clients import sqs_config
+
+    assert sqs_config(Settings()).read_timeout == 25
+    assert sqs_config(Settings(sqs_wait_seconds=2)).read_timeout == 7
+    with pytest.raises(ValidationError, match="less than or equal to 20"):
+        Settings(sqs_wait_seconds=21)  # SQS's own limit on WaitTimeSeconds

@@ -248,7 +248,8 @@ def test_ingest_host_dropping_off_the_network(net: Net, kind: str) -> None:
             env = net.env(NINKIK_BROKER_URL=net.rabbitmq.vhost(f"hosts-{uuid.uuid4().hex[:6]}"))
         workers = worker(net, "worker-2", env)
         digests, queue_url = push(net, 10, f"ingest-host-{kind}")
-        feeder = ingest(net, env, queue_url)
+        # A 5 s long poll: each hung attempt ends at its 10 s read timeout (25 s at the default 20 s poll).
+        feeder = ingest(net, {**env, "NINKIK_SQS_WAIT_SECONDS": "5"}, queue_url)
         try:
             wait_for(lambda: len(keys_per_image(net.standin, digests)) == 10, 60, "the first ten")
             net.hosts.cut("ingest")

@@ -370,7 +370,9 @@ def test_an_index_waits_for_every_platform_then_reports_what_the_wait_gave(stack
 
 def test_backfill_and_rescan_report_one_per_tag(stack: Stack) -> None:
     repository = f"{TENANT_A}/web/sweep-{uuid.uuid4().hex[:8]}"
-    svc = moto_services(stack, scan_wait_seconds=0)
+    # No ECR budget, so no rescan pace: the rescan reads every image the session pushed, and its pace (tested in
+    # test_backfill.py) would make that half a minute.
+    svc = moto_services(stack, scan_wait_seconds=0, ecr_calls_per_second=0)
     made = oci.push_build(stack.ecr, repository, uuid.uuid4().hex, ("linux/amd64", "linux/arm64/v8"), "1.0")
     for label, digest in made.platforms.items():
         local.set_scan_result(stack.moto_url, stack.ecr, repository, digest, findings=FINDINGS[label])
