@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +16,20 @@ from .errors import PermanentError, TransientError
 from .events import ImagePushed
 from .filters import Filters
 from .findings import Image
+from .idempotency import image_id
 from .indexes import Claims, claim_listed
 from .inventory import Known, Registry, registries
-from .listing import ListingDenied, Missing, Source, image_pages, pushed_at, pushed_event, repositories
+from .listing import (
+    ListingDenied,
+    Missing,
+    Progress,
+    Source,
+    image_pages,
+    listed_stamp,
+    pushed_at,
+    pushed_event,
+    repositories,
+)
 from .ratelimit import Pace
 
 if TYPE_CHECKING:
@@ -48,31 +59,6 @@ _listing_denied: set[Registry] = set()  # registries whose listing was refused, 
 
 
 @dataclass
-class Progress:
-    """What a sweep has done so far; also its summary."""
-
-    repositories: int = 0
-    images: int = 0
-    chains_started: int = 0
-    already_started: int = 0  # reconcile: started by an earlier run
-    not_ready: int = 0  # rescan: a scan running right now is read next time
-    in_index: int = 0  # untagged manifests an index lists: reported in the index's report, no chain of their own
-    other_repositories: int = 0  # not named ${TENANT_UUID}/${PRODUCT}: no image call made
-    missing_repositories: int = 0  # named (a product's, seen in an event, by the operator) but not in the registry
-    by_name: list[str] = field(default_factory=list)  # registries that could not be listed: enumerated by name
-    unreachable: list[str] = field(default_factory=list)  # "repository: why" for each one the policy refused
-
-    def as_dict(self) -> dict[str, Any]:
-        """The counts, for task state and results."""
-        return asdict(self)
-
-    def add(self, other: Progress) -> None:
-        """Add another sweep's counts to these."""
-        for name, value in asdict(other).items():
-            setattr(self, name, getattr(self, name) + value)
-
-
-@dataclass
 class Sweep:
     """One pass over some registries' images, starting a chain per image; streams page by page."""
 
@@ -87,6 +73,8 @@ class Sweep:
     # where names come from when the registry cannot be listed (None: such a sweep fails)
     known: Known | None = None
     pace: Pace | None = None  # rescan: how fast chains are started
+    # rescan: (image ids) -> the stamp ninkik has of each (None: read it again whatever the listing says)
+    reported: Callable[[list[str]], list[str | None]] | None = None
     # which index lists a manifest (None: every image gets a chain); claims are kept this many seconds
     claims: Claims | None = None
     claim_ttl: int = 90 * 24 * 3600
@@ -197,6 +185,10 @@ class Sweep:
                 ready = [d for d in wanted if (d.get("imageScanStatus") or {}).get("status") not in NOT_READY]
                 mine.not_ready += len(wanted) - len(ready)
                 wanted = ready
+                if self.reported is not None:
+                    changed = self._changed(registry, wanted)
+                    mine.unchanged += len(wanted) - len(changed)
+                    wanted = changed
             if self.claims is not None:
                 indexes += [d["imageDigest"] for d in wanted if d.get("imageManifestMediaType") in INDEX_MEDIA_TYPES]
                 later = [
@@ -216,6 +208,13 @@ class Sweep:
             claimed = claim_listed(ecr, self.claims, where, indexes, digests, self.claim_ttl)
             mine.in_index += len(claimed)
             self._start(registry, [d for d in untagged if d["imageDigest"] not in claimed], mine)
+
+    def _changed(self, registry: Registry, details: list[ImageDetailTypeDef]) -> list[ImageDetailTypeDef]:
+        """The images whose listing may show something ninkik does not have."""
+        assert self.reported is not None
+        ids = [image_id(registry.account, registry.region, d["repositoryName"], d["imageDigest"]) for d in details]
+        had = self.reported(ids)
+        return [d for d, stamp in zip(details, had, strict=True) if stamp is None or stamp != listed_stamp(d)]
 
     def _start(self, registry: Registry, details: list[ImageDetailTypeDef], mine: Progress) -> None:
         events = [pushed_event(self.source, d, registry.region) for d in details]
@@ -346,7 +345,15 @@ def rescan(svc: Services, start: Start, *, now: datetime | None = None) -> dict[
             log.info("rescan skipped: another rescan is running")
             return {"skipped": "another rescan is running"}
         since = (now or datetime.now(UTC)) - timedelta(days=s.rescan_days)
-        sweep = Sweep("rescan", svc.ecr, start, known=Known.of(svc), pace=rescan_pace(s), **_claims(svc))
+        sweep = Sweep(
+            "rescan",
+            svc.ecr,
+            start,
+            known=Known.of(svc),
+            pace=rescan_pace(s),
+            reported=svc.records.reported,
+            **_claims(svc),
+        )
         for registry in registries(s):
             sweep.run(registry, Filters(since=since))
         log.info("rescan done: %s", sweep.progress.as_dict())

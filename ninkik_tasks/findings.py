@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -129,6 +130,25 @@ class Report(BaseModel):
             }
         blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:32]
+
+    def stamp(self) -> str | None:
+        """What a rescan's listing can show changed without reading the findings (basic_scan_stamp), if anything."""
+        if self.index is not None or self.scan.type != "BASIC":
+            return None
+        return basic_scan_stamp(self.image.tags, self.scan.status, self.scan.completed_at)
+
+
+def basic_scan_stamp(tags: Sequence[str], status: str | None, completed_at: datetime | None) -> str | None:
+    """The tags and the scan's completion time of a completed basic scan, which DescribeImages also lists.
+
+    A basic scan's findings are fixed when it completes (a new scan, StartImageScan, completes anew), so a report
+    whose stamp the listing still shows cannot have changed. None otherwise: an enhanced scan's findings change
+    with Inspector's database whatever the listing says, and a scan that did not complete says nothing.
+    """
+    if status != "COMPLETE" or completed_at is None:
+        return None
+    when = completed_at.astimezone(UTC) if completed_at.tzinfo else completed_at.replace(tzinfo=UTC)
+    return json.dumps([sorted(tags), when.isoformat()], separators=(",", ":"))
 
 
 def severity_counts(findings: list[Finding]) -> dict[str, int]:

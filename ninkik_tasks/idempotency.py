@@ -33,6 +33,11 @@ class SendStart:
     report: str | None = None  # with "ours": the stored body, None if it expired
 
 
+def image_id(account: str, region: str, repository: str, digest: str) -> str:
+    """How the records name one image of one registry."""
+    return f"{account}/{region}/{repository}@{digest}"
+
+
 class Records:
     """Idempotency records under one key namespace."""
 
@@ -82,6 +87,18 @@ class Records:
         """Give the send back (if still ours), first remembering for `sent_ttl` s that ninkik accepted it."""
         keys = [self.key("sent", idempotency_key), self.key("sending", idempotency_key)]
         self._end(keys=keys, args=[owner, sent_ttl or 0, int(time.time())])
+
+    # What ninkik has of each image (Report.stamp): a rescan does not read again what cannot have changed.
+    def remember_reported(self, image: str, stamp: str, ttl: int) -> None:
+        """`image` (account/region/repository@digest) is in ninkik as `stamp` says."""
+        self.r.set(self.key("reported", image), stamp, ex=ttl)
+
+    def reported(self, images: list[str]) -> list[str | None]:
+        """The stamp ninkik has of each image, None where there is none."""
+        if not images:
+            return []
+        values = self.r.mget([self.key("reported", image) for image in images])
+        return [v.decode() if isinstance(v, bytes) else v for v in values]
 
     # Reports are kept out of task messages (Flower shows arguments); they travel by key.
     def put_report(self, fingerprint: str, payload: str, ttl: int) -> None:

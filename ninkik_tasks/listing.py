@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 
@@ -13,18 +14,44 @@ from .ecr import DENIED, classified, error_code, error_message
 from .errors import PermanentError
 from .events import ImagePushed
 from .filters import Filters
+from .findings import basic_scan_stamp
 from .tenants import split
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
     from mypy_boto3_ecr.type_defs import ImageDetailTypeDef
 
-    from .backfill import Progress
 
 log = logging.getLogger(__name__)
 
 Source = Literal["backfill", "reconcile", "rescan"]
 PAGE_SIZE = 1000  # the most DescribeRepositories and DescribeImages return per call
+
+
+@dataclass
+class Progress:
+    """What a sweep has done so far; also its summary."""
+
+    repositories: int = 0
+    images: int = 0
+    chains_started: int = 0
+    already_started: int = 0  # reconcile: started by an earlier run
+    not_ready: int = 0  # rescan: a scan running right now is read next time
+    unchanged: int = 0  # rescan: listed with the tags and basic scan ninkik has (Report.stamp): not read again
+    in_index: int = 0  # untagged manifests an index lists: reported in the index's report, no chain of their own
+    other_repositories: int = 0  # not named ${TENANT_UUID}/${PRODUCT}: no image call made
+    missing_repositories: int = 0  # named (a product's, seen in an event, by the operator) but not in the registry
+    by_name: list[str] = field(default_factory=list)  # registries that could not be listed: enumerated by name
+    unreachable: list[str] = field(default_factory=list)  # "repository: why" for each one the policy refused
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counts, for task state and results."""
+        return asdict(self)
+
+    def add(self, other: Progress) -> None:
+        """Add another sweep's counts to these."""
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
 
 
 class ListingDenied(Exception):
@@ -106,3 +133,10 @@ def pushed_event(source: Source, detail: ImageDetailTypeDef, region: str) -> Ima
         manifest_media_type=detail.get("imageManifestMediaType"),
         artifact_media_type=detail.get("artifactMediaType"),
     )
+
+
+def listed_stamp(detail: ImageDetailTypeDef) -> str | None:
+    """The image's Report.stamp as DescribeImages lists it (basic scanning lists its scan; moto lists none)."""
+    summary = detail.get("imageScanFindingsSummary") or {}
+    status = (detail.get("imageScanStatus") or {}).get("status")
+    return basic_scan_stamp(detail.get("imageTags") or [], status, summary.get("imageScanCompletedAt"))

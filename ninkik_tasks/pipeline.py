@@ -24,6 +24,7 @@ from .config import get_settings
 from .errors import PermanentError, ScanNotReady, TransientError
 from .events import ImagePushed
 from .filters import validate
+from .listing import Progress
 from .ratelimit import RateLimited
 from .stages import (
     Described,
@@ -241,7 +242,7 @@ def backfill(
     svc = _svc()
     filters = validate(tenant, repository, since, tenant_known=lambda t: svc.directory().tenant(t) is not None)
 
-    def progress(p: sweeps.Progress) -> None:
+    def progress(p: Progress) -> None:
         self.update_state(state="PROGRESS", meta=p.as_dict())
 
     return sweeps.backfill(svc, filters, start, on_progress=progress, progress_every=PROGRESS_EVERY)

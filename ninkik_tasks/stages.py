@@ -19,7 +19,7 @@ from .ecr import describe_image, not_scanned, scan_findings
 from .errors import PermanentError, ScanNotReady, TransientError
 from .events import ImagePushed
 from .findings import Image, Index, Report, Scan
-from .idempotency import Records
+from .idempotency import Records, image_id
 from .indexes import (
     UNREAD_REASON,
     Claims,
@@ -138,6 +138,7 @@ class Scanned(Matched):
 
     key: str
     status: str
+    stamp: str | None = None  # Report.stamp: remembered once ninkik has the report
 
 
 def describe(pushed: ImagePushed, match: Match | None = None) -> str:
@@ -234,7 +235,7 @@ def scan_step(svc: Services, msg: Described, now: datetime | None = None) -> Sca
     key = idempotency_key(msg.match, report)
     ttl = svc.settings.result_expires_seconds
     svc.records.put_report(key, json.dumps(render(report, msg.event.source)), ttl)
-    return Scanned(event=msg.event, match=msg.match, key=key, status=scan.status)
+    return Scanned(event=msg.event, match=msg.match, key=key, status=scan.status, stamp=report.stamp())
 
 
 def image_scan(svc: Services, msg: Described, now: datetime) -> Scan:
@@ -366,6 +367,7 @@ def notify_step(svc: Services, msg: Scanned, owner: str) -> str:
     lock_ttl = int(s.http_timeout_seconds * 3) + 30
     start = records.begin_send(msg.key, owner, lock_ttl)
     if start.state == "sent":
+        remember_reported(svc, msg)
         return "already_sent"
     if start.state == "busy":
         raise TransientError("another worker is sending this report", retry_after=5)
@@ -378,4 +380,13 @@ def notify_step(svc: Services, msg: Scanned, owner: str) -> str:
         sent_ttl = s.sent_record_seconds
     finally:
         records.end_send(msg.key, owner, sent_ttl)
+    remember_reported(svc, msg)
     return "notified" if status != 409 else "already_had_it"
+
+
+def remember_reported(svc: Services, msg: Scanned) -> None:
+    """ninkik has this report: a rescan whose listing shows the same stamp leaves the image alone."""
+    if msg.stamp is not None:
+        e = msg.event
+        image = image_id(e.account, e.region, e.repository, e.digest)
+        svc.records.remember_reported(image, msg.stamp, svc.settings.sent_record_seconds)

@@ -31,13 +31,14 @@ from conftest import TENANT_A, TENANT_B, TOKEN, Stack, celery_worker, ingest
 from iamproxy import IamProxy
 
 from ninkik_tasks import local
-from ninkik_tasks.backfill import Progress, Sweep, reconcile, rescan, rescan_pace, watermark_key
+from ninkik_tasks.backfill import Sweep, reconcile, rescan, rescan_pace, watermark_key
 from ninkik_tasks.clients import AWS_CONFIG
 from ninkik_tasks.config import Settings
 from ninkik_tasks.errors import TransientError
 from ninkik_tasks.events import ImagePushed
 from ninkik_tasks.filters import Filters
 from ninkik_tasks.inventory import Inventory, Known, Registry
+from ninkik_tasks.listing import Progress
 from ninkik_tasks.local import wait_for
 from ninkik_tasks.ratelimit import Pace
 from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step, scan_step
@@ -516,6 +517,75 @@ def test_rescan_notifies_only_a_changed_report(stack: Stack, svc: StubbedService
     assert stack.received_for(digest)[-1].body["scan"]["severity_counts"] == {"CRITICAL": 1, "HIGH": 1}
     rescan_with(second)
     assert len(stack.received_for(digest)) == 2 and not stack.received_for(running)
+
+
+def test_a_rescan_does_not_read_a_basic_scan_the_listing_shows_unchanged(stack: Stack, svc: StubbedServices) -> None:
+    """For basic scanning DescribeImages lists each image's scan status and when it completed (its
+    imageScanFindingsSummary; AWS's DescribeImages reference). moto lists neither, so that listing is played by
+    Stubber: an image with the tags and the completed scan ninkik has costs the rescan no call of its own; a new
+    scan, a new tag or an enhanced scan is read again."""
+    repository = f"{TENANT_A}/shop"
+    digest, enhanced = "sha256:" + uuid.uuid4().hex * 2, "sha256:" + uuid.uuid4().hex * 2
+    pushed = datetime.now(UTC) - timedelta(days=2)
+    scanned_at = datetime(2026, 11, 30, 8, 0, 1, 250000, tzinfo=UTC)
+    ids = {"registryId": ACCOUNT, "repositoryName": repository}
+    cve = [local.basic_finding("CVE-2026-0001", "HIGH", "openssl", "3.0.1")]
+
+    def listed(tags: list[str], completed: datetime) -> Any:
+        summary = {"imageScanCompletedAt": completed, "findingSeverityCounts": {"HIGH": 1}}
+        status = {"status": "COMPLETE", "description": "The scan was completed successfully."}
+        return detail(repository, digest, pushed, tags, imageScanStatus=status, imageScanFindingsSummary=summary)
+
+    inspected = detail(repository, enhanced, pushed, ["2.0"], imageScanStatus={"status": "ACTIVE"})
+
+    def chain_calls(stub: Stubber, image: Any, completed: datetime) -> None:
+        stub.add_response("describe_images", image_page([image]), {**ids, "imageIds": [{"imageDigest": digest}]})
+        findings = {
+            **ids,
+            "imageId": {"imageDigest": digest},
+            "imageScanStatus": {"status": "COMPLETE", "description": "done"},
+            "imageScanFindings": {"imageScanCompletedAt": completed, "findings": cve},
+        }
+        expected = {**ids, "imageId": {"imageDigest": digest}, "maxResults": 1000}
+        stub.add_response("describe_image_scan_findings", findings, expected)
+
+    def chain(event: ImagePushed) -> None:
+        if event.digest == enhanced:
+            started.append(event.digest)  # read again every rescan: not this test's chain to run
+            return
+        notify_step(svc, scan_step(svc, describe_step(svc, match_tenant(svc, event))), owner=f"t-{uuid.uuid4()}")
+
+    def rescan_listing(image: Any, completed: datetime | None = None) -> dict[str, Any]:
+        with Stubber(svc.stubbed) as stub:
+            stub.add_response("describe_repositories", repo_page([repository]), paged())
+            stub.add_response("describe_images", image_page([image, inspected]), paged(repositoryName=repository))
+            if completed is not None:
+                chain_calls(stub, image, completed)
+            summary = rescan(svc, chain)
+            stub.assert_no_pending_responses()  # and no call beyond them: Stubber refuses one it was not given
+        return summary
+
+    started: list[str] = []
+    with Stubber(svc.stubbed) as stub:  # the push
+        chain_calls(stub, listed(["1.0"], scanned_at), scanned_at)
+        chain(
+            ImagePushed(event_id="e", account=ACCOUNT, region=REGION, repository=repository, digest=digest, time=pushed)
+        )
+    assert len(stack.received_for(digest)) == 1
+
+    summary = rescan_listing(listed(["1.0"], scanned_at))  # nothing changed: the listing alone
+    assert (summary["unchanged"], summary["chains_started"], started) == (1, 1, [enhanced])
+    assert len(stack.received_for(digest)) == 1
+
+    rescanned_at = scanned_at + timedelta(days=1)  # StartImageScan: a new scan, read again (same findings: not sent)
+    assert rescan_listing(listed(["1.0"], rescanned_at), rescanned_at)["unchanged"] == 0
+    assert len(stack.received_for(digest)) == 1
+    assert rescan_listing(listed(["1.0"], rescanned_at))["unchanged"] == 1  # and that read is remembered
+
+    retagged = listed(["1.0", "latest"], rescanned_at)  # a new tag: read, and reported with it
+    assert rescan_listing(retagged, rescanned_at)["unchanged"] == 0
+    assert stack.received_for(digest)[-1].body["image"]["tags"] == ["1.0", "latest"]
+    assert rescan_listing(retagged)["unchanged"] == 1
 
 
 def test_a_rescan_spreads_its_chains_over_a_share_of_the_ecr_budget() -> None:
