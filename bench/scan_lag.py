@@ -42,6 +42,7 @@ from pipeline_run import PRODUCTS, TENANT, TENANTS, bench_env, start_emulator  #
 
 from ninkik_tasks import local  # noqa: E402
 from ninkik_tasks.local.standin import Received, Standin  # noqa: E402
+from ninkik_tasks.ratelimit import GUARD_SECONDS  # noqa: E402
 
 POLL = 5.0
 LIMIT = 20
@@ -220,8 +221,10 @@ def concurrent(count: int, quick: bool) -> Run:
     low, high = (60, 120) if not quick else (20, 40)
     scans = {f"sha256:{uuid.uuid4().hex * 2}": random.uniform(low, high) for _ in range(count)}
     # Pushed while the others wait, after their own first reads: a DescribeImages and a first scan read each
-    # (1,000 of them take 100 s of a 20 calls/s budget), so what the new pushes meet is the others' waits.
-    late = {f"sha256:{uuid.uuid4().hex * 2}": max(low + 5, 1.1 * count * 2 / LIMIT) for _ in range(10)}
+    # (1,000 of them take 105 s of a 20 calls/s budget, which lets 19 a second leave: 50 ms kept for the
+    # flight), so what the new pushes meet is the others' waits.
+    rate = LIMIT / (1 + GUARD_SECONDS)
+    late = {f"sha256:{uuid.uuid4().hex * 2}": max(low + 5, 1.1 * count * 2 / rate) for _ in range(10)}
     scans.update({digest: 10.0 for digest in late})
     return Run(f"{count} waiting at once", scans, wait=900, late=late)
 
