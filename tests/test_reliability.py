@@ -6,6 +6,7 @@ longer soak (the figures in docs/reliability.md came from NINKIK_TEST_SCALE=5).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,6 +37,7 @@ from faultproxy import FaultProxy
 
 from ninkik_tasks import local
 from ninkik_tasks.brokers import redis as redis_broker
+from ninkik_tasks.celery_app import QUEUES
 from ninkik_tasks.config import Settings
 from ninkik_tasks.local import wait_for
 from ninkik_tasks.local.standin import Standin
@@ -121,25 +123,49 @@ def wait_all_notified(
         ) from None
 
 
+def _held_nowhere(stack: Stack, broker_url: str, queue_url: str) -> bool:
+    """Nothing of the run is anywhere it could still come from: no message on the SQS queue (visible or in
+    flight), no task on the broker's lists or in its unacked set (where every task a worker holds, runs or
+    counts down is kept). A live chain always has a task in one of them: the next step is published before
+    the last one is acknowledged, and ingest deletes a message only after its chain is queued."""
+    broker = redis.Redis.from_url(broker_url)
+    held = sum(broker.llen(q) for q in QUEUES) + broker.hlen("unacked")
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    attributes = stack.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)["Attributes"]
+    return held == 0 and all(int(v) == 0 for v in attributes.values())
+
+
 def _left_to_the_sweep(
     stack: Stack,
     env: dict[str, str],
     digests: list[str],
     timeout: float,
     since: datetime,
+    queue_url: str,
     records: redis.Redis | None = None,
 ) -> list[str]:
-    """On the Redis broker, wait out the bound; what is still missing then was taken off its list by BRPOP
-    a moment before the fault (a worker's SIGKILL, Redis's own restart) and never reached the unacked set
-    (docs/reliability.md: the one window kombu's Redis transport cannot close). Such an image has no failure
-    recorded (in `records`, the run's Redis; the session's by default), and the next `ninkik.reconcile`
-    re-runs it; a backfill of the test's repository since its start stands in for that sweep here (reconcile
-    itself is tested in test_backfill.py). Returns the images the sweep had to notify."""
-    try:
-        wait_for(lambda: all_notified(stack.standin, digests), timeout, "every image within the bound")
+    """On the Redis broker, wait until every image is notified or nothing of the run is held anywhere any more
+    (for 2 s), within the bound; what is still missing then was taken off its list by BRPOP a moment before
+    the fault (a worker's SIGKILL, Redis's own restart) and never reached the unacked set (docs/reliability.md:
+    the one window kombu's Redis transport cannot close). Such an image has no failure recorded (in `records`,
+    the run's Redis; the session's by default), and the next `ninkik.reconcile` re-runs it; a backfill of the
+    test's repository since its start stands in for that sweep here (reconcile itself is tested in
+    test_backfill.py). Returns the images the sweep had to notify."""
+    empty_since: list[float] = []
+
+    def settled() -> bool:
+        if all_notified(stack.standin, digests):
+            return True
+        if not _held_nowhere(stack, env["NINKIK_BROKER_URL"], queue_url):
+            empty_since.clear()
+            return False
+        empty_since[:] = empty_since or [time.monotonic()]
+        return time.monotonic() - empty_since[0] >= 2.0
+
+    with contextlib.suppress(TimeoutError):
+        wait_for(settled, timeout, "every image, or nothing left to wait for, within the bound")
+    if all_notified(stack.standin, digests):
         return []
-    except TimeoutError:
-        pass
     missing = [d for d in digests if d not in notified(stack.standin)]
     failures = [fields for _, fields in (records or stack.records).xrange("ninkik:failures")]
     assert not [f for f in failures if f.get("digest") in missing], "a lost image has a failure recorded"
@@ -204,7 +230,7 @@ def test_workers_killed_repeatedly(fresh: Stack, broker: Broker) -> None:
         if broker.kind == "rabbitmq":
             wait_all_notified(stack, digests, max(left, 0.1), what, [feeder, *procs.values()])
         else:
-            swept = _left_to_the_sweep(stack, env, digests, max(left, 0.1), started_at)
+            swept = _left_to_the_sweep(stack, env, digests, max(left, 0.1), started_at, queue_url)
         recovered = time.monotonic() - last_kill
         assert kills == 3, "the run ended before the workers could be killed three times"
         assert_each_once(stack.standin.received, digests)
@@ -307,7 +333,7 @@ def test_redis_restarted_mid_run(fresh: Stack, broker: Broker, tmp_path: Path) -
             # never wrote it to the unacked set: the same window as a SIGKILL's, left to the same sweep.
             records = redis.Redis.from_url(f"{url}/2", decode_responses=True)
             deadline = kill_recovery_deadline(broker, env)
-            swept = _left_to_the_sweep(stack, env, digests, deadline, started_at, records)
+            swept = _left_to_the_sweep(stack, env, digests, deadline, started_at, queue_url, records)
         assert_each_once(stack.standin.received, digests)
         assert feeder.alive() and all(w.alive() for w in workers)
         report(
