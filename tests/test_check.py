@@ -198,7 +198,7 @@ def test_wrong_token_and_unreachable_redis_are_named(stack: Stack, account: Guid
 
 
 def _broker_lines(settings: Settings) -> list[str]:
-    return [c.line() for c in check._brokers(settings)]
+    return [c.line() for c in check.broker_and_redis(settings)]
 
 
 def test_check_sees_the_rabbitmq_queues_and_their_type(stack: Stack, rabbitmq: local.RabbitMQ) -> None:

@@ -1,222 +1,31 @@
-"""`ninkik-tasks check`: is the configuration, Redis, the queue, ECR and ninkik's API as the setup guide says?"""
+"""`check` of AWS as the guide's policy allows it: the queue, then each registry's ECR."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import redis
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from . import brokers, indexes, tls
-from .backfill import LIMIT, LISTING_STATEMENT
-from .config import Settings
-from .ecr import DENIED, INSPECTOR_FIX, INSPECTOR_STATEMENT, error_code, error_message
-from .errors import ConfigError, PermanentError, TransientError
-from .inventory import Inventory, Known, Registry
-from .tenants import Directory, load_tenants_file, split
+from .. import indexes
+from ..backfill import LIMIT, LISTING_STATEMENT
+from ..config import Settings
+from ..ecr import DENIED, INSPECTOR_FIX, INSPECTOR_STATEMENT, error_code, error_message
+from ..errors import ConfigError, PermanentError, TransientError
+from ..inventory import Inventory, Known, Registry
+from ..tenants import Directory, load_tenants_file, split
+from .line import Check
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
     from mypy_boto3_sqs import SQSClient
 
-Level = Literal["OK", "WARN", "FAIL"]
-NO_SUCH_TENANT = "00000000-0000-4000-8000-000000000000"
-TOKEN_FIX = "set it to the bearer token ninkik gave for this system"
 
-
-@dataclass(frozen=True)
-class Check:
-    """One line of the report."""
-
-    level: Level
-    what: str
-    message: str
-
-    def line(self) -> str:
-        """The line as printed."""
-        return f"{self.level:<4} {self.what}: {self.message}"
-
-
-def run(
-    settings: Settings,
-    sqs: Callable[[], SQSClient],
-    ecr: Callable[[str], ECRClient],
-    http: httpx.Client,
-) -> Iterator[Check]:
-    """Every check, in the order an operator would fix them."""
-    yield from _config(settings)
-    yield from _brokers(settings)
-    if settings.sqs_queue_url:
-        yield from _queue(settings, sqs())
-    for account in settings.aws_account_ids:
-        for region in settings.allowed_regions():
-            yield from _registry(settings, ecr(region), account, region, http)
-    yield from _ninkik(settings, http)
-
-
-def _config(s: Settings) -> Iterator[Check]:
-    try:
-        s.require_ingest()
-        s.require_tenant_directory()
-    except ConfigError as exc:
-        yield Check("FAIL", "config", str(exc))
-        return
-    yield Check("OK", "config", f"accounts {', '.join(s.aws_account_ids)}; regions {', '.join(s.allowed_regions())}")
-
-
-LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-
-
-def _brokers(s: Settings) -> Iterator[Check]:
-    """The broker (RabbitMQ or Redis), then Redis as result backend and records' store."""
-    urls = [("NINKIK_RESULT_BACKEND", s.result_backend), ("NINKIK_REDIS_URL", s.redis_url)]
-    try:
-        kind = brokers.for_url(s.broker_url).__name__.rsplit(".", 1)[-1]
-    except ConfigError as exc:
-        yield Check("FAIL", "broker", str(exc))
-        kind = ""
-    if kind == "rabbitmq":
-        yield from _rabbitmq(s)
-    elif kind == "redis":
-        urls.insert(0, ("NINKIK_BROKER_URL", s.broker_url))
-    for name, url in urls:
-        try:
-            redis.Redis.from_url(
-                url, socket_connect_timeout=3, socket_timeout=3, **tls.redis_client_options(url, s)
-            ).ping()
-        except redis.RedisError as exc:
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                yield Check(
-                    "FAIL",
-                    "redis",
-                    f"{name} ({_safe_url(url)}) presents a certificate that does not verify: set "
-                    "NINKIK_TLS_CA_FILE to the CA that signed it (or fix the host name in the URL)",
-                )
-                continue
-            yield Check(
-                "FAIL", "redis", f"{name} ({_safe_url(url)}) does not answer: {exc}; start Redis or fix the URL"
-            )
-        else:
-            yield Check("OK", "redis", f"{name} answers ({_safe_url(url)})")
-
-
-def _rabbitmq(s: Settings) -> Iterator[Check]:
-    from kombu.connection import Connection
-
-    from .brokers import rabbitmq
-    from .celery_app import QUEUES
-
-    url = s.broker_url
-    parsed = urlparse(url)
-    host = parsed.hostname or "localhost"
-    if (parsed.username or "guest") == "guest" and (parsed.password or "guest") == "guest" and host not in LOOPBACK:
-        yield Check(
-            "WARN",
-            "broker",
-            f"NINKIK_BROKER_URL logs in to {host} as guest/guest: RabbitMQ refuses guest from other hosts, "
-            "and a well-known password is no password; create a user of its own (rabbitmqctl add_user)",
-        )
-    ssl: Any = tls.amqp_options(s) if parsed.scheme == "amqps" else False
-    try:
-        conn = Connection(url, connect_timeout=5, ssl=ssl)  # type: ignore[no-untyped-call]
-    except ValueError as exc:
-        yield Check("FAIL", "broker", f"NINKIK_BROKER_URL ({_safe_url(url)}) is not a valid URL: {exc}")
-        return
-    try:
-        conn.ensure_connection(max_retries=1)  # type: ignore[no-untyped-call]
-    except Exception as exc:
-        conn.release()  # type: ignore[no-untyped-call]
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            yield Check(
-                "FAIL",
-                "broker",
-                f"NINKIK_BROKER_URL ({_safe_url(url)}) presents a certificate that does not verify: set "
-                "NINKIK_TLS_CA_FILE to the CA that signed it (or fix the host name in the URL)",
-            )
-            return
-        yield Check(
-            "FAIL",
-            "broker",
-            f"NINKIK_BROKER_URL ({_safe_url(url)}) does not answer: {exc}; start RabbitMQ or fix the URL",
-        )
-        return
-    names = [*QUEUES, rabbitmq.DEAD_LETTER_QUEUE]
-    try:
-        yield Check("OK", "broker", f"NINKIK_BROKER_URL answers (RabbitMQ {_server_version(conn)}, {_safe_url(url)})")
-        types = _queue_types(s, parsed)
-        if types is None:
-            found = _passive(conn, names)
-            missing = [name for name in names if not found[name]]
-            how = "AMQP passive declare (the management API, port 15672, does not answer: the type is not checked)"
-        else:
-            missing = [name for name in names if name not in types]
-            how = "management API"
-            for name, kind in sorted(types.items()):
-                if name in names and kind != "quorum":
-                    yield Check(
-                        "FAIL",
-                        "broker",
-                        f"queue {name} is a {kind} queue: ninkik-tasks declares quorum queues; delete it "
-                        f"(rabbitmqctl delete_queue {name}, after draining it) and restart a worker to declare it",
-                    )
-        if missing:
-            yield Check(
-                "WARN",
-                "broker",
-                f"queues not declared yet: {', '.join(missing)} (a worker declares them when it starts)",
-            )
-        else:
-            yield Check("OK", "broker", f"queues {', '.join(names)} exist ({how})")
-    finally:
-        conn.release()  # type: ignore[no-untyped-call]
-
-
-def _server_version(conn: Any) -> str:
-    properties = getattr(conn.connection, "server_properties", {}) or {}
-    version = properties.get("version", "?")
-    return version.decode() if isinstance(version, bytes) else str(version)
-
-
-def _queue_types(s: Settings, parsed: Any) -> dict[str, str] | None:
-    """Queue name -> type in the broker URL's vhost, from the management API; None if it does not answer."""
-    from urllib.parse import quote, unquote
-
-    base = s.broker_management_url or f"http://{parsed.hostname or 'localhost'}:15672"
-    vhost = unquote(parsed.path[1:]) if parsed.path not in ("", "/") else "/"
-    try:
-        answer = httpx.get(
-            f"{base.rstrip('/')}/api/queues/{quote(vhost, safe='')}",
-            auth=(unquote(parsed.username or "guest"), unquote(parsed.password or "guest")),
-            timeout=5,
-        )
-        answer.raise_for_status()
-        return {q["name"]: q.get("type", "classic") for q in answer.json()}
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _passive(conn: Any, names: list[str]) -> dict[str, bool]:
-    found = {}
-    for name in names:
-        channel = conn.channel()
-        try:
-            channel.queue_declare(name, passive=True)
-            found[name] = True
-        except conn.channel_errors:
-            found[name] = False
-        finally:
-            with contextlib.suppress(Exception):
-                channel.close()
-    return found
-
-
-def _queue(s: Settings, sqs: SQSClient) -> Iterator[Check]:
+def queue(s: Settings, sqs: SQSClient) -> Iterator[Check]:
+    """The queue of NINKIK_SQS_QUEUE_URL: it exists, can be read, and whether handled messages can be deleted."""
     url = s.sqs_queue_url
     assert url
     name = url.rstrip("/").rsplit("/", 1)[-1]
@@ -263,7 +72,7 @@ def _queue(s: Settings, sqs: SQSClient) -> Iterator[Check]:
     yield Check("OK", "sqs", "sqs:DeleteMessage is granted: handled messages are deleted")
 
 
-def _registry(s: Settings, ecr: ECRClient, account: str, region: str, http: httpx.Client) -> Iterator[Check]:
+def registry(s: Settings, ecr: ECRClient, account: str, region: str, http: httpx.Client) -> Iterator[Check]:
     """ECR as AWS evaluates the guide's policy: the listing, a named repository, an image, its findings."""
     where = f"registry {account} in {region}"
     registry = Registry(account, region)
@@ -457,39 +266,6 @@ def _names_by_tenant(
     return out
 
 
-def _ninkik(s: Settings, http: httpx.Client) -> Iterator[Check]:
-    if s.tenants_file:
-        try:
-            tenants = load_tenants_file(s.tenants_file)
-        except (OSError, ValueError) as exc:
-            yield Check("FAIL", "tenants", f"NINKIK_TENANTS_FILE {s.tenants_file} cannot be read: {exc}")
-        else:
-            yield Check("OK", "tenants", f"NINKIK_TENANTS_FILE lists {len(tenants)} tenants")
-    if not s.api_url:
-        return
-    token = s.api_token.get_secret_value().strip() if s.api_token else ""
-    if not token:  # never an empty bearer header: ninkik (or any HTTP stack) refuses it before reading the URL
-        yield Check("FAIL", "ninkik", f"NINKIK_API_TOKEN is not set: {TOKEN_FIX}")
-        return
-    url = f"{s.api_url.rstrip('/')}/api/v1/tenants/{NO_SUCH_TENANT}"
-    try:
-        response = http.get(url, headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        yield Check(
-            "FAIL",
-            "ninkik",
-            f"NINKIK_API_URL {s.api_url} does not answer ({reason}): check the URL and the network path",
-        )
-        return
-    if response.status_code in (401, 403):
-        yield Check("FAIL", "ninkik", f"ninkik refuses NINKIK_API_TOKEN ({response.status_code}): set a valid token")
-    elif response.status_code in (200, 404):
-        yield Check("OK", "ninkik", f"API at {s.api_url} answers and accepts the token")
-    else:
-        yield Check("FAIL", "ninkik", f"API at {s.api_url} answered {response.status_code} to a tenant lookup")
-
-
 def _denied_or(exc: ClientError, action: str, where: str) -> str:
     code = error_code(exc)
     if code in DENIED:
@@ -497,8 +273,3 @@ def _denied_or(exc: ClientError, action: str, where: str) -> str:
     if code in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
         return f"{where} does not exist: set NINKIK_SQS_QUEUE_URL to what `aws sqs get-queue-url` prints"
     return f"{action} on {where} failed: {code}"
-
-
-def _safe_url(url: str) -> str:
-    parsed = urlparse(url)
-    return url.replace(f":{parsed.password}@", ":***@") if parsed.password else url

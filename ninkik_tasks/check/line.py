@@ -1,0 +1,21 @@
+"""One line of `check`'s report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Level = Literal["OK", "WARN", "FAIL"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report."""
+
+    level: Level
+    what: str
+    message: str
+
+    def line(self) -> str:
+        """The line as printed."""
+        return f"{self.level:<4} {self.what}: {self.message}"
