@@ -25,7 +25,7 @@ from .idempotency import Records
 from .indexes import Claims
 from .inventory import Inventory
 from .records import MAX_BODY_CHARS, Journal
-from .scanwait import ScanWaits
+from .scanwait import ScanWaits, member
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -276,12 +276,12 @@ class Ingest:
         ttl = self.settings.scan_wait_seconds + 3600
         out = []
         for message, event in scans:
-            image = f"{event.account}/{event.repository}@{event.digest}"
+            image = member(event.account, event.repository, event.digest)
             waiting = self.scan_waits.finish(event.region, image, ttl)
             index = self._index_of(event)
             if index is not None:
                 # A platform of an index: the index's report is what waits for it, and is read now if waiting.
-                if self.scan_waits.finish(event.region, f"{event.account}/{event.repository}@{index}", ttl):
+                if self.scan_waits.finish(event.region, member(event.account, event.repository, index), ttl):
                     log.info(
                         "scan done: repository=%s digest=%s (in index %s) event=%s: index read now",
                         event.repository,

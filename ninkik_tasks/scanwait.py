@@ -47,6 +47,11 @@ return tostring(math.max(0, tonumber(last) + 0.9 * interval - now))
 WAIT_SHARE = 0.5  # of NINKIK_ECR_CALLS_PER_SECOND, at most, for re-reading scans that have not finished
 
 
+def member(registry_id: str, repository: str, digest: str) -> str:
+    """How ScanWaits names an image of a region (the chain's waits and ingest's scan events must agree)."""
+    return f"{registry_id}/{repository}@{digest}"
+
+
 class ScanWaits:
     """The images waiting for their scan, per region; says when each may be read again."""
 

@@ -34,7 +34,7 @@ from .metrics import PipelineStats
 from .notify import idempotency_key, images_url, render, send
 from .ratelimit import RateLimited, RateLimiter
 from .records import Journal, failures
-from .scanwait import ScanWaits
+from .scanwait import ScanWaits, member
 from .tenants import Directory, Match
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ def settle_deadline(svc: Services, msg: Described) -> datetime:
 
 def waiting_as(image: Image) -> str:
     """How ScanWaits names an image: registry/repository@digest."""
-    return f"{image.registry_id}/{image.repository}@{image.digest}"
+    return member(image.registry_id, image.repository, image.digest)
 
 
 def read_scan(
