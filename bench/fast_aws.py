@@ -10,7 +10,7 @@ validation beyond what the pipeline needs. Its own process, so its CPU is counte
 `--deny-delete` answers every DeleteMessageBatch with AccessDenied, as the customer guide's policy does.
 GET /stats gives {"received": n, "first_receive": t, "deleted": n} (time.time()).
 POST /_scans {"sha256:...": t} makes those images' scans finish at time t (time.time()): until then
-DescribeImageScanFindings answers IN_PROGRESS. GET /_calls gives every ECR call as [time, action, digest].
+DescribeImageScanFindings answers IN_PROGRESS. GET /_calls gives every ECR call as [arrival time, action, digest].
 """
 
 from __future__ import annotations
@@ -101,6 +101,10 @@ class Handler(BaseHTTPRequestHandler):
         # Headers and body go out as two writes: without this, Nagle and delayed ACKs add 40 ms per call.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def parse_request(self) -> bool:
+        self.arrived = time.time()  # the request line is in: the call's arrival, before its headers and body
+        return super().parse_request()
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -125,7 +129,7 @@ class Handler(BaseHTTPRequestHandler):
                 (i.get("imageDigest", "") for i in body.get("imageIds") or []), ""
             )
             with self.state.lock:
-                self.state.ecr_calls.append((time.time(), op, digest))
+                self.state.ecr_calls.append((self.arrived, op, digest))
         handler = getattr(self, f"_{op}", None)
         if handler is None:
             self._reply(400, {"__type": "UnknownOperationException", "message": f"{service}.{op} is not faked"})
