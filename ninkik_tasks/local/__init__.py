@@ -1,11 +1,9 @@
-"""The local stack for `ninkik-tasks dev` and the tests: Redis, moto's server, processes, emulator data."""
+"""The local stack for `ninkik-tasks dev` and the tests: Redis, RabbitMQ, moto's server, processes (data: .emulated)."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import signal
@@ -14,18 +12,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import httpx
 
-if TYPE_CHECKING:
-    from mypy_boto3_ecr import ECRClient
-
-ACCOUNT = "123456789012"  # moto's default account
-REGION = "eu-central-1"
+# What the emulators are given, under the package's names.
+from .emulated import ACCOUNT as ACCOUNT
+from .emulated import REGION as REGION
+from .emulated import basic_finding as basic_finding
+from .emulated import enhanced_finding as enhanced_finding
+from .emulated import manifest as manifest
+from .emulated import push_event as push_event
+from .emulated import push_image as push_image
+from .emulated import scan_event as scan_event
+from .emulated import set_scan_result as set_scan_result
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -374,143 +376,4 @@ def stack_env(redis_url: str, queue_url: str) -> dict[str, str]:
         "NINKIK_SQS_QUEUE_URL": queue_url,
         "NINKIK_AWS_ACCOUNT_IDS": ACCOUNT,
         "NINKIK_AWS_REGIONS": REGION,
-    }
-
-
-# Emulator data
-def manifest(seed: str) -> str:
-    """A Docker v2 image manifest that is unique per `seed`."""
-    layer = hashlib.sha256(seed.encode()).hexdigest()
-    return json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {
-                "mediaType": "application/vnd.docker.container.image.v1+json",
-                "size": 1000,
-                "digest": f"sha256:{hashlib.sha256(('config' + seed).encode()).hexdigest()}",
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                    "size": 12345,
-                    "digest": f"sha256:{layer}",
-                }
-            ],
-        }
-    )
-
-
-def push_image(ecr: ECRClient, repository: str, seed: str, tag: str | None = None) -> str:
-    """Create the repository if needed and put an image; returns its digest."""
-    with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
-        ecr.create_repository(repositoryName=repository)
-    body = manifest(seed)
-    kwargs: dict[str, Any] = {"imageTag": tag} if tag else {}
-    answer = ecr.put_image(repositoryName=repository, imageManifest=body, **kwargs)
-    return str(answer["image"]["imageId"]["imageDigest"])
-
-
-def basic_finding(cve: str, severity: str, package: str, version: str) -> dict[str, Any]:
-    """A basic-scanning finding as DescribeImageScanFindings returns it."""
-    return {
-        "name": cve,
-        "severity": severity,
-        "uri": f"https://nvd.nist.gov/vuln/detail/{cve}",
-        "description": f"{cve} in {package}",
-        "attributes": [
-            {"key": "package_name", "value": package},
-            {"key": "package_version", "value": version},
-            {"key": "CVSS2_SCORE", "value": "7.5"},
-        ],
-    }
-
-
-def enhanced_finding(cve: str, severity: str, package: str, version: str, fixed: str) -> dict[str, Any]:
-    """An enhanced-scanning (Inspector) finding as DescribeImageScanFindings returns it."""
-    return {
-        "awsAccountId": ACCOUNT,
-        "description": f"{cve} in {package}",
-        "findingArn": f"arn:finding/{cve}",
-        "severity": severity,
-        "score": 8.1,
-        "status": "ACTIVE",
-        "title": f"{cve} - {package}",
-        "type": "PACKAGE_VULNERABILITY",
-        "packageVulnerabilityDetails": {
-            "vulnerabilityId": cve,
-            "source": "NVD",
-            "sourceUrl": f"https://nvd.nist.gov/vuln/detail/{cve}",
-            "vulnerablePackages": [{"name": package, "version": version, "fixedInVersion": fixed}],
-        },
-    }
-
-
-def set_scan_result(
-    moto_url: str,
-    ecr: ECRClient,
-    repository: str,
-    digest: str,
-    *,
-    status: str = "COMPLETE",
-    findings: list[dict[str, Any]] | None = None,
-    enhanced: list[dict[str, Any]] | None = None,
-    region: str = REGION,
-) -> None:
-    """Start the image's scan in moto and make DescribeImageScanFindings answer this result."""
-    ecr.start_image_scan(repositoryName=repository, imageId={"imageDigest": digest})
-    body: dict[str, Any] = {"imageScanCompletedAt": time.time(), "vulnerabilitySourceUpdatedAt": time.time()}
-    if enhanced is not None:
-        body["enhancedFindings"] = enhanced
-    else:
-        body["findings"] = findings or []
-    result = {
-        "registryId": ACCOUNT,
-        "repositoryName": repository,
-        "imageId": {"imageDigest": digest},
-        "imageScanStatus": {"status": status, "description": status},
-        "imageScanFindings": body,
-    }
-    answer = httpx.post(
-        f"{moto_url}/moto-api/static/ecr/scan-finding-results", json={"results": [result], "region": region}
-    )
-    answer.raise_for_status()
-    # moto hands a pending result to the next read of any image in the repository whose tag equals the
-    # result's (None for both when untagged): read it now, so it sticks to this image and no other.
-    ecr.describe_image_scan_findings(repositoryName=repository, imageId={"imageDigest": digest})
-
-
-def push_event(
-    repository: str,
-    digest: str,
-    tag: str | None = None,
-    *,
-    account: str = ACCOUNT,
-    region: str = REGION,
-    event_id: str | None = None,
-    manifest_media_type: str = "application/vnd.docker.distribution.manifest.v2+json",
-    artifact_media_type: str | None = "application/vnd.docker.container.image.v1+json",
-) -> dict[str, Any]:
-    """An EventBridge "ECR Image Action" PUSH/SUCCESS event as delivered to SQS (an index's has no artifact type)."""
-    # As ECR sends it: an untagged push has "image-tag": "", and the media types are in the event.
-    detail: dict[str, Any] = {
-        "result": "SUCCESS",
-        "repository-name": repository,
-        "image-digest": digest,
-        "action-type": "PUSH",
-        "image-tag": tag or "",
-        "manifest-media-type": manifest_media_type,
-    }
-    if artifact_media_type is not None:
-        detail["artifact-media-type"] = artifact_media_type
-    return {
-        "version": "0",
-        "id": event_id or str(uuid.uuid4()),
-        "detail-type": "ECR Image Action",
-        "source": "aws.ecr",
-        "account": account,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "region": region,
-        "resources": [],
-        "detail": detail,
     }
