@@ -26,6 +26,7 @@ from .events import ImagePushed
 from .filters import validate
 from .listing import Progress
 from .ratelimit import RateLimited
+from .scans import scan_step
 from .stages import (
     Described,
     Matched,
@@ -34,7 +35,6 @@ from .stages import (
     describe,
     describe_step,
     notify_step,
-    scan_step,
     services,
 )
 from .stages import (

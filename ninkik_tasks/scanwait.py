@@ -5,10 +5,13 @@ latest read). Each image is read again after `max(poll, waiting / (calls_per_sec
 the status reads of all waiting images take at most `share` of the region's shared ECR budget and the rest
 stays for first reads (new pushes), DescribeImages and sweeps. An image whose wait ended without saying so
 (its worker died) drops out once it has not been read for three of its intervals. A scan-complete event
-for a waiting image ends its wait at once (ingest starts a chain that reads it now; see ingest.py).
+for a waiting image ends its wait at once (ingest starts a chain that reads it now; see ingest.py): that
+chain takes up the waiting chain's message (`park`) rather than describing the image again, and the waiting
+chain, when its turn comes, takes that chain's read (`after_event`) rather than reading again, so the event
+costs one status read and no DescribeImages.
 
 An untagged image whose scan is final may still be held a short while (NINKIK_UNTAGGED_HOLD_SECONDS after its
-push) for an index that lists it (stages.hold_seconds): a held image leaves the waiting set (it takes no reads and
+push) for an index that lists it (scans.hold_seconds): a held image leaves the waiting set (it takes no reads and
 no share of the budget), its final scan is kept here, and it is counted apart (`held`), not as a scan wait.
 """
 
@@ -90,7 +93,31 @@ class ScanWaits:
 
     def finished(self, region: str, image: str) -> bool:
         """Whether a scan-complete event said the image's scan is done."""
-        return bool(self.r.exists(self._finished_key(region, image)))
+        return self.after_event(region, image) is not None
+
+    def after_event(self, region: str, image: str) -> str | None:
+        """None if no scan-complete event came for the image; else the final scan (JSON) a chain read after it,
+        or "" while none has."""
+        raw = self.r.get(self._finished_key(region, image))
+        return None if raw is None else "" if raw in ("1", b"1") else str(raw)
+
+    def read_after_event(self, region: str, image: str, scan: str) -> None:
+        """A chain read the image's final scan (JSON) after its event: the chains still waiting take this read
+        instead of their own (the push's chain, when the event's chain reported first)."""
+        self.r.set(self._finished_key(region, image), scan, xx=True, keepttl=True)
+
+    def park(self, region: str, image: str, described: str, ttl: int) -> None:
+        """The message (JSON) of a chain waiting for `image`: a scan-complete event's chain takes it up instead of
+        matching and describing the image again (stages.describe_step)."""
+        self.r.set(self._parked_key(region, image), described, ex=ttl)
+
+    def parked(self, region: str, image: str) -> str | None:
+        """The message `park` left for the image, if any."""
+        value = self.r.get(self._parked_key(region, image))
+        return None if value is None else str(value)
+
+    def _parked_key(self, region: str, image: str) -> str:
+        return f"{self.namespace}:scanparked:{region}:{image}"
 
     def _finished_key(self, region: str, image: str) -> str:
         return f"{self.namespace}:scandone:{region}:{image}"

@@ -41,7 +41,8 @@ from ninkik_tasks.inventory import Inventory, Known, Registry
 from ninkik_tasks.listing import Progress
 from ninkik_tasks.local import wait_for
 from ninkik_tasks.ratelimit import Pace
-from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step, scan_step
+from ninkik_tasks.scans import scan_step
+from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step
 from ninkik_tasks.tenants import Directory
 
 CONTROL = "ninkik-control"

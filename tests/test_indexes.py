@@ -23,7 +23,7 @@ from faultproxy import FaultProxy
 from iamproxy import IamProxy
 
 from ninkik_tasks import backfill as sweeps
-from ninkik_tasks import local, stages
+from ninkik_tasks import local, scans
 from ninkik_tasks.artifacts import not_an_image
 from ninkik_tasks.config import Settings
 from ninkik_tasks.errors import PermanentError, ScanNotReady
@@ -34,7 +34,8 @@ from ninkik_tasks.indexes import Platform, merge, platforms_of
 from ninkik_tasks.local import oci, wait_for
 from ninkik_tasks.notify import render
 from ninkik_tasks.ratelimit import RateLimited
-from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step, scan_step, waiting_as
+from ninkik_tasks.scans import scan_step, waiting_as
+from ninkik_tasks.stages import Services, describe_step, match_tenant, notify_step
 
 REPOSITORY = f"{TENANT_A}/web"
 HOLD = "10"  # seconds an untagged image waits for an index (the events of one build arrive within a second)
@@ -354,7 +355,7 @@ def test_an_index_waits_for_every_platform_then_reports_what_the_wait_gave(stack
         with pytest.MonkeyPatch.context() as patch:
             # The last read meets a full ECR budget (the limiter's refusal, played here without a limiter):
             # retried when the queue drained, never reported NOT_SCANNED for it.
-            patch.setattr(stages, "scan_findings", _refused)
+            patch.setattr(scans, "scan_findings", _refused)
             with pytest.raises(RateLimited):
                 scan_step(svc, described, now=late)
         scanned = scan_step(svc, described, now=late)

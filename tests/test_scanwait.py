@@ -21,8 +21,9 @@ from ninkik_tasks.events import ImagePushed
 from ninkik_tasks.findings import Image
 from ninkik_tasks.local import wait_for
 from ninkik_tasks.ratelimit import RateLimited, RateLimiter
+from ninkik_tasks.scans import scan_step
 from ninkik_tasks.scanwait import ScanWaits
-from ninkik_tasks.stages import Described, Services, scan_step
+from ninkik_tasks.stages import Described, Matched, Services, describe_step
 from ninkik_tasks.tenants import Match
 
 
@@ -235,10 +236,70 @@ def test_a_scan_complete_event_ends_the_wait_at_once(stack: Stack, sample: str) 
         wait_for(lambda: "scan done" in feeder.output(), 10, "ingest to log the scan event")
         assert len(stack.received_for(waiting)) == 1
         assert not stack.received_for(nobody) and reads(nobody) == 0  # nobody waited for it: nothing read
+        # The event's chain took up the waiting chain's message: the image was described once.
+        assert sum(1 for c in proxy.calls if c.action == "DescribeImages" and _image(c) == waiting) == 1
     finally:
         feeder.stop()
         worker.stop()
         proxy.stop()
+
+
+def test_a_scan_event_costs_one_status_read_and_no_second_describe(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event's chain takes up the waiting chain's message (no DescribeImages again), and the waiting chain, at
+    its turn, takes the event chain's read (no status read again): one report, one read after the scan ended.
+    The stages on redis-server and moto; a proxy counts the ECR calls and answers IN_PROGRESS until the scan ends
+    (moto's scans are final at once)."""
+    proxy = FaultProxy(stack.moto_url).start()
+    for name, value in {**local.aws_env(stack.moto_url), "AWS_ENDPOINT_URL_ECR": proxy.url}.items():
+        monkeypatch.setenv(name, value)
+    clients._reset_after_fork()
+    settings = Settings(
+        redis_url=f"{stack.redis_url}/2",
+        redis_namespace=f"t-{uuid.uuid4().hex[:8]}",
+        scan_poll_seconds=0.1,
+        untagged_hold_seconds=0,
+    )
+    svc = Services(settings, stack.records, httpx.Client())
+    repository = f"{TENANT_A}/shop"
+    digest = stack.push(repository, "event-once")
+    proxy.scanning[digest] = time.monotonic() + 3600
+    match = Match(tenant=TENANT_A, product=PRODUCT_A1, product_name="shop", component="")
+
+    def calls(action: str) -> int:
+        return sum(1 for c in proxy.calls if c.action == action and digest in (_digest(c), _image(c)))
+
+    def pushed(event_id: str, scan_finished: bool) -> Matched:
+        event = ImagePushed(
+            event_id=event_id,
+            account=local.ACCOUNT,
+            region=local.REGION,
+            repository=repository,
+            digest=digest,
+            tag="event-once",
+            time=datetime.now(UTC),
+            scan_finished=scan_finished,
+        )
+        return Matched(event=event, match=match)
+
+    try:
+        waiting = describe_step(svc, pushed("push", scan_finished=False))
+        with pytest.raises(ScanNotReady):
+            scan_step(svc, waiting)  # IN_PROGRESS: the push's chain waits
+        proxy.scanning[digest] = 0  # the scan ends, and its event comes (ingest: ScanWaits.finish)
+        image = f"{local.ACCOUNT}/{repository}@{digest}"
+        assert svc.scan_waits.finish(local.REGION, image, 600)
+        taken_up = describe_step(svc, pushed("scan-event", scan_finished=True))
+        assert taken_up == waiting and calls("DescribeImages") == 1
+        by_event = scan_step(svc, taken_up)
+        assert by_event.status == "COMPLETE" and calls("DescribeImageScanFindings") == 2
+        at_its_turn = scan_step(svc, waiting)  # the push's chain wakes: the event's chain read it already
+        assert at_its_turn.key == by_event.key and calls("DescribeImageScanFindings") == 2
+        assert svc.scan_waits.waiting(local.REGION) == 0
+    finally:
+        proxy.stop()
+        clients._reset_after_fork()
 
 
 def test_a_scan_read_again_gives_way_to_first_reads_in_the_ecr_budget(
@@ -285,7 +346,7 @@ def test_a_scan_read_again_gives_way_to_first_reads_in_the_ecr_budget(
     queued_until = stack.records.get(slot_key)
     with pytest.raises(RateLimited) as refused:  # any call that may wait 1 s at most: told when to come back
         RateLimiter(stack.records, slot_key, 20, max_wait=1.0).acquire()
-    queued = 40 * limiter.interval_us / 1e6  # 2.1 s: 20 calls a second and the flight's guard
+    queued = 40 * limiter.interval_us / 1e6  # 2.2 s: 20 calls a second and the guard for the way to AWS
     assert refused.value.retry_after is not None and 1.0 <= refused.value.retry_after <= queued - 0.5
     with pytest.raises(ScanNotReady, match="first reads") as caught:
         scan_step(svc, running)
