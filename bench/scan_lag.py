@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scan_lag.py                     # durations, then 10, 100 and 1,000 waiting images
     .venv/bin/python bench/scan_lag.py --quick --no-write  # shorter scans, for trying it out
+    .venv/bin/python bench/scan_lag.py --no-durations --counts 100,1000 --scan-events  # with the second rule
 
 Each run starts redis-server, bench/fast_aws.py (canned SQS and ECR answers; a scan answers IN_PROGRESS
 until the time the bench gave it), the ninkik stand-in in this process, one `ninkik-tasks ingest` and one
@@ -14,7 +15,8 @@ event per image, makes each image's scan finish at its own time after the event,
 - the most ECR calls in any one-second window, against the limit: as the limiter let them go (its log of
   departures in Redis, by Redis's clock, read every 0.2 s) and as they arrived at the emulator;
 - the worker's threads and peak RSS (its process tree) while the waits run.
-Figures go to bench/RESULTS.md (`--no-write` skips that).
+With `--scan-events` the bench also sends each image's "ECR Image Scan" event (docs/operations.md's second
+rule) the moment its scan finishes, as EventBridge would. Figures go to bench/RESULTS.md (`--no-write` skips that).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Run:
     scans: dict[str, float]
     wait: int
     late: dict[str, float] = field(default_factory=dict)  # digest -> seconds after the others its event is sent
+    scan_events: bool = False  # each scan's "ECR Image Scan" event on the queue as it finishes
     sent_at: float = 0.0
     received: dict[str, Received] = field(default_factory=dict)
     calls: list[tuple[float, str, str]] = field(default_factory=list)  # as they arrived at the emulator
@@ -213,6 +216,8 @@ def execute(run: Run, work: Path, log: Any) -> Run:
         run.sent_at = time.time()
         httpx.post(f"{aws_url}/_scans", json={d: run.finished(d) for d in run.scans}).raise_for_status()
         send(sqs, queue_url, [d for d in digests if d not in run.late], repositories)
+        if run.scan_events:
+            threading.Thread(target=send_scan_events, args=(sqs, queue_url, run, repositories), daemon=True).start()
         if run.late:
             # New pushes while the others wait: the first reads must not queue behind the waits.
             time.sleep(max(0.0, run.sent_at + min(run.late.values()) - time.time()))
@@ -237,13 +242,25 @@ def execute(run: Run, work: Path, log: Any) -> Run:
         standin.stop()
 
 
-def send(sqs: Any, queue_url: str, digests: list[str], repositories: dict[str, str]) -> None:
+def send(sqs: Any, queue_url: str, digests: list[str], repositories: dict[str, str], event: Any = None) -> None:
+    """One push event (or `event(repository, digest)`) per image, ten to a batch."""
+    event = event or (lambda repository, digest: local.push_event(repository, digest, None))
     for start in range(0, len(digests), 10):
         entries = [
-            {"Id": str(i), "MessageBody": json.dumps(local.push_event(repositories[d], d, None))}
+            {"Id": str(i), "MessageBody": json.dumps(event(repositories[d], d))}
             for i, d in enumerate(digests[start : start + 10])
         ]
         sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+
+
+def send_scan_events(sqs: Any, queue_url: str, run: Run, repositories: dict[str, str]) -> None:
+    """Each image's "ECR Image Scan" event as its scan finishes (those due together in one batch)."""
+    due = sorted(run.scans, key=run.finished)
+    while due:
+        time.sleep(max(0.0, run.finished(due[0]) - time.time()))
+        ready = [d for d in due if run.finished(d) <= time.time()]
+        due = due[len(ready) :]
+        send(sqs, queue_url, ready, repositories, local.scan_event)
 
 
 def durations(quick: bool) -> Run:
@@ -255,7 +272,7 @@ def durations(quick: bool) -> Run:
     return Run("scans of 15 s to 10 min" if not quick else "scans of 5-60 s", scans, wait)
 
 
-def concurrent(count: int, quick: bool) -> Run:
+def concurrent(count: int, quick: bool, scan_events: bool = False) -> Run:
     """`count` images waiting at once over 10 repositories, basic scans of 60-120 s."""
     low, high = (60, 120) if not quick else (20, 40)
     scans = {f"sha256:{uuid.uuid4().hex * 2}": random.uniform(low, high) for _ in range(count)}
@@ -265,7 +282,8 @@ def concurrent(count: int, quick: bool) -> Run:
     rate = LIMIT / (1 + GUARD_SECONDS)
     late = {f"sha256:{uuid.uuid4().hex * 2}": max(low + 5, 1.1 * count * 2 / rate) for _ in range(10)}
     scans.update({digest: 10.0 for digest in late})
-    return Run(f"{count} waiting at once", scans, wait=900, late=late)
+    name = f"{count} waiting at once" + (", scan events on the queue" if scan_events else "")
+    return Run(name, scans, wait=900, late=late, scan_events=scan_events)
 
 
 def markdown(runs: list[Run]) -> str:
@@ -279,13 +297,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter scans and wait (about 5 minutes in all)")
     parser.add_argument("--counts", default="10,100,1000", help="waiting images of the concurrency runs")
     parser.add_argument("--no-durations", action="store_true", help="only the concurrency runs")
+    parser.add_argument("--scan-events", action="store_true", help="send each scan's event as it finishes")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ninkik-scan-lag-"))
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     plans = [] if args.no_durations else [durations(args.quick)]
-    plans += [concurrent(int(c), args.quick) for c in args.counts.split(",") if c]
-    runs = [execute(plan, work / plan.name.replace(" ", "-"), log) for plan in plans]
+    plans += [concurrent(int(c), args.quick, args.scan_events) for c in args.counts.split(",") if c]
+    runs = [execute(plan, work / plan.name.replace(" ", "-").replace(",", ""), log) for plan in plans]
     table = markdown(runs)
     print(table)
     if not args.no_write:
