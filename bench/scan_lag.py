@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,10 @@ from pipeline import RESULTS, entrypoint_defaults, machine  # noqa: E402
 from pipeline_run import PRODUCTS, TENANT, TENANTS, bench_env, start_emulator  # noqa: E402
 
 from ninkik_tasks import local  # noqa: E402
+from ninkik_tasks.config import Settings  # noqa: E402
 from ninkik_tasks.local.standin import Received, Standin  # noqa: E402
-from ninkik_tasks.ratelimit import GUARD_SECONDS  # noqa: E402
+from ninkik_tasks.ratelimit import GUARD_SECONDS, departures_key  # noqa: E402
+from ninkik_tasks.stages import ecr_limit_key  # noqa: E402
 
 POLL = 5.0
 LIMIT = 20
@@ -146,8 +149,9 @@ class Departures:
     left, so reading the log every 0.2 s sees them all."""
 
     def __init__(self, client: redis.Redis) -> None:
-        # The ECR limiter's key for the emulator's region (Stages.ecr), and its departures' log (RateLimiter).
-        self.key = f"ninkik:ratelimit:ecr:{local.REGION}:departed"
+        # The departures' log of the emulator region's ECR limiter (bench_env leaves the namespace its default).
+        namespace = Settings.model_fields["redis_namespace"].default
+        self.key = departures_key(ecr_limit_key(namespace, local.REGION))
         self.client, self.seen = client, dict[bytes, float]()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -242,7 +246,13 @@ def execute(run: Run, work: Path, log: Any) -> Run:
         standin.stop()
 
 
-def send(sqs: Any, queue_url: str, digests: list[str], repositories: dict[str, str], event: Any = None) -> None:
+def send(
+    sqs: Any,
+    queue_url: str,
+    digests: list[str],
+    repositories: dict[str, str],
+    event: Callable[[str, str], dict[str, Any]] | None = None,
+) -> None:
     """One push event (or `event(repository, digest)`) per image, ten to a batch."""
     event = event or (lambda repository, digest: local.push_event(repository, digest, None))
     for start in range(0, len(digests), 10):

@@ -64,6 +64,11 @@ return math.max(1, oldest + window - now)
 GUARD_SECONDS = 0.1  # how much longer one call's way to AWS may take than another's (added to the window)
 
 
+def departures_key(key: str) -> str:
+    """Where the limiter at `key` logs the last window's departures (a sorted set, Redis-clock microseconds)."""
+    return f"{key}:departed"
+
+
 class RateLimited(TransientError):
     """The limiter's queue is longer than a call may wait: come back when it will have drained (`retry_after`),
     not after a growing backoff, or a burst's retries keep the queue full for minutes after it."""
@@ -105,7 +110,7 @@ class RateLimiter:
         if wait_us:
             self._sleep(wait_us / 1_000_000)
         departure: list[int | str] = [self.per_window, self.window_us, secrets.token_hex(8)]
-        while late_us := int(self._depart(keys=[f"{self.key}:departed"], args=departure)):
+        while late_us := int(self._depart(keys=[departures_key(self.key)], args=departure)):
             self._sleep(late_us / 1_000_000)
             wait_us += late_us
         return wait_us / 1_000_000

@@ -87,7 +87,7 @@ def image_scan(svc: Services, msg: Described, now: datetime) -> Scan:
     held = svc.scan_waits.held(region, member) if untagged else None
     if held is not None and held[0] > 0:
         raise ScanNotReady("held for an index that lists it", remaining=held[0], next_read=held[0])
-    after_event = None if msg.event.scan_finished else svc.scan_waits.after_event(region, member)
+    after_event = None if msg.event.scan_finished or held is not None else svc.scan_waits.after_event(region, member)
     if held is not None:
         scan = Scan.model_validate_json(held[1])
     elif after_event and msg.event.source == "push":

@@ -45,6 +45,11 @@ FIRST_MAX_WAIT = 10.0
 REREAD_MAX_WAIT = 1.0
 
 
+def ecr_limit_key(namespace: str, region: str) -> str:
+    """The Redis key of a region's ECR budget, which every worker shares."""
+    return f"{namespace}:ratelimit:ecr:{region}"
+
+
 @dataclass
 class Services:
     """What the stages need, made once per process."""
@@ -89,8 +94,8 @@ class Services:
         s = self.settings
         limiter = None
         if s.ecr_calls_per_second > 0:
-            key = f"{s.redis_namespace}:ratelimit:ecr:{region}"
             max_wait = REREAD_MAX_WAIT if rereading else FIRST_MAX_WAIT
+            key = ecr_limit_key(s.redis_namespace, region)
             limiter = RateLimiter(self.redis, key, s.ecr_calls_per_second, max_wait=max_wait)
         return clients.ecr(region, limiter, lane="reread" if rereading else "")
 

@@ -22,8 +22,8 @@ from ninkik_tasks.findings import Image
 from ninkik_tasks.local import wait_for
 from ninkik_tasks.ratelimit import RateLimited, RateLimiter
 from ninkik_tasks.scans import scan_step
-from ninkik_tasks.scanwait import ScanWaits
-from ninkik_tasks.stages import Described, Matched, Services, describe_step
+from ninkik_tasks.scanwait import ScanWaits, member
+from ninkik_tasks.stages import Described, Matched, Services, describe_step, ecr_limit_key
 from ninkik_tasks.tenants import Match
 
 
@@ -244,6 +244,22 @@ def test_a_scan_complete_event_ends_the_wait_at_once(stack: Stack, sample: str) 
         proxy.stop()
 
 
+def _stages_on_moto(stack: Stack, monkeypatch: pytest.MonkeyPatch, **aws: str) -> Services:
+    """The stages in this process on redis-server, ECR the emulator (or `aws`'s endpoints): a 0.1 s poll, the
+    default ECR budget, untagged images reported at once (no index lists them)."""
+    for name, value in {**local.aws_env(stack.moto_url), **aws}.items():
+        monkeypatch.setenv(name, value)
+    clients._reset_after_fork()  # this process's ECR clients, made again for the emulator
+    settings = Settings(
+        redis_url=f"{stack.redis_url}/2",
+        redis_namespace=f"t-{uuid.uuid4().hex[:8]}",
+        ecr_calls_per_second=20,
+        scan_poll_seconds=0.1,
+        untagged_hold_seconds=0,
+    )
+    return Services(settings, stack.records, httpx.Client())
+
+
 def test_a_scan_event_costs_one_status_read_and_no_second_describe(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -252,16 +268,7 @@ def test_a_scan_event_costs_one_status_read_and_no_second_describe(
     The stages on redis-server and moto; a proxy counts the ECR calls and answers IN_PROGRESS until the scan ends
     (moto's scans are final at once)."""
     proxy = FaultProxy(stack.moto_url).start()
-    for name, value in {**local.aws_env(stack.moto_url), "AWS_ENDPOINT_URL_ECR": proxy.url}.items():
-        monkeypatch.setenv(name, value)
-    clients._reset_after_fork()
-    settings = Settings(
-        redis_url=f"{stack.redis_url}/2",
-        redis_namespace=f"t-{uuid.uuid4().hex[:8]}",
-        scan_poll_seconds=0.1,
-        untagged_hold_seconds=0,
-    )
-    svc = Services(settings, stack.records, httpx.Client())
+    svc = _stages_on_moto(stack, monkeypatch, AWS_ENDPOINT_URL_ECR=proxy.url)
     repository = f"{TENANT_A}/shop"
     digest = stack.push(repository, "event-once")
     proxy.scanning[digest] = time.monotonic() + 3600
@@ -288,8 +295,7 @@ def test_a_scan_event_costs_one_status_read_and_no_second_describe(
         with pytest.raises(ScanNotReady):
             scan_step(svc, waiting)  # IN_PROGRESS: the push's chain waits
         proxy.scanning[digest] = 0  # the scan ends, and its event comes (ingest: ScanWaits.finish)
-        image = f"{local.ACCOUNT}/{repository}@{digest}"
-        assert svc.scan_waits.finish(local.REGION, image, 600)
+        assert svc.scan_waits.finish(local.REGION, member(local.ACCOUNT, repository, digest), 600)
         taken_up = describe_step(svc, pushed("scan-event", scan_finished=True))
         assert taken_up == waiting and calls("DescribeImages") == 1
         by_event = scan_step(svc, taken_up)
@@ -308,17 +314,8 @@ def test_a_scan_read_again_gives_way_to_first_reads_in_the_ecr_budget(
     """A burst of new pushes queues their first reads in the region's limiter: a wait's re-read does not join
     the queue behind them (it is read at its next turn), while a first read waits for its slot. Real limiter on
     redis-server, real ECR calls to moto; the queue is made by reserving slots with the limiter's own script."""
-    for name, value in local.aws_env(stack.moto_url).items():
-        monkeypatch.setenv(name, value)
-    clients._reset_after_fork()  # this process's ECR clients, made again for the emulator
-    settings = Settings(
-        redis_url=f"{stack.redis_url}/2",
-        redis_namespace=f"t-{uuid.uuid4().hex[:8]}",
-        ecr_calls_per_second=20,
-        scan_poll_seconds=0.1,
-        untagged_hold_seconds=0,  # untagged images reported at once (no index lists them)
-    )
-    svc = Services(settings, stack.records, httpx.Client())
+    svc = _stages_on_moto(stack, monkeypatch)
+    settings = svc.settings
     repository = f"{TENANT_A}/shop"
     match = Match(tenant=TENANT_A, product=PRODUCT_A1, product_name="shop", component="")
 
@@ -337,9 +334,9 @@ def test_a_scan_read_again_gives_way_to_first_reads_in_the_ecr_budget(
     running = described(stack.push(repository, status="IN_PROGRESS"))
     with pytest.raises(ScanNotReady):
         scan_step(svc, running)  # its first read: the scan is running, so it waits
-    waiting_as = f"{local.ACCOUNT}/{repository}@{running.image.digest}"
+    waiting_as = member(local.ACCOUNT, repository, running.image.digest)
     wait_for(lambda: svc.scan_waits.due_in(local.REGION, waiting_as) == 0, 5, "its next turn")
-    limiter = RateLimiter(stack.records, f"{settings.redis_namespace}:ratelimit:ecr:{local.REGION}", 20)
+    limiter = RateLimiter(stack.records, ecr_limit_key(settings.redis_namespace, local.REGION), 20)
     slot_key = limiter.key
     for _ in range(40):  # two seconds of first reads queued ahead, at 20 calls/s
         limiter._reserve(keys=[slot_key], args=[limiter.interval_us, 10_000_000])
