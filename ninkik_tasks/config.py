@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
@@ -180,6 +181,33 @@ class Settings(BaseSettings):
                 "neither NINKIK_API_URL nor NINKIK_TENANTS_FILE is set: set NINKIK_API_URL "
                 "(and NINKIK_API_TOKEN) to your ninkik instance"
             )
+
+
+# Variables the project's own scripts read (workers/entrypoint.sh), not Settings: known all the same.
+SCRIPT_VARIABLES = ("NINKIK_WORKER_POOL", "NINKIK_WORKER_CONCURRENCY", "NINKIK_WORKER_QUEUES")
+
+
+def known_variables() -> frozenset[str]:
+    """Every NINKIK_* variable ninkik-tasks reads: the Settings fields and the scripts' own."""
+    fields = Settings.model_fields.items()
+    return frozenset({"NINKIK_" + name.upper() for name, f in fields if f.validation_alias is None}) | frozenset(
+        SCRIPT_VARIABLES
+    )
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per NINKIK_* variable that nothing reads (a misspelt setting), with the closest known name."""
+    import difflib
+
+    known = known_variables()
+    lines = []
+    for name in sorted(environ):
+        if name.startswith("NINKIK_") and name not in known:
+            # Compared without the prefix, which every name shares.
+            close = difflib.get_close_matches(name[7:], [k[7:] for k in known], n=1, cutoff=0.7)
+            hint = f": did you mean NINKIK_{close[0]}?" if close else ": see docs/configuration.md for the known settings"
+            lines.append(f"{name} is not a setting of ninkik-tasks and is ignored{hint}")
+    return lines
 
 
 def safe_url(url: str) -> str:
