@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
-from . import brokers, tls
+from . import brokers, startup, tls
 from .brokers import rabbitmq
 from .config import Settings, get_settings
+from .errors import ConfigError
 from .schedule import beat_schedule
 
 # One queue per kind of work, so operators can scale each with `-Q`.
@@ -18,6 +22,8 @@ CONTROL_QUEUE = "ninkik-control"  # backfill, reconcile, rescan
 QUEUES = (AWS_QUEUE, NINKIK_QUEUE, CONTROL_QUEUE)
 CONTROL_TASKS = ("ninkik.backfill", "ninkik.reconcile", "ninkik.rescan")
 CHAIN_TASKS = ("ninkik.match_tenant", "ninkik.describe_image", "ninkik.fetch_scan_findings", "ninkik.notify")
+
+log = logging.getLogger(__name__)
 
 # Beat wakes at least this often; a second beat waits for the lock and retries it this often too.
 BEAT_MAX_INTERVAL = 5
@@ -81,10 +87,57 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     )
 
 
+def _configuration() -> dict[str, Any]:
+    """Celery's configuration, read when Celery first needs it: the whole configuration is validated then, since
+    `celery -A ninkik_tasks worker` (beat, flower) reads it to parse its options, before any start-up signal. Under
+    a command line a bad setting is one line and exit 2."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    try:
+        settings = get_settings()
+        startup.validate(settings)
+        if context is not None and context.info_name == "flower":  # `celery -A ninkik_tasks flower` too
+            from . import flower
+
+            problem = flower.refusal(context.args or sys.argv[sys.argv.index("flower") + 1 :], os.environ)
+            if problem:
+                raise ConfigError(problem)
+        return celery_config(settings)
+    except ConfigError as exc:
+        if context is None:
+            raise  # a caller of the library: it handles ConfigError itself
+        startup.refuse(exc)
+
+
+def _worker_starts(**_: Any) -> None:
+    startup.warn_unknown()
+
+
+def _beat_starts(sender: Any, **_: Any) -> None:
+    settings = get_settings()
+    startup.warn_unknown()
+    # RedBeat's own beat_init handler (connected after this one) blocks until it holds the lock: say so.
+    lock = getattr(getattr(sender, "scheduler", None), "lock_key", None)
+    if lock:
+        from .clients import redis_client
+
+        holder = redis_client(settings).exists(lock)
+        if holder:
+            log.warning(
+                "another celery beat holds the schedule's lock (%s in NINKIK_REDIS_URL): this one stands by and "
+                "takes over within %d s of that one stopping (and logs that it acquired the lock)",
+                lock,
+                BEAT_LOCK_SECONDS + BEAT_MAX_INTERVAL,
+            )
+
+
 def make_app() -> Celery:
     """The app; settings are read on first use, so importing the package never fails or does I/O."""
     app = Celery("ninkik_tasks", include=["ninkik_tasks.pipeline"])
-    app.add_defaults(lambda: celery_config(get_settings()))
+    app.add_defaults(_configuration)
+    signals.celeryd_init.connect(_worker_starts, weak=False)
+    signals.beat_init.connect(_beat_starts, weak=False)
     # Records RabbitMQ's dead letters (tasks over the delivery limit) as failures; nothing on Redis.
     app.steps["consumer"].add(rabbitmq.DeadLetters)
     app.steps["worker"].add(rabbitmq.Declare)  # every queue exists before delayed delivery binds them

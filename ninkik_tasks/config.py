@@ -205,7 +205,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         if name.startswith("NINKIK_") and name not in known:
             # Compared without the prefix, which every name shares.
             close = difflib.get_close_matches(name[7:], [k[7:] for k in known], n=1, cutoff=0.7)
-            hint = f": did you mean NINKIK_{close[0]}?" if close else ": see docs/configuration.md for the known settings"
+            hint = f": did you mean NINKIK_{close[0]}?" if close else ": docs/configuration.md lists the known ones"
             lines.append(f"{name} is not a setting of ninkik-tasks and is ignored{hint}")
     return lines
 

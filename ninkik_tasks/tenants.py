@@ -10,7 +10,7 @@ import httpx
 import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import PermanentError, TransientError
+from .errors import ConfigError, PermanentError, TransientError
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -147,9 +147,32 @@ class Directory:
         return Match(tenant=name.tenant, product=product.uuid, product_name=product.name, component=name.component)
 
 
+TENANTS_FILE_FORMS = (
+    'a JSON list of tenants [{"uuid": ..., "name": ..., "products": [{"uuid": ..., "name": ...}]}], '
+    'or {"tenants": [...]} holding that list'
+)
+
+
 def load_tenants_file(path: Path) -> dict[str, Tenant]:
-    """Read a tenant directory file: a list of tenants, or {"tenants": [...]}."""
-    data = json.loads(path.read_text())
-    items = data["tenants"] if isinstance(data, dict) else data
-    tenants = [Tenant.model_validate(item) for item in items]
+    """Read a tenant directory file (a list of tenants, or {"tenants": [...]}); ConfigError in one line if not."""
+    where = f"NINKIK_TENANTS_FILE {path}"
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read ({exc.strerror or exc}): fix the path or its permissions") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"{where} is not valid JSON ({exc}): fix it; the accepted forms are {TENANTS_FILE_FORMS}"
+        ) from None
+    items = data.get("tenants") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ConfigError(f"{where} has the wrong shape: the accepted forms are {TENANTS_FILE_FORMS}")
+    try:
+        tenants = [Tenant.model_validate(item) for item in items]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        at = "tenant " + ".".join(str(part) for part in first["loc"]) if first["loc"] else "a tenant"
+        raise ConfigError(
+            f"{where}: {at}: {first['msg']}: the accepted forms are {TENANTS_FILE_FORMS}"
+        ) from None
     return {tenant.uuid.lower(): tenant for tenant in tenants}
