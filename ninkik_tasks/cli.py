@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from .errors import ConfigError, InvalidFilter
+from .explain import explain, redis_full
+from .flower import command as flower_command
 
 
 class _Group(click.Group):
@@ -34,64 +36,6 @@ class _Group(click.Group):
             sys.exit(2 if isinstance(exc, (ConfigError, InvalidFilter)) else 1)
 
 
-def explain(exc: Exception) -> str | None:
-    """One line saying what failed and how to fix it, for every error an operator can cause; None for a bug."""
-    import botocore.exceptions as aws
-    import httpx
-    import redis.exceptions as redis_errors
-    from amqp.exceptions import AMQPError
-    from kombu.exceptions import OperationalError
-
-    reason = " ".join(str(exc).split())
-    if isinstance(exc, (ConfigError, InvalidFilter)):
-        return reason
-    if isinstance(exc, redis_errors.ResponseError):
-        return f"Redis refused a command ({reason}): is NINKIK_REDIS_URL ({_redis_urls()}) a Redis 7 server?"
-    if isinstance(exc, redis_errors.RedisError):
-        return (
-            f"Redis does not answer ({reason}): start Redis or fix NINKIK_REDIS_URL ({_redis_urls()}), "
-            "NINKIK_BROKER_URL or NINKIK_RESULT_BACKEND"
-        )
-    if isinstance(exc, (OperationalError, AMQPError)):
-        return (
-            f"the broker does not answer at NINKIK_BROKER_URL ({_redis_urls('broker_url')}): {reason}; "
-            "start it or fix the URL"
-        )
-    if isinstance(exc, aws.NoRegionError):
-        return "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION) to the region of the queue and registries"
-    if isinstance(exc, (aws.NoCredentialsError, aws.PartialCredentialsError)):
-        return (
-            "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-            "for the ninkik IAM user of the setup guide"
-        )
-    if isinstance(exc, (aws.ConnectionError, aws.HTTPClientError)):
-        return f"AWS does not answer ({reason}): check AWS_ENDPOINT_URL, AWS_REGION and the network path"
-    if isinstance(exc, aws.ClientError):
-        from .ecr import DENIED, error_code
-
-        operation = getattr(exc, "operation_name", "the call")
-        if error_code(exc) in DENIED:
-            return f"AWS refused {operation}: it is not granted; attach the setup guide's policies to this IAM user"
-        return f"AWS refused {operation}: {reason}"
-    if isinstance(exc, aws.BotoCoreError):
-        return f"AWS: {reason}"
-    if isinstance(exc, httpx.HTTPError):
-        return (
-            f"ninkik's API (NINKIK_API_URL) failed: {type(exc).__name__}: {reason}; "
-            "check the URL, NINKIK_API_TOKEN and the network path"
-        )
-    return None
-
-
-def _redis_urls(field: str = "redis_url") -> str:
-    from .config import get_settings, safe_url
-
-    try:
-        return safe_url(str(getattr(get_settings(), field)))
-    except ConfigError:
-        return "?"
-
-
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
@@ -113,7 +57,7 @@ def main() -> None:
 @main.command()
 def ingest() -> None:
     """Poll NINKIK_SQS_QUEUE_URL and start a chain for every new ECR push event."""
-    from . import clients, logs, metrics
+    from . import clients, logs, metrics, startup
     from .config import get_settings
     from .idempotency import Records
     from .ingest import Ingest
@@ -122,6 +66,7 @@ def ingest() -> None:
 
     settings = get_settings()
     logs.configure(settings)
+    startup.prepare(settings)
     settings.require_ingest()
     redis = clients.redis_client(settings)
     metrics.serve(
@@ -144,13 +89,12 @@ def check() -> None:
     from .config import get_settings
 
     settings = get_settings()
-    failed = False
-    for result in checks.run(
-        settings, lambda: clients.sqs(settings), clients.ecr, clients.http(settings)
-    ):
+    code = 0
+    for result in checks.run(settings, lambda: clients.sqs(settings), clients.ecr, clients.http(settings)):
         click.echo(result.line())
-        failed = failed or result.level == "FAIL"
-    sys.exit(1 if failed else 0)
+        if result.level == "FAIL":
+            code = 2 if result.setting or code == 2 else 1
+    sys.exit(code)
 
 
 def _journal(name: str) -> Any:
@@ -164,6 +108,9 @@ def _journal(name: str) -> Any:
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("none")
         return
     from rich.console import Console
     from rich.table import Table
@@ -288,11 +235,16 @@ def backfill(tenant: str | None, repository: tuple[str, ...], since: str | None,
     try:
         result = backfill_task.apply_async(kwargs=filters.as_kwargs(), retry=False)
     except RuntimeError as exc:  # Celery's result backend says RuntimeError when Redis is down
+        if redis_full(exc):
+            raise
         reason = " ".join(str(exc).split())
         raise ConfigError(f"cannot queue the backfill (NINKIK_BROKER_URL, NINKIK_RESULT_BACKEND): {reason}") from None
     if not wait:
         click.echo(result.id)
-        click.echo("backfill queued: follow it in Flower, or run this again with --wait", err=True)
+        click.echo(
+            f"backfill queued: follow it with `celery -A ninkik_tasks result {result.id}` or in Flower (Tasks)",
+            err=True,
+        )
         return
     sys.exit(_watch_backfill(result))
 
@@ -309,7 +261,12 @@ def _watch_backfill(result: Any) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,  # the spinner line goes once it is done: `done:` is the last word
         ) as bar:
             # The id goes out once Ctrl-C is ours to handle: a Ctrl-C right after it stops the waiting alone.
             click.echo(result.id)
@@ -377,6 +334,8 @@ def standin(ctx: click.Context, /, **_: Any) -> None:
 
     ctx.forward(serve)
 
+
+main.add_command(flower_command, "flower")
 
 if __name__ == "__main__":
     main()

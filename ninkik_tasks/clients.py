@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import boto3
 import httpx
@@ -28,6 +30,8 @@ AWS_CONFIG = Config(
     max_pool_connections=20,
 )
 
+log = logging.getLogger(__name__)
+
 _cache: dict[Any, Any] = {}
 
 
@@ -46,6 +50,7 @@ def ecr(region: str, limiter: RateLimiter | None = None, lane: str = "") -> ECRC
         made = boto3.session.Session().client("ecr", region_name=region, config=AWS_CONFIG)
         if limiter is not None:
             made.meta.events.register("before-send.ecr", limiter.before_send)
+        log.info("ECR in %s: calls go to %s", region, made.meta.endpoint_url)
         _cache[key] = made
     client: ECRClient = _cache[key]
     return client
@@ -76,9 +81,34 @@ def sqs(settings: Settings) -> SQSClient:
         )
     key = ("sqs", region, settings.sqs_wait_seconds)
     if key not in _cache:
-        _cache[key] = boto3.session.Session().client("sqs", region_name=region, config=sqs_config(settings))
+        made = boto3.session.Session().client("sqs", region_name=region, config=sqs_config(settings))
+        log.info("SQS in %s: calls go to %s", region, made.meta.endpoint_url)
+        _cache[key] = made
     client: SQSClient = _cache[key]
     return client
+
+
+def is_aws(url: str) -> bool:
+    """Whether a URL is one of AWS's own hosts (regional, FIPS, dual-stack, the legacy queue host, VPC endpoints)."""
+    host = (urlparse(url).hostname or "").lower()
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws"))
+
+
+def queue_endpoint_mismatch(queue_url: str, endpoint_url: str) -> str | None:
+    """One line when the queue URL and the endpoint SQS calls really go to disagree (AWS and an emulator)."""
+    if is_aws(queue_url) and not is_aws(endpoint_url):
+        return (
+            f"NINKIK_SQS_QUEUE_URL is an AWS queue ({queue_url}) but SQS calls go to {endpoint_url}: unset "
+            "AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_SQS to reach AWS, or set the queue URL of that endpoint"
+        )
+    if not is_aws(queue_url) and is_aws(endpoint_url):
+        parsed = urlparse(queue_url)
+        return (
+            f"NINKIK_SQS_QUEUE_URL is not an AWS queue ({queue_url}) but SQS calls go to AWS ({endpoint_url}): set "
+            f"AWS_ENDPOINT_URL_SQS (or AWS_ENDPOINT_URL) to {parsed.scheme}://{parsed.netloc}, or set the queue "
+            "URL that `aws sqs get-queue-url --queue-name ecr-docker-push` prints"
+        )
+    return None
 
 
 def redis_client(settings: Settings) -> redis.Redis:

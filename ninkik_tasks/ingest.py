@@ -17,10 +17,12 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from . import metrics
+from .clients import queue_endpoint_mismatch
 from .config import Settings
 from .ecr import DENIED, THROTTLING, error_code
 from .errors import ConfigError, IgnoredEvent, InvalidEvent
 from .events import ImagePushed, ImageScanned, parse, scanned_image
+from .explain import redis_full, redis_full_line
 from .idempotency import Records
 from .indexes import Claims
 from .inventory import Inventory
@@ -115,6 +117,7 @@ class Ingest:
                 else:
                     self.poll_once()
                 if failures:
+                    self._write_probe()  # a full Redis still answers reads: over only once a write succeeds
                     log.warning(
                         "SQS, Redis and the broker answer again: %d failed attempts over %.0fs",
                         failures,
@@ -134,12 +137,11 @@ class Ingest:
                 pause = min(30.0, 0.5 * 2**failures)
                 known = isinstance(exc, (RedisError, BotoCoreError, ClientError, OperationalError, OSError))
                 what = "poll" if started else f"reaching the queue {self.queue_url}"
-                reason = " ".join(str(exc).split())
+                reason = redis_full_line() if redis_full(exc) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
                 log.log(
                     logging.ERROR if failures == 1 else logging.DEBUG,
-                    "%s failed (%s: %s); retrying in %.1fs%s",
+                    "%s failed (%s); retrying in %.1fs%s",
                     what,
-                    type(exc).__name__,
                     reason,
                     pause,
                     ", with backoff up to 30 s, until it works (one line then)" if failures == 1 else "",
@@ -156,12 +158,21 @@ class Ingest:
             attributes = self.check_queue()
         finally:
             self._waiting = False
+        endpoint = self.sqs.meta.endpoint_url
+        mismatch = queue_endpoint_mismatch(self.queue_url, endpoint)
+        if mismatch:
+            log.error("%s", mismatch)
         log.info(
-            "polling %s (retention %ss, visibility timeout %ss)",
+            "polling %s through %s (retention %ss, visibility timeout %ss)",
             self.queue_url,
+            endpoint,
             attributes.get("MessageRetentionPeriod", "?"),
             attributes.get("VisibilityTimeout", "?"),
         )
+
+    def _write_probe(self) -> None:
+        """One short-lived write to the records' Redis (raises as the failed poll did if it still fails)."""
+        self.records.r.set(f"{self.settings.redis_namespace}:ingest:write-probe", "1", px=10_000)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
