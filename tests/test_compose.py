@@ -26,7 +26,7 @@ from conftest import Stack
 from ninkik_tasks import local
 from ninkik_tasks.celery_app import QUEUES
 from ninkik_tasks.cli import main
-from ninkik_tasks.config import Settings
+from ninkik_tasks.config import Settings, known_variables
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = "/app"  # the Dockerfile's WORKDIR, where workers/ and beat/ are copied
@@ -110,6 +110,13 @@ def _check_options(args: list[str], known: set[str], what: str) -> None:
             assert arg.split("=", 1)[0] in known, f"{what}: unknown option {arg}"
 
 
+def _check_flower_options(args: list[str]) -> None:
+    from flower.options import options
+
+    known = {"--" + name.replace("_", "-") for name in options}
+    _check_options([arg.replace("_", "-") for arg in args], known, "flower")
+
+
 def _check_console(argv: list[str]) -> None:
     """Fail unless argv is a known console command with options that command accepts."""
     assert argv, "no command (the image's CMD only prints help)"
@@ -124,7 +131,10 @@ def _check_console(argv: list[str]) -> None:
                 break
             assert word in command.commands, f"ninkik-tasks has no subcommand {word!r}"
             command = command.commands[word]
-        _check_options(argv[1:], _option_names(command.params), " ".join(argv[:2]))
+        if words[0] == "flower":  # Flower's own options pass through
+            _check_flower_options(argv[2:])
+        else:
+            _check_options(argv[1:], _option_names(command.params), " ".join(argv[:2]))
     elif argv[0] == "celery":
         assert argv[1:3] in (["-A", "ninkik_tasks"], ["--app", "ninkik_tasks"]), f"not the ninkik_tasks app: {argv}"
         sub, args = argv[3], argv[4:]
@@ -137,10 +147,7 @@ def _check_console(argv: list[str]) -> None:
 
             _check_options(args, _option_names(beat.params), "celery beat")
         elif sub == "flower":
-            from flower.options import options
-
-            known = {"--" + name.replace("_", "-") for name in options}
-            _check_options([arg.replace("_", "-") for arg in args], known, "celery flower")
+            _check_flower_options(args)
         else:
             pytest.fail(f"celery {sub} is not one of worker, beat, flower")
     else:
@@ -197,7 +204,7 @@ def test_processes_are_the_designed_ones() -> None:
     assert _resolve(services["ingest"])[:2] == ["ninkik-tasks", "ingest"]
     assert _resolve(services["worker"])[:4] == ["celery", "-A", "ninkik_tasks", "worker"]
     assert _resolve(services["beat"])[:4] == ["celery", "-A", "ninkik_tasks", "beat"]
-    assert _resolve(services["flower"])[:4] == ["celery", "-A", "ninkik_tasks", "flower"]
+    assert _resolve(services["flower"])[:2] == ["ninkik-tasks", "flower"]  # it refuses to start without auth
     assert _resolve(services["standin"])[:2] == ["ninkik-tasks", "standin"]
 
 
@@ -235,9 +242,10 @@ def test_flower_requires_basic_auth_and_keeps_state() -> None:
 
 @pytest.mark.parametrize("value", ["", "no-colon"])
 def test_flower_script_refuses_without_auth(value: str) -> None:
-    env = {"PATH": os.environ["PATH"], "FLOWER_BASIC_AUTH": value}
+    # The image has the package's scripts on PATH, as .venv/bin is here.
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "FLOWER_BASIC_AUTH": value}
     result = subprocess.run(["sh", str(ROOT / "workers" / "flower.sh")], env=env, capture_output=True, text=True)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "FLOWER_BASIC_AUTH" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -245,6 +253,7 @@ def test_redis_is_persistent_and_healthchecked() -> None:
     redis = _services()["redis"]
     command = _argv(redis["command"])
     assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction", "check fails any other policy"
     assert "redis-cli ping" in " ".join(_argv(redis["healthcheck"]["test"]))
     assert any(str(volume).endswith(":/data") for volume in redis.get("volumes", []))
 
@@ -281,10 +290,13 @@ def test_volumes_exist() -> None:
 
 def test_env_example_documents_every_variable() -> None:
     documented = _env_file(".env.example")
-    wanted = set(_settings_vars())
+    wanted = set(known_variables())
     wanted |= set(COMPOSE_VAR.findall((ROOT / "docker-compose.yml").read_text()))
     for script in _scripts():
-        wanted |= {var for var, _ in SHELL_VAR.findall(script.read_text())}
+        read = {var for var, _ in SHELL_VAR.findall(script.read_text())}
+        # The package's one list of known variables (its warning, the chart's ConfigMap) has every one.
+        assert {var for var in read if var.startswith("NINKIK_")} <= known_variables(), script.name
+        wanted |= read
     wanted |= {"AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL"}
     assert sorted(wanted - set(documented)) == []
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
