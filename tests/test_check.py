@@ -7,9 +7,11 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
+import redis
 from conftest import TENANT_A, Stack, celery_worker, enforce_iam, guide_policy, make_broker
 from iamproxy import IamProxy
 from kombu import Connection
@@ -60,8 +62,8 @@ class GuideAccount:
             AWS_ENDPOINT_URL=self.url,
             AWS_ACCESS_KEY_ID=key_id,
             AWS_SECRET_ACCESS_KEY=secret,
-            NINKIK_SQS_QUEUE_URL=self.queue_url,
             **{
+                "NINKIK_SQS_QUEUE_URL": self.queue_url,
                 "NINKIK_REDIS_NAMESPACE": f"check-{uuid.uuid4().hex[:8]}",  # nothing remembered by other tests
                 "NINKIK_TENANT_UUIDS": TENANT_A,
                 **overrides,
@@ -175,6 +177,8 @@ def test_check_without_any_known_tenant_says_sweeps_have_nothing_to_read(stack: 
     assert any(
         line.startswith("WARN") and "no tenant is known" in line and "NINKIK_TENANT_UUIDS" in line for line in lines
     )
+    # Nor can ninkik's tenant lookup be proven: a made-up tenant answers 404 at a wrong URL too.
+    assert any(line.startswith("WARN ninkik:") and "tenant lookup is not proven" in line for line in lines), lines
 
 
 def test_wrong_token_and_unreachable_redis_are_named(stack: Stack, account: GuideAccount) -> None:
@@ -231,3 +235,135 @@ def test_check_warns_of_guest_on_a_remote_broker_and_fails_one_that_does_not_ans
     assert any(line.startswith("WARN") and "guest/guest" in line for line in lines), lines
     assert any(line.startswith("FAIL") and "does not answer" in line for line in lines), lines
     assert not any("guest/guest" in line for line in _broker_lines(Settings(broker_url="amqp://127.0.0.1:1//")))
+
+
+# What would lose every push: each fails `check` in one line with its fix (exit 2 where the fix is a setting).
+
+
+def _lines(done: subprocess.CompletedProcess[str], level: str) -> list[str]:
+    assert "Traceback" not in done.stderr, done.stderr
+    return [line for line in done.stdout.splitlines() if line.startswith(level)]
+
+
+def test_an_api_url_with_the_api_path_and_a_misspelt_setting(stack: Stack, account: GuideAccount) -> None:
+    done = account.check(
+        stack, "ninkik", NINKIK_API_URL=f"{stack.standin.url}/api/v1", NINKIK_ECR_CALL_PER_SECOND="2"
+    )
+    assert done.returncode == 2, done.stdout
+    [failure] = _lines(done, "FAIL")
+    assert "ends in /api/v1" in failure and f"set it to {stack.standin.url}" in failure
+    assert any(
+        "NINKIK_ECR_CALL_PER_SECOND is not a setting" in line and "NINKIK_ECR_CALLS_PER_SECOND?" in line
+        for line in _lines(done, "WARN")
+    )
+
+
+def test_a_tenant_ninkik_should_know_answering_404_fails(stack: Stack, account: GuideAccount) -> None:
+    # A base URL with a path the stand-in does not serve: every lookup 404s, a made-up tenant's as a real one's.
+    done = account.check(stack, "ninkik", NINKIK_API_URL=f"{stack.standin.url}/ninkik")
+    assert done.returncode == 2, done.stdout
+    [failure] = _lines(done, "FAIL")
+    assert "answers 404 for every tenant" in failure and f"{TENANT_A} (NINKIK_TENANT_UUIDS)" in failure
+    assert "unknown_tenant" in failure and "without /api/v1" in failure
+
+
+def test_a_tenant_seen_in_the_registry_proves_the_lookup(stack: Stack, account: GuideAccount) -> None:
+    done = account.check(stack, "ninkik", NINKIK_TENANT_UUIDS="")  # the registry lists TENANT_A/shop
+    assert done.returncode == 0, done.stdout
+    assert f"OK   ninkik: API at {stack.standin.url} answers, accepts the token and knows tenant {TENANT_A}" in (
+        done.stdout
+    )
+
+
+def test_an_aws_queue_url_used_through_an_emulator_endpoint_fails(stack: Stack, account: GuideAccount) -> None:
+    aws_queue = f"https://sqs.{local.REGION}.amazonaws.com/{local.ACCOUNT}/ecr-docker-push"
+    done = account.check(stack, "ninkik", NINKIK_SQS_QUEUE_URL=aws_queue)
+    assert done.returncode == 2, done.stdout
+    mismatch = [line for line in _lines(done, "FAIL") if "is an AWS queue" in line]
+    assert mismatch and f"SQS calls go to {account.url}" in mismatch[0] and "AWS_ENDPOINT_URL" in mismatch[0]
+
+
+@pytest.mark.parametrize(
+    ("queue_url", "endpoint", "flagged"),
+    [
+        ("https://sqs.eu-central-1.amazonaws.com/1/q", "https://sqs.eu-central-1.amazonaws.com", False),
+        ("https://sqs.eu-central-1.amazonaws.com/1/q", "http://127.0.0.1:5000", True),
+        ("http://127.0.0.1:5000/1/q", "https://sqs.eu-central-1.amazonaws.com", True),
+        ("http://127.0.0.1:5000/1/q", "http://127.0.0.1:5000", False),
+        # The legacy queue host and VPC endpoints are AWS too.
+        ("https://eu-central-1.queue.amazonaws.com/1/q", "https://sqs.eu-central-1.amazonaws.com", False),
+        (
+            "https://sqs.eu-central-1.amazonaws.com/1/q",
+            "https://vpce-0a1b-2c3d.sqs.eu-central-1.vpce.amazonaws.com",
+            False,
+        ),
+        ("https://sqs.cn-north-1.amazonaws.com.cn/1/q", "https://sqs.cn-north-1.amazonaws.com.cn", False),
+    ],
+)
+def test_queue_endpoint_mismatch(queue_url: str, endpoint: str, flagged: bool) -> None:
+    from ninkik_tasks.clients import queue_endpoint_mismatch
+
+    assert (queue_endpoint_mismatch(queue_url, endpoint) is not None) is flagged
+
+
+def test_a_tenants_file_of_the_wrong_shape_is_one_line(stack: Stack, account: GuideAccount, tmp_path: Path) -> None:
+    path = tmp_path / "tenants.json"
+    path.write_text(json.dumps({TENANT_A: {"name": "Acme", "products": []}}))
+    done = account.check(stack, "ninkik", NINKIK_TENANTS_FILE=str(path))
+    assert done.returncode == 2, done.stdout + done.stderr
+    [failure] = _lines(done, "FAIL")
+    assert failure.startswith("FAIL tenants:") and "has the wrong shape" in failure and '{"tenants": [...]}' in failure
+
+
+@pytest.fixture(scope="module")
+def own_redis(stack: Stack) -> Iterator[tuple[str, redis.Redis]]:
+    proc, url = local.start_redis(stack.work)
+    yield url, redis.Redis.from_url(url)
+    proc.stop()
+
+
+def test_redis_that_evicts_or_is_full_fails(stack: Stack, own_redis: tuple[str, redis.Redis]) -> None:
+    url, client = own_redis
+    urls = {"broker_url": f"{url}/0", "result_backend": f"{url}/1", "redis_url": f"{url}/2"}
+    assert not [line for line in _broker_lines(Settings(**urls)) if not line.startswith("OK")]
+    client.config_set("maxmemory-policy", "volatile-lru")  # ElastiCache's default parameter group
+    try:
+        lines = _broker_lines(Settings(**urls))
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+    [evicts] = [line for line in lines if line.startswith("FAIL")]  # once for the server, not once per URL
+    assert "maxmemory-policy volatile-lru" in evicts and "set maxmemory-policy noeviction" in evicts
+    assert "parameter group" in evicts
+    client.config_set("maxmemory", "1")  # full: reads and PING still work, writes are refused
+    try:
+        done = account_free_check(stack, f"{url}/2")
+    finally:
+        client.config_set("maxmemory", "0")
+    assert done.returncode == 1, done.stdout
+    [full] = _lines(done, "FAIL")
+    assert full.startswith("FAIL redis: NINKIK_REDIS_URL") and "Redis is full (maxmemory reached" in full
+
+
+def account_free_check(stack: Stack, redis_url: str) -> subprocess.CompletedProcess[str]:
+    """`check` of the stack's own (permissive) emulator, with the records in `redis_url`."""
+    env = stack.env(NINKIK_REDIS_URL=redis_url, NINKIK_SQS_QUEUE_URL=stack.new_queue(), NINKIK_TENANT_UUIDS=TENANT_A)
+    return subprocess.run(
+        [sys.executable, "-m", "ninkik_tasks.cli", "check"], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "management"),
+    [
+        (
+            "amqps://u:p@b-1234-abcd.mq.eu-central-1.amazonaws.com:5671/ninkik",
+            "https://b-1234-abcd.mq.eu-central-1.amazonaws.com",
+        ),
+        ("amqp://u:p@rabbitmq:5672/ninkik", "http://rabbitmq:15672"),
+        ("amqps://u:p@rabbit.internal:5671/ninkik", "http://rabbit.internal:15672"),
+    ],
+)
+def test_the_management_api_of_amazon_mq_is_https(broker_url: str, management: str) -> None:
+    from ninkik_tasks.brokers.rabbitmq import management_url
+
+    assert management_url(Settings(broker_url=broker_url)) == management

@@ -15,7 +15,7 @@ import click
 import pytest
 import redis
 from click.testing import CliRunner
-from conftest import Stack
+from conftest import Stack, own_broker_db
 
 from ninkik_tasks import local
 from ninkik_tasks.check import TOKEN_FIX
@@ -141,6 +141,23 @@ def test_ids_are_shown_whole_on_a_narrow_terminal(stack: Stack) -> None:
     assert max(len(line) for line in done.stdout.splitlines()) <= 80
 
 
+def test_empty_lists_say_none(stack: Stack) -> None:
+    namespace = f"cli-{uuid.uuid4().hex[:8]}"
+    for journal in ("quarantine", "failures"):
+        done = cli(stack.env(NINKIK_REDIS_NAMESPACE=namespace), journal, "list")
+        assert done.returncode == 0 and done.stdout == "none\n", done.stdout + done.stderr
+
+
+def test_a_queued_backfill_says_how_to_follow_it(stack: Stack) -> None:
+    # A broker DB of its own, which no worker reads: the backfill is only queued.
+    done = cli(stack.env(broker_db=own_broker_db(), NINKIK_REDIS_NAMESPACE=f"cli-{uuid.uuid4().hex[:8]}"), "backfill")
+    assert done.returncode == 0, done.stderr
+    task_id = done.stdout.strip()
+    assert uuid.UUID(task_id)
+    assert f"`celery -A ninkik_tasks result {task_id}`" in done.stderr and "Flower" in done.stderr
+    assert "again" not in done.stderr  # running it again would queue a second backfill
+
+
 # ninkik's API
 
 
@@ -148,7 +165,8 @@ def test_check_names_a_missing_token(stack: Stack) -> None:
     env = stack.env(NINKIK_SQS_QUEUE_URL=stack.new_queue())
     env.pop("NINKIK_API_TOKEN")
     done = cli(env, "check")
-    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
+    # 2: what fails is a setting (1 is for the rest, a server that does not answer, a permission not granted).
+    assert done.returncode == 2 and "Traceback" not in done.stdout + done.stderr
     ninkik = [line for line in done.stdout.splitlines() if " ninkik: " in line]
     assert ninkik == [f"FAIL ninkik: NINKIK_API_TOKEN is not set: {TOKEN_FIX}"]
 

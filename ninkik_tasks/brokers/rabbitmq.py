@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlparse
 
 from celery import bootsteps
 from kombu.entity import Exchange, Queue
@@ -29,6 +31,23 @@ DEAD_LETTER_EXCHANGE = "ninkik-dead-letter"
 DEAD_LETTER_QUEUE = "ninkik-dead-letter"
 # Native delayed delivery rounds a countdown down to whole seconds and refuses one under a second.
 COUNTDOWN_MIN = 1.0
+
+
+# Amazon MQ for RabbitMQ: b-<id>.mq.<region>.amazonaws.com (amqps://, port 5671); its management API is
+# https on port 443 of the same host.
+_AMAZON_MQ_HOST = re.compile(r"\.mq\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
+
+
+def management_url(settings: Settings) -> str:
+    """RabbitMQ's management API: NINKIK_BROKER_MANAGEMENT_URL, else the broker's host (https on Amazon MQ,
+    else http on port 15672)."""
+    if settings.broker_management_url:
+        return settings.broker_management_url
+    parsed = urlparse(settings.broker_url.split(";")[0])
+    host = parsed.hostname or "localhost"
+    if parsed.scheme == "amqps" and _AMAZON_MQ_HOST.search(host):
+        return f"https://{host}"
+    return f"http://{host}:15672"
 
 
 def queue_arguments() -> dict[str, Any]:

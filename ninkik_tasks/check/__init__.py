@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import suppress
 from typing import TYPE_CHECKING
 
 import httpx
+import redis
 
-from ..config import Settings
-from ..errors import ConfigError
-from ..tenants import load_tenants_file
+from ..config import Settings, unknown_variables
+from ..errors import ConfigError, PermanentError
+from ..inventory import Inventory
+from ..startup import API_PATH, api_url_mistake
+from ..tenants import load_tenants_file, split
 from .aws import queue, registry
 from .line import Check
 from .stores import broker_and_redis
@@ -20,6 +25,7 @@ if TYPE_CHECKING:
 
 
 NO_SUCH_TENANT = "00000000-0000-4000-8000-000000000000"
+MAX_LOOKUPS = 5
 TOKEN_FIX = "set it to the bearer token ninkik gave for this system"
 
 
@@ -28,56 +34,106 @@ def run(
     sqs: Callable[[], SQSClient],
     ecr: Callable[[str], ECRClient],
     http: httpx.Client,
+    environ: Mapping[str, str] | None = None,
 ) -> Iterator[Check]:
     """Every check, in the order an operator would fix them."""
-    yield from _config(settings)
+    yield from _config(settings, os.environ if environ is None else environ)
     yield from broker_and_redis(settings)
     if settings.sqs_queue_url:
         yield from queue(settings, sqs())
+    tenants = _known_tenants(settings)  # tenant -> where it is named: the lookup is proven on one of them
     for account in settings.aws_account_ids:
         for region in settings.allowed_regions():
-            yield from registry(settings, ecr(region), account, region, http)
-    yield from _ninkik(settings, http)
+            yield from registry(settings, ecr(region), account, region, http, tenants)
+    yield from _ninkik(settings, http, tenants)
 
 
-def _config(s: Settings) -> Iterator[Check]:
+def _config(s: Settings, environ: Mapping[str, str]) -> Iterator[Check]:
+    for line in unknown_variables(environ):
+        yield Check("WARN", "config", line)
     try:
         s.require_ingest()
         s.require_tenant_directory()
     except ConfigError as exc:
-        yield Check("FAIL", "config", str(exc))
+        yield Check("FAIL", "config", str(exc), setting=True)
         return
     yield Check("OK", "config", f"accounts {', '.join(s.aws_account_ids)}; regions {', '.join(s.allowed_regions())}")
 
 
-def _ninkik(s: Settings, http: httpx.Client) -> Iterator[Check]:
+def _known_tenants(s: Settings) -> dict[str, str]:
+    """Tenants this deployment names (settings, the tenants file, pushes remembered in Redis): tenant -> where."""
+    out = {tenant: "NINKIK_TENANT_UUIDS" for tenant in s.tenant_uuids}
+    for name in s.repositories:
+        with suppress(PermanentError):
+            out.setdefault(split(name).tenant, "NINKIK_REPOSITORIES")
+    if s.tenants_file:
+        with suppress(ConfigError):  # said by _ninkik
+            out.update({tenant: "NINKIK_TENANTS_FILE" for tenant in load_tenants_file(s.tenants_file)})
+    with suppress(redis.RedisError):  # said by broker_and_redis
+        client = redis.Redis.from_url(s.redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=3)
+        for tenant in Inventory(client, s.redis_namespace).tenants():
+            out.setdefault(tenant, "a push event received earlier")
+    return out
+
+
+def _ninkik(s: Settings, http: httpx.Client, tenants: dict[str, str]) -> Iterator[Check]:
     if s.tenants_file:
         try:
-            tenants = load_tenants_file(s.tenants_file)
-        except (OSError, ValueError) as exc:
-            yield Check("FAIL", "tenants", f"NINKIK_TENANTS_FILE {s.tenants_file} cannot be read: {exc}")
+            tenants_in_file = load_tenants_file(s.tenants_file)
+        except ConfigError as exc:
+            yield Check("FAIL", "tenants", str(exc), setting=True)
         else:
-            yield Check("OK", "tenants", f"NINKIK_TENANTS_FILE lists {len(tenants)} tenants")
+            yield Check("OK", "tenants", f"NINKIK_TENANTS_FILE lists {len(tenants_in_file)} tenants")
     if not s.api_url:
+        return
+    mistake = api_url_mistake(s.api_url)
+    if mistake:
+        yield Check("FAIL", "ninkik", mistake, setting=True)
         return
     token = s.api_token.get_secret_value().strip() if s.api_token else ""
     if not token:  # never an empty bearer header: ninkik (or any HTTP stack) refuses it before reading the URL
-        yield Check("FAIL", "ninkik", f"NINKIK_API_TOKEN is not set: {TOKEN_FIX}")
+        yield Check("FAIL", "ninkik", f"NINKIK_API_TOKEN is not set: {TOKEN_FIX}", setting=True)
         return
-    url = f"{s.api_url.rstrip('/')}/api/v1/tenants/{NO_SUCH_TENANT}"
-    try:
-        response = http.get(url, headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+    # A tenant ninkik knows proves the lookup path: a tenant that does not exist answers 404 on a wrong URL too.
+    # The first few known ones are tried (one may be a mistake of its own, said by the registry check).
+    tried: list[str] = []
+    for tenant in sorted(tenants)[:MAX_LOOKUPS] or [NO_SUCH_TENANT]:
+        url = f"{s.api_url.rstrip('/')}{API_PATH}/tenants/{tenant}"
+        try:
+            response = http.get(url, headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            yield Check(
+                "FAIL",
+                "ninkik",
+                f"NINKIK_API_URL {s.api_url} does not answer ({reason}): check the URL and the network path",
+            )
+            return
+        status = response.status_code
+        if status in (401, 403):
+            yield Check("FAIL", "ninkik", f"ninkik refuses NINKIK_API_TOKEN ({status}): set a valid token")
+            return
+        if status == 200:
+            yield Check("OK", "ninkik", f"API at {s.api_url} answers, accepts the token and knows tenant {tenant}")
+            return
+        if status != 404:
+            yield Check("FAIL", "ninkik", f"API at {s.api_url} answered {status} to the lookup of tenant {tenant}")
+            return
+        tried.append(tenant)
+    if not tenants:
         yield Check(
-            "FAIL",
+            "WARN",
             "ninkik",
-            f"NINKIK_API_URL {s.api_url} does not answer ({reason}): check the URL and the network path",
+            f"API at {s.api_url} answers, but the tenant lookup is not proven: no tenant is known to look up (a "
+            "made-up one answers 404 at a wrong URL too); set NINKIK_TENANT_UUIDS to a tenant of this deployment",
         )
         return
-    if response.status_code in (401, 403):
-        yield Check("FAIL", "ninkik", f"ninkik refuses NINKIK_API_TOKEN ({response.status_code}): set a valid token")
-    elif response.status_code in (200, 404):
-        yield Check("OK", "ninkik", f"API at {s.api_url} answers and accepts the token")
-    else:
-        yield Check("FAIL", "ninkik", f"API at {s.api_url} answered {response.status_code} to a tenant lookup")
+    named = "; ".join(f"{tenant} ({tenants[tenant]})" for tenant in tried)
+    yield Check(
+        "FAIL",
+        "ninkik",
+        f"ninkik answers 404 for every tenant it was asked for, at {s.api_url.rstrip('/')}{API_PATH}/tenants/: "
+        f"{named}; every push of them would end as unknown_tenant: set NINKIK_API_URL to ninkik's base URL (the "
+        "one its web pages use, without /api/v1), or create the tenants in ninkik",
+        setting=True,
+    )

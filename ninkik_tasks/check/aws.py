@@ -12,6 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .. import indexes
 from ..backfill import LIMIT, LISTING_STATEMENT
+from ..clients import queue_endpoint_mismatch
 from ..config import Settings
 from ..ecr import DENIED, INSPECTOR_FIX, INSPECTOR_STATEMENT, error_code, error_message
 from ..errors import ConfigError, PermanentError, TransientError
@@ -29,6 +30,9 @@ def queue(s: Settings, sqs: SQSClient) -> Iterator[Check]:
     url = s.sqs_queue_url
     assert url
     name = url.rstrip("/").rsplit("/", 1)[-1]
+    mismatch = queue_endpoint_mismatch(url, sqs.meta.endpoint_url)
+    if mismatch:
+        yield Check("FAIL", "sqs", mismatch, setting=True)
     try:
         attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     except NoCredentialsError:
@@ -42,7 +46,7 @@ def queue(s: Settings, sqs: SQSClient) -> Iterator[Check]:
         return
     retention = int(attributes.get("MessageRetentionPeriod", "0"))
     visibility = attributes.get("VisibilityTimeout", "?")
-    yield Check("OK", "sqs", f"queue {name} found (visibility timeout {visibility} s)")
+    yield Check("OK", "sqs", f"queue {name} found at {sqs.meta.endpoint_url} (visibility timeout {visibility} s)")
     if retention <= 300:
         yield Check(
             "WARN",
@@ -72,9 +76,13 @@ def queue(s: Settings, sqs: SQSClient) -> Iterator[Check]:
     yield Check("OK", "sqs", "sqs:DeleteMessage is granted: handled messages are deleted")
 
 
-def registry(s: Settings, ecr: ECRClient, account: str, region: str, http: httpx.Client) -> Iterator[Check]:
-    """ECR as AWS evaluates the guide's policy: the listing, a named repository, an image, its findings."""
+def registry(
+    s: Settings, ecr: ECRClient, account: str, region: str, http: httpx.Client, tenants: dict[str, str]
+) -> Iterator[Check]:
+    """ECR as AWS evaluates the guide's policy: the listing, a named repository, an image, its findings.
+    The tenants of the repositories it lists are added to `tenants` (tenant -> where it is named)."""
     where = f"registry {account} in {region}"
+    yield Check("OK", "ecr", f"{where}: calls go to {ecr.meta.endpoint_url}")
     registry = Registry(account, region)
     listed: list[str] | None = None
     try:
@@ -101,8 +109,9 @@ def registry(s: Settings, ecr: ECRClient, account: str, region: str, http: httpx
         listed = []
         for repository in answer.get("repositories", []):
             with suppress(PermanentError):
-                split(repository["repositoryName"])
+                tenant = split(repository["repositoryName"]).tenant
                 listed.append(repository["repositoryName"])
+                tenants.setdefault(tenant, f"repository {repository['repositoryName']} in {where}")
         yield Check("OK", "ecr", f"{where}: ecr:DescribeRepositories is granted on the whole registry (listing works)")
 
     by_tenant = _names_by_tenant(s, http, registry, listed)

@@ -15,6 +15,7 @@ class Check:
     level: Level
     what: str
     message: str
+    setting: bool = False  # a FAIL whose fix is a setting's value (a URL, a file): `check` exits 2 then
 
     def line(self) -> str:
         """The line as printed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
@@ -11,8 +12,10 @@ import httpx
 import redis
 
 from .. import brokers, tls
+from ..brokers.rabbitmq import management_url
 from ..config import Settings
 from ..errors import ConfigError
+from ..explain import redis_full, redis_full_line
 from .line import Check
 
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -30,11 +33,12 @@ def broker_and_redis(s: Settings) -> Iterator[Check]:
         yield from _rabbitmq(s)
     elif kind == "redis":
         urls.insert(0, ("NINKIK_BROKER_URL", s.broker_url))
+    checked: set[tuple[str, int]] = set()  # the eviction policy is the server's: once per server
     for name, url in urls:
+        options = tls.redis_client_options(url, s)
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3, **options)
         try:
-            redis.Redis.from_url(
-                url, socket_connect_timeout=3, socket_timeout=3, **tls.redis_client_options(url, s)
-            ).ping()
+            client.ping()
         except redis.RedisError as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 yield Check(
@@ -47,8 +51,68 @@ def broker_and_redis(s: Settings) -> Iterator[Check]:
             yield Check(
                 "FAIL", "redis", f"{name} ({_safe_url(url)}) does not answer: {exc}; start Redis or fix the URL"
             )
+            continue
+        yield Check("OK", "redis", f"{name} answers ({_safe_url(url)})")
+        yield from _writable(name, url, client, s.redis_namespace)
+        kwargs = client.connection_pool.connection_kwargs
+        server = (str(kwargs.get("host", kwargs.get("path", ""))), int(kwargs.get("port", 0)))
+        if server not in checked:
+            checked.add(server)
+            yield from _memory(name, url, client)
+        client.close()
+
+
+NOEVICTION_FIX = (
+    "set maxmemory-policy noeviction (ElastiCache: in the cluster's parameter group; redis-server: "
+    "--maxmemory-policy noeviction)"
+)
+
+
+def _memory(name: str, url: str, client: redis.Redis) -> Iterator[Check]:
+    """The server's eviction policy and how full it is (INFO memory: ElastiCache refuses CONFIG GET)."""
+    try:
+        info = client.info("memory")
+    except redis.RedisError as exc:
+        yield Check(
+            "WARN", "redis", f"{name} ({_safe_url(url)}): INFO memory refused ({exc}), so the eviction policy "
+            f"is not known: ninkik-tasks needs maxmemory-policy noeviction; {NOEVICTION_FIX}"
+        )
+        return
+    policy = info.get("maxmemory_policy")
+    if policy is None:
+        yield Check(
+            "WARN", "redis", f"{name} ({_safe_url(url)}) does not say its eviction policy: ninkik-tasks needs "
+            f"maxmemory-policy noeviction; {NOEVICTION_FIX}"
+        )
+    elif policy != "noeviction":
+        yield Check(
+            "FAIL",
+            "redis",
+            f"{name} ({_safe_url(url)}) evicts keys when memory runs short (maxmemory-policy {policy}): "
+            "ninkik-tasks' records (events seen, reports sent, scan waits) would vanish early, so redeliveries "
+            f"start new chains and waits are forgotten; {NOEVICTION_FIX}",
+        )
+    limit, used = int(info.get("maxmemory", 0) or 0), int(info.get("used_memory", 0) or 0)
+    if limit and used >= 0.9 * limit:
+        yield Check(
+            "WARN",
+            "redis",
+            f"{name} ({_safe_url(url)}) uses {used * 100 // limit}% of its maxmemory ({limit} bytes): give it "
+            "more memory before it is full and refuses every write",
+        )
+
+
+def _writable(name: str, url: str, client: redis.Redis, namespace: str) -> Iterator[Check]:
+    """One write and its removal: a full Redis (maxmemory) still answers reads and PING, and refuses writes."""
+    key = f"{namespace}:check:{uuid.uuid4().hex}"
+    try:
+        client.set(key, "1", px=10_000)
+        client.delete(key)
+    except redis.RedisError as exc:
+        if redis_full(exc):
+            yield Check("FAIL", "redis", f"{name} ({_safe_url(url)}): {redis_full_line()}")
         else:
-            yield Check("OK", "redis", f"{name} answers ({_safe_url(url)})")
+            yield Check("FAIL", "redis", f"{name} ({_safe_url(url)}) refuses a write ({exc}): is it a replica?")
 
 
 def _rabbitmq(s: Settings) -> Iterator[Check]:
@@ -98,7 +162,10 @@ def _rabbitmq(s: Settings) -> Iterator[Check]:
         if types is None:
             found = _passive(conn, names)
             missing = [name for name in names if not found[name]]
-            how = "AMQP passive declare (the management API, port 15672, does not answer: the type is not checked)"
+            how = (
+                f"AMQP passive declare (the management API at {management_url(s)} does not answer: "
+                "the type is not checked)"
+            )
         else:
             missing = [name for name in names if name not in types]
             how = "management API"
@@ -132,7 +199,7 @@ def _queue_types(s: Settings, parsed: Any) -> dict[str, str] | None:
     """Queue name -> type in the broker URL's vhost, from the management API; None if it does not answer."""
     from urllib.parse import quote, unquote
 
-    base = s.broker_management_url or f"http://{parsed.hostname or 'localhost'}:15672"
+    base = management_url(s)
     vhost = unquote(parsed.path[1:]) if parsed.path not in ("", "/") else "/"
     try:
         answer = httpx.get(
