@@ -149,7 +149,7 @@ def run(until_done: bool = False, flower_port: int = 5555, broker: str = "redis"
             )
         flower_url = f"http://127.0.0.1:{flower_port}"
         threading.Thread(target=_refresh_flower, args=(flower_url,), daemon=True).start()
-        console.print(f"Flower:           [bold]{flower_url}[/]")
+        console.print(f"Flower:           [bold]{flower_url}[/] (this machine only: no login, its API open)")
         console.print(f"ninkik stand-in:  {standin.url}/_standin/received")
         console.print(f"AWS emulator:     {moto_url}   queue {queue_url}")
         console.print(f"Redis:            {redis_url}   logs in {work}")
@@ -158,7 +158,10 @@ def run(until_done: bool = False, flower_port: int = 5555, broker: str = "redis"
         console.print(f"Ingest metrics:   http://127.0.0.1:{env['NINKIK_METRICS_PORT']}/metrics")
         env_file = work / "env"
         _write_env_file(env_file, {k: v for k, v in ours.items() if k not in _NOT_SHARED})
-        console.print(f"To talk to it from another shell: [bold]source {env_file}[/] (then e.g. ninkik-tasks check)")
+        console.print(
+            f"In another shell: [bold]source {env_file}[/] puts this stack's settings and ninkik-tasks' commands "
+            "in it (then e.g. ninkik-tasks check)"
+        )
         with console.status("seeding tenants, images and scan findings…"):
             for i, item in enumerate(demo_images()):
                 digest = local.push_image(ecr, item["repository"], f"demo-{i}", item["tag"])
@@ -192,17 +195,32 @@ def run(until_done: bool = False, flower_port: int = 5555, broker: str = "redis"
         keep = True
         raise
     finally:
-        console.print("stopping…")
+        # Cleanup comes first and cannot be cut short: a second Ctrl-C is ignored, and a closed stdout (`| tee`
+        # dies with the same Ctrl-C) only silences what is said. The folder holds the stand-in's token.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _say(console, "stopping…")
         for proc in reversed(procs):
             proc.stop(timeout=10)
         if rabbit is not None:
             rabbit.remove()
         if standin is not None:
             standin.stop()
+        (work / "env").unlink(missing_ok=True)
         if keep:
-            console.print(f"logs kept in {work}")
+            _say(console, f"logs kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _say(console: Console, line: str) -> None:
+    """Print, unless stdout is gone (a pipe's reader that died): then stdout goes to /dev/null for good."""
+    try:
+        console.print(line)
+        console.file.flush()
+    except OSError:  # BrokenPipeError, and what a closed terminal gives
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 # Per process: a second shell's ingest would find the port taken.
@@ -210,10 +228,14 @@ _NOT_SHARED = {"NINKIK_METRICS_PORT", "NINKIK_METRICS_ADDRESS"}
 
 
 def _write_env_file(path: Path, values: dict[str, str]) -> None:
-    """`export NAME=value` lines, mode 0600 (it holds the stand-in's token): plain `source` and `set -a; .` work."""
+    """`export NAME=value` lines, mode 0600 (it holds the stand-in's token): plain `source` and `set -a; .` work.
+    It also puts the directory of this Python's scripts (the project's .venv/bin) first on PATH, so that
+    `ninkik-tasks` and `celery` are found by name."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    scripts = Path(sys.executable).parent
     with os.fdopen(fd, "w") as out:
         out.write("# ninkik-tasks dev: source this file in another shell to talk to the running stack.\n")
+        out.write(f'export PATH={shlex.quote(str(scripts))}:"$PATH"\n')
         for name, value in sorted(values.items()):
             out.write(f"export {name}={shlex.quote(value)}\n")
 
