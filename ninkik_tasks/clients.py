@@ -82,7 +82,7 @@ def sqs(settings: Settings) -> SQSClient:
     key = ("sqs", region, settings.sqs_wait_seconds)
     if key not in _cache:
         made = boto3.session.Session().client("sqs", region_name=region, config=sqs_config(settings))
-        log.info("SQS in %s: calls go to %s", region, made.meta.endpoint_url)
+        log.debug("SQS in %s: calls go to %s", region, made.meta.endpoint_url)  # ingest says it as it polls
         _cache[key] = made
     client: SQSClient = _cache[key]
     return client
