@@ -198,7 +198,7 @@ def run(until_done: bool = False, flower_port: int = 5555, broker: str = "redis"
         # Cleanup comes first and cannot be cut short: a second Ctrl-C is ignored, and a closed stdout (`| tee`
         # dies with the same Ctrl-C) only silences what is said. The folder holds the stand-in's token.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _say(console, "stopping…")
+        _say("stopping…")
         for proc in reversed(procs):
             proc.stop(timeout=10)
         if rabbit is not None:
@@ -207,16 +207,16 @@ def run(until_done: bool = False, flower_port: int = 5555, broker: str = "redis"
             standin.stop()
         (work / "env").unlink(missing_ok=True)
         if keep:
-            _say(console, f"logs kept in {work}")
+            _say(f"logs kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _say(console: Console, line: str) -> None:
-    """Print, unless stdout is gone (a pipe's reader that died): then stdout goes to /dev/null for good."""
+def _say(line: str) -> None:
+    """Print, unless stdout is gone (a pipe's reader that died): then stdout goes to /dev/null for good. Not
+    through rich, whose answer to a broken pipe is SystemExit, which would cut the cleanup short."""
     try:
-        console.print(line)
-        console.file.flush()
+        print(line, flush=True)
     except OSError:  # BrokenPipeError, and what a closed terminal gives
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
