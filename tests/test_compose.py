@@ -30,7 +30,8 @@ from ninkik_tasks.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = "/app"  # the Dockerfile's WORKDIR, where workers/ and beat/ are copied
-IMAGE = "ninkik-tasks:local"
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+IMAGE = f"ninkik-tasks:{VERSION}"  # the image is tagged with the release (docs/upgrading.md)
 APP_SERVICES = ("ingest", "worker", "beat", "flower")
 LOCAL_SERVICES = ("moto", "standin")
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
@@ -199,6 +200,14 @@ def test_processes_are_the_designed_ones() -> None:
     assert _resolve(services["beat"])[:4] == ["celery", "-A", "ninkik_tasks", "beat"]
     assert _resolve(services["flower"])[:4] == ["celery", "-A", "ninkik_tasks", "flower"]
     assert _resolve(services["standin"])[:2] == ["ninkik-tasks", "standin"]
+
+
+def test_image_is_tagged_with_the_package_version() -> None:
+    from importlib.metadata import version
+
+    assert version("ninkik-tasks") == VERSION, "the installed metadata is stale: rebuild .venv"
+    images = {name: service.get("image") for name, service in _services().items() if "build" in service}
+    assert images and set(images.values()) == {f"ninkik-tasks:{VERSION}"}, images
 
 
 def test_worker_scales() -> None:
