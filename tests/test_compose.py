@@ -260,7 +260,7 @@ def test_redis_is_persistent_and_healthchecked() -> None:
 
 def test_rabbitmq_is_pinned_persistent_managed_and_healthchecked() -> None:
     rabbitmq = _services()["rabbitmq"]
-    # A release series whose quorum-queue behaviour the suite covers (README: supported versions).
+    # A release series whose quorum-queue behaviour the suite covers (docs/operations.md: supported versions).
     assert re.fullmatch(r"rabbitmq:3\.13\.\d+-management", rabbitmq["image"]), rabbitmq["image"]
     assert rabbitmq.get("hostname") == "rabbitmq", "the node's data is kept under rabbit@<hostname>"
     assert any(str(volume).endswith(":/var/lib/rabbitmq") for volume in rabbitmq.get("volumes", []))
