@@ -50,6 +50,7 @@ def _entry_id(entry_id: str, journal: str) -> str:
 
 
 @click.group(cls=_Group)
+@click.version_option(package_name="ninkik-tasks")
 def main() -> None:
     """ECR pushes to ninkik security findings, through Celery."""
 

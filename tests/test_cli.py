@@ -280,3 +280,20 @@ def test_an_unexpected_error_keeps_its_traceback_and_says_it_is_a_bug() -> None:
     assert "ZeroDivisionError" in result.output and "this is a bug in ninkik-tasks" in result.output
     usage = CliRunner().invoke(group, ["nope"])
     assert usage.exit_code == 2 and "No such command" in usage.output and "bug" not in usage.output
+
+
+# The version
+
+
+def test_version_is_the_package_version() -> None:
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    expected = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    # By name, as an operator runs it: the console script next to this interpreter.
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ninkik-tasks"), "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"ninkik-tasks, version {expected}"

@@ -30,7 +30,8 @@ from ninkik_tasks.config import Settings, known_variables
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = "/app"  # the Dockerfile's WORKDIR, where workers/ and beat/ are copied
-IMAGE = "ninkik-tasks:local"
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+IMAGE = f"ninkik-tasks:{VERSION}"  # the image is tagged with the release (docs/upgrading.md)
 APP_SERVICES = ("ingest", "worker", "beat", "flower")
 LOCAL_SERVICES = ("moto", "standin")
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
@@ -208,6 +209,14 @@ def test_processes_are_the_designed_ones() -> None:
     assert _resolve(services["standin"])[:2] == ["ninkik-tasks", "standin"]
 
 
+def test_image_is_tagged_with_the_package_version() -> None:
+    from importlib.metadata import version
+
+    assert version("ninkik-tasks") == VERSION, "the installed metadata is stale: rebuild .venv"
+    images = {name: service.get("image") for name, service in _services().items() if "build" in service}
+    assert images and set(images.values()) == {f"ninkik-tasks:{VERSION}"}, images
+
+
 def test_worker_scales() -> None:
     worker = _services()["worker"]
     assert "container_name" not in worker, "container_name breaks --scale worker=N"
@@ -260,7 +269,7 @@ def test_redis_is_persistent_and_healthchecked() -> None:
 
 def test_rabbitmq_is_pinned_persistent_managed_and_healthchecked() -> None:
     rabbitmq = _services()["rabbitmq"]
-    # A release series whose quorum-queue behaviour the suite covers (README: supported versions).
+    # A release series whose quorum-queue behaviour the suite covers (docs/operations.md: supported versions).
     assert re.fullmatch(r"rabbitmq:3\.13\.\d+-management", rabbitmq["image"]), rabbitmq["image"]
     assert rabbitmq.get("hostname") == "rabbitmq", "the node's data is kept under rabbit@<hostname>"
     assert any(str(volume).endswith(":/var/lib/rabbitmq") for volume in rabbitmq.get("volumes", []))
