@@ -547,7 +547,9 @@ def test_local_profile_starts_ingest_and_check(stack: Stack, rabbitmq: local.Rab
         check = subprocess.run([*cli, "check"], env=env, capture_output=True, text=True, timeout=120)
         assert "Traceback" not in check.stdout + check.stderr, check.stdout + check.stderr
         assert check.returncode == 0 and "FAIL" not in check.stdout, check.stdout + check.stderr
-        assert "OK   ninkik: API at" in check.stdout and "OK   sqs: queue ecr-docker-push found" in check.stdout
+        assert "OK   sqs: queue ecr-docker-push found" in check.stdout
+        # The tenant lookup is proven on deploy/tenants.example.json's tenant (NINKIK_TENANT_UUIDS).
+        assert f"accepts the token and knows tenant {tenants[0]['uuid']}" in check.stdout, check.stdout
         proc = local.Proc("ingest-local-profile", [*cli, "ingest"], tmp_path, env)
         try:
             local.wait_for(lambda: "polling" in proc.output() or not proc.alive(), 30, "ingest to poll")
