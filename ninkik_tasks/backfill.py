@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .artifacts import INDEX_MEDIA_TYPES
+from .ecr import NOT_READY
 from .errors import PermanentError, TransientError
 from .events import ImagePushed
 from .filters import Filters
@@ -24,8 +25,8 @@ from .listing import (
     Missing,
     Progress,
     Source,
+    changed,
     image_pages,
-    listed_stamp,
     pushed_at,
     pushed_event,
     repositories,
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Start = Callable[[ImagePushed], object]
-NOT_READY = {"PENDING", "IN_PROGRESS"}
 
 
 # The accepted limit of sweeping without a full listing, as sweeps and `check` state it.
@@ -72,7 +72,7 @@ class Sweep:
     mark: Callable[[list[str]], None] | None = None
     # where names come from when the registry cannot be listed (None: such a sweep fails)
     known: Known | None = None
-    pace: Pace | None = None  # rescan: how fast chains are started
+    pace: Pace | None = None  # rescan: how fast its ECR calls go (a chain's two, a scan head's one)
     # rescan: (image ids) -> the stamp ninkik has of each (None: read it again whatever the listing says)
     reported: Callable[[list[str]], list[str | None]] | None = None
     # which index lists a manifest (None: every image gets a chain); claims are kept this many seconds
@@ -184,11 +184,10 @@ class Sweep:
             if self.source == "rescan":
                 ready = [d for d in wanted if (d.get("imageScanStatus") or {}).get("status") not in NOT_READY]
                 mine.not_ready += len(wanted) - len(ready)
-                wanted = ready
                 if self.reported is not None:
-                    changed = self._changed(registry, wanted)
-                    mine.unchanged += len(wanted) - len(changed)
-                    wanted = changed
+                    ids = [image_id(registry.account, registry.region, repository, d["imageDigest"]) for d in ready]
+                    ready = changed(ecr, ready, self.reported(ids), mine, self.pace)
+                wanted = ready
             if self.claims is not None:
                 indexes += [d["imageDigest"] for d in wanted if d.get("imageManifestMediaType") in INDEX_MEDIA_TYPES]
                 later = [
@@ -209,13 +208,6 @@ class Sweep:
             mine.in_index += len(claimed)
             self._start(registry, [d for d in untagged if d["imageDigest"] not in claimed], mine)
 
-    def _changed(self, registry: Registry, details: list[ImageDetailTypeDef]) -> list[ImageDetailTypeDef]:
-        """The images whose listing may show something ninkik does not have."""
-        assert self.reported is not None
-        ids = [image_id(registry.account, registry.region, d["repositoryName"], d["imageDigest"]) for d in details]
-        had = self.reported(ids)
-        return [d for d, stamp in zip(details, had, strict=True) if stamp is None or stamp != listed_stamp(d)]
-
     def _start(self, registry: Registry, details: list[ImageDetailTypeDef], mine: Progress) -> None:
         events = [pushed_event(self.source, d, registry.region) for d in details]
         if self.seen is not None:
@@ -224,7 +216,7 @@ class Sweep:
             events = [e for e in events if e.event_id not in seen]
         for event in events:
             if self.pace is not None:
-                self.pace.wait()
+                self.pace.wait(CALLS_PER_IMAGE)
             self.start(event)
             mine.chains_started += 1
         if self.mark is not None and events:
@@ -322,20 +314,22 @@ def reconcile(svc: Services, start: Start, *, now: datetime | None = None) -> di
         return {**sweep.progress.as_dict(), **summary_notes(sweep.progress), "registries": out}
 
 
-# A rescan's chains take at most this share of a region's ECR budget (two calls an image: DescribeImages and
-# DescribeImageScanFindings): at the default 20 calls/s, 2.5 images/s, 9,000 an hour. Pushes keep the rest.
+# A rescan's calls take at most this share of a region's ECR budget: a chain's two (DescribeImages and
+# DescribeImageScanFindings), a scan head's one. At the default 20 calls/s, 5 calls/s: 2.5 chains or 5 unchanged
+# basic images a second (9,000 or 18,000 an hour). Pushes keep the rest.
 RESCAN_SHARE = 0.25
 CALLS_PER_IMAGE = 2
 
 
 def rescan_pace(s: Settings) -> Pace | None:
-    """How fast a rescan starts its chains (None: no ECR budget is set, so nothing to share)."""
-    return Pace(s.ecr_calls_per_second * RESCAN_SHARE / CALLS_PER_IMAGE) if s.ecr_calls_per_second > 0 else None
+    """How fast a rescan makes its ECR calls (None: no ECR budget is set, so nothing to share)."""
+    return Pace(s.ecr_calls_per_second * RESCAN_SHARE) if s.ecr_calls_per_second > 0 else None
 
 
 def rescan(svc: Services, start: Start, *, now: datetime | None = None) -> dict[str, Any]:
     """Start chains (source rescan) for images pushed in the last NINKIK_RESCAN_DAYS days, spread at
-    `rescan_pace` rather than all at once.
+    `rescan_pace` rather than all at once; none for a basic scan unchanged since ninkik's report
+    (listing.changed: what each image costs).
 
     Only a report whose fingerprint changed is sent again: the notification step skips keys ninkik has.
     """

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -148,6 +149,33 @@ def scan_findings(ecr: ECRClient, image: Image, *, page_size: int = 1000) -> Sca
         severity_counts=severity_counts(findings),
         findings=findings,
     )
+
+
+class ScanHead(NamedTuple):
+    """What the first page of DescribeImageScanFindings says of the scan as a whole."""
+
+    enhanced: bool  # ACTIVE, or Amazon Inspector's findings on the page
+    status: str
+    completed_at: datetime | None
+
+
+def scan_head(ecr: ECRClient, registry_id: str, repository: str, digest: str) -> ScanHead:
+    """The scan's status and completion time from one page of at most one finding (maxResults=1): one call
+    whatever the number of findings (enhanced scanning ignores maxResults and answers up to 100 on it).
+    ScanNotReady if the image has no scan."""
+    with classified("ecr:DescribeImageScanFindings"):
+        try:
+            page = ecr.describe_image_scan_findings(
+                registryId=registry_id, repositoryName=repository, imageId={"imageDigest": digest}, maxResults=1
+            )
+        except ClientError as exc:
+            if error_code(exc) == "ScanNotFoundException":
+                raise ScanNotReady("no scan yet") from None
+            raise
+    status = (page.get("imageScanStatus") or {}).get("status", "")
+    body: Any = page.get("imageScanFindings") or {}
+    enhanced = status == "ACTIVE" or bool(body.get("enhancedFindings"))
+    return ScanHead(enhanced, status, body.get("imageScanCompletedAt"))
 
 
 def not_scanned() -> Scan:

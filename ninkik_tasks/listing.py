@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 
-from .ecr import DENIED, classified, error_code, error_message
-from .errors import PermanentError
+from .ecr import DENIED, NOT_READY, ScanHead, classified, error_code, error_message, scan_head
+from .errors import PermanentError, TransientError
 from .events import ImagePushed
 from .filters import Filters
 from .findings import basic_scan_stamp
+from .ratelimit import Pace
 from .tenants import split
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 Source = Literal["backfill", "reconcile", "rescan"]
 PAGE_SIZE = 1000  # the most DescribeRepositories and DescribeImages return per call
+HEAD_CALLS = 1  # a scan head's ECR calls (ecr.scan_head), for a rescan's pace
 
 
 @dataclass
@@ -37,7 +39,8 @@ class Progress:
     chains_started: int = 0
     already_started: int = 0  # reconcile: started by an earlier run
     not_ready: int = 0  # rescan: a scan running right now is read next time
-    unchanged: int = 0  # rescan: listed with the tags and basic scan ninkik has (Report.stamp): not read again
+    unchanged: int = 0  # rescan: the tags and basic scan ninkik has (Report.stamp): not read again
+    scan_heads: int = 0  # rescan: one-finding pages of DescribeImageScanFindings read to compare a basic scan
     in_index: int = 0  # untagged manifests an index lists: reported in the index's report, no chain of their own
     other_repositories: int = 0  # not named ${TENANT_UUID}/${PRODUCT}: no image call made
     missing_repositories: int = 0  # named (a product's, seen in an event, by the operator) but not in the registry
@@ -135,8 +138,74 @@ def pushed_event(source: Source, detail: ImageDetailTypeDef, region: str) -> Ima
     )
 
 
+def lists_scan(detail: ImageDetailTypeDef) -> bool:
+    """Whether DescribeImages lists the image's scan. Basic scanning did before AWS_NATIVE; AWS_NATIVE, the
+    basic scanner of every registry since Clair's retirement, does not ("use DescribeImageScanFindings",
+    DescribeImages API reference), nor does moto."""
+    return bool(detail.get("imageScanStatus"))
+
+
 def listed_stamp(detail: ImageDetailTypeDef) -> str | None:
-    """The image's Report.stamp as DescribeImages lists it (basic scanning lists its scan; moto lists none)."""
+    """The image's Report.stamp as DescribeImages lists it, where it lists the scan (lists_scan)."""
     summary = detail.get("imageScanFindingsSummary") or {}
     status = (detail.get("imageScanStatus") or {}).get("status")
     return basic_scan_stamp(detail.get("imageTags") or [], status, summary.get("imageScanCompletedAt"))
+
+
+def head_stamp(detail: ImageDetailTypeDef, head: ScanHead) -> str | None:
+    """The image's Report.stamp as its listing (tags) and the first page of its findings (scan) show it."""
+    if head.enhanced:  # a basic report's stamp never matches an enhanced scan: Inspector changes its findings
+        return None
+    return basic_scan_stamp(detail.get("imageTags") or [], head.status, head.completed_at)
+
+
+def changed(
+    ecr: ECRClient,
+    details: list[ImageDetailTypeDef],
+    reported: list[str | None],
+    progress: Progress,
+    pace: Pace | None = None,
+) -> list[ImageDetailTypeDef]:
+    """The images whose report may differ from the one ninkik has (`reported`: the Report.stamp of each, if
+    any); the others are counted in `progress` (`unchanged`; `not_ready`: a scan running now, read next time).
+
+    What an image costs here, beyond its share of the listing (one DescribeImages per 1,000 images):
+    - ninkik has a report of a completed basic scan (a stamp: its tags and the scan's completion): no call where
+      DescribeImages lists the scan (basic scanning before AWS_NATIVE); else (AWS_NATIVE, the basic scanner of
+      every registry now, and moto) one call, the scan head. A basic scan's findings change only with a new
+      scan, which completes anew: the same tags and completion are the same report, and it gets no chain.
+    - any other image (enhanced scans: Inspector changes their findings with no new scan, and AWS documents no
+      time that moves with every change; indexes; no report yet): no call here, and a chain as before.
+    """
+    out: list[ImageDetailTypeDef] = []
+    for detail, had in zip(details, reported, strict=True):
+        if had is None:
+            out.append(detail)
+            continue
+        if lists_scan(detail):
+            now = listed_stamp(detail)
+        else:
+            head = _head(ecr, detail, progress, pace)
+            if head is not None and head.status in NOT_READY:
+                progress.not_ready += 1
+                continue
+            now = None if head is None else head_stamp(detail, head)
+        if now == had:
+            progress.unchanged += 1
+        else:
+            out.append(detail)
+    return out
+
+
+def _head(ecr: ECRClient, detail: ImageDetailTypeDef, progress: Progress, pace: Pace | None) -> ScanHead | None:
+    """The image's scan head; None if it could not be read: its chain reads the scan then, with its retries
+    and its record of failures."""
+    if pace is not None:
+        pace.wait(HEAD_CALLS)
+    progress.scan_heads += 1
+    repository, digest = detail["repositoryName"], detail["imageDigest"]
+    try:
+        return scan_head(ecr, detail["registryId"], repository, digest)
+    except (TransientError, PermanentError) as exc:
+        log.debug("rescan: scan head not read (%s), read by a chain: repository=%s digest=%s", exc, repository, digest)
+        return None

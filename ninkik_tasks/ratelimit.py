@@ -134,10 +134,10 @@ class Pace:
         self._clock, self._sleep = clock, sleep
         self._next = 0.0
 
-    def wait(self) -> None:
-        """Return when the next step may go."""
+    def wait(self, steps: float = 1.0) -> None:
+        """Return when the next step may go; it counts as `steps` (a sweep's: the ECR calls it makes)."""
         now = self._clock()
         if self._next > now:
             self._sleep(self._next - now)
             now = self._next
-        self._next = now + self.interval
+        self._next = now + steps * self.interval

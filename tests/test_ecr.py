@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from ninkik_tasks.clients import AWS_CONFIG
-from ninkik_tasks.ecr import describe_image, not_scanned, scan_findings
+from ninkik_tasks.ecr import ScanHead, describe_image, not_scanned, scan_findings, scan_head
 from ninkik_tasks.errors import PermanentError, ScanNotReady, TransientError
 from ninkik_tasks.findings import Image
 from ninkik_tasks.local import basic_finding, enhanced_finding, free_port
@@ -152,6 +152,32 @@ def test_no_scan_yet(ecr: Any, stub: Stubber) -> None:
     )
     with pytest.raises(ScanNotReady):
         scan_findings(ecr, IMAGE)
+
+
+# scan_head: a rescan's one call for a basic scan DescribeImages does not list
+
+
+def test_scan_head_is_one_page_of_one_finding(ecr: Any, stub: Stubber) -> None:
+    stub.add_response(
+        "describe_image_scan_findings", scan_page(findings=basics(0, 1)), {**scan_params(), "maxResults": 1}
+    )
+    assert scan_head(ecr, ACCOUNT, REPOSITORY, DIGEST) == ScanHead(False, "COMPLETE", COMPLETED)
+
+
+@pytest.mark.parametrize("status", ["COMPLETE", "ACTIVE"])
+def test_scan_head_of_an_enhanced_scan(ecr: Any, stub: Stubber, status: str) -> None:
+    # Enhanced scanning answers up to 100 findings whatever maxResults says, ACTIVE for continuous scanning and
+    # COMPLETE (with enhancedFindings) for scan on push.
+    enhanced = [enhanced_finding(f"CVE-2026-{n:04d}", "HIGH", f"pkg{n}", "1.0", "1.1") for n in range(100)]
+    page = scan_page(status, enhanced=enhanced, token="e1")
+    stub.add_response("describe_image_scan_findings", page, {**scan_params(), "maxResults": 1})
+    assert scan_head(ecr, ACCOUNT, REPOSITORY, DIGEST) == ScanHead(True, status, COMPLETED)
+
+
+def test_scan_head_without_a_scan(ecr: Any, stub: Stubber) -> None:
+    stub.add_client_error("describe_image_scan_findings", "ScanNotFoundException", http_status_code=400)
+    with pytest.raises(ScanNotReady):
+        scan_head(ecr, ACCOUNT, REPOSITORY, DIGEST)
 
 
 @pytest.mark.parametrize("status", ["FAILED", "UNSUPPORTED_IMAGE", "SCAN_ELIGIBILITY_EXPIRED", "FINDINGS_UNAVAILABLE"])

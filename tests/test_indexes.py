@@ -402,11 +402,12 @@ def test_backfill_and_rescan_report_one_per_tag(stack: Stack) -> None:
         assert posts_for(stack, [made.index, plain, *made.manifests()]).count(made.index) == 1
         body = stack.received_for(made.index)[0].body
         assert body["source"] == "backfill" and len(body["index"]["platforms"]) == 2
-        # A rescan (of every known repository) reads them again: nothing changed, nothing sent (the same key).
+        # A rescan (of every known repository) reads the index again: nothing changed, nothing sent (the same
+        # key). The plain image's basic scan is compared by one small page of its findings: no chain.
         outcomes.clear()
         summary = sweeps.rescan(svc, chain)
         assert summary["in_index"] >= 4 and not set(made.manifests()) & set(outcomes)
-        assert outcomes[made.index] == ["already_sent"] and outcomes[plain] == ["already_sent"]
+        assert outcomes[made.index] == ["already_sent"] and plain not in outcomes and summary["unchanged"] >= 1
         assert outcomes[chart] == ["not_an_image"]
         assert len(stack.received_for(made.index)) == 1
     finally:
