@@ -21,6 +21,16 @@ from ninkik_tasks import local
 from ninkik_tasks.local.dev import demo_images
 
 
+def _readme_second_shell() -> list[str]:
+    """The lines of the README's fenced sh block under its "second shell" heading."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = re.search(r"^#+ [^\n]*second shell[^\n]*\n(.*?)^#", text, re.S | re.M | re.I)
+    assert section, "README.md has no second-shell section"
+    block = re.search(r"```sh\n(.*?)```", section.group(1), re.S)
+    assert block, "the README's second-shell section has no ```sh block"
+    return [line.strip() for line in block.group(1).splitlines() if line.strip()]
+
+
 def _clean_env(tmp_path: Path) -> dict[str, str]:
     # A new user's shell: no NINKIK_ or AWS_ settings; TMPDIR so the run's folder can be looked for.
     return {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "TMPDIR": str(tmp_path)}
@@ -91,6 +101,15 @@ def test_check_passes_from_a_second_shell(tmp_path: Path) -> None:
         assert "FAIL" not in check.stdout and "Traceback" not in check.stderr
         # The lookup is proven on a tenant ninkik knows (one seen in the demo's pushes), not a made-up one.
         assert "OK   ninkik: API at" in check.stdout and "knows tenant" in check.stdout, check.stdout
+        # The README's second-shell lines, exactly as written, by name.
+        lines = _readme_second_shell()
+        assert lines[0] == "source /tmp/ninkik-dev-XXXX/env", lines
+        script = "\n".join(["set -e", f"source {shlex.quote(str(env_file))}", *lines[1:]])
+        readme = subprocess.run(
+            ["bash", "-c", script], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=180
+        )
+        assert readme.returncode == 0, readme.stdout + readme.stderr
+        assert "Traceback" not in readme.stderr and "done:" in readme.stdout, readme.stdout + readme.stderr
         # A worker that started after Flower is in Flower's /api/workers without ?refresh=1.
         local.wait_for(
             lambda: httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=10).json(), 60, "Flower's worker list"
