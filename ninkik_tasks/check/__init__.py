@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import httpx
 import redis
 
+from .. import tls
 from ..config import Settings, unknown_variables
 from ..errors import ConfigError, PermanentError
 from ..inventory import Inventory
@@ -70,7 +71,13 @@ def _known_tenants(s: Settings) -> dict[str, str]:
         with suppress(ConfigError):  # said by _ninkik
             out.update({tenant: "NINKIK_TENANTS_FILE" for tenant in load_tenants_file(s.tenants_file)})
     with suppress(redis.RedisError):  # said by broker_and_redis
-        client = redis.Redis.from_url(s.redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=3)
+        client = redis.Redis.from_url(
+            s.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=3,
+            socket_timeout=3,
+            **tls.redis_client_options(s.redis_url, s),
+        )
         for tenant in Inventory(client, s.redis_namespace).tenants():
             out.setdefault(tenant, "a push event received earlier")
     return out
