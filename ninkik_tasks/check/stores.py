@@ -13,7 +13,7 @@ import redis
 
 from .. import brokers, tls
 from ..brokers.rabbitmq import management_url
-from ..config import Settings
+from ..config import Settings, safe_url
 from ..errors import ConfigError
 from ..explain import redis_full, redis_full_line
 from .line import Check
@@ -44,15 +44,15 @@ def broker_and_redis(s: Settings) -> Iterator[Check]:
                 yield Check(
                     "FAIL",
                     "redis",
-                    f"{name} ({_safe_url(url)}) presents a certificate that does not verify: set "
+                    f"{name} ({safe_url(url)}) presents a certificate that does not verify: set "
                     "NINKIK_TLS_CA_FILE to the CA that signed it (or fix the host name in the URL)",
                 )
                 continue
             yield Check(
-                "FAIL", "redis", f"{name} ({_safe_url(url)}) does not answer: {exc}; start Redis or fix the URL"
+                "FAIL", "redis", f"{name} ({safe_url(url)}) does not answer: {exc}; start Redis or fix the URL"
             )
             continue
-        yield Check("OK", "redis", f"{name} answers ({_safe_url(url)})")
+        yield Check("OK", "redis", f"{name} answers ({safe_url(url)})")
         yield from _writable(name, url, client, s.redis_namespace)
         kwargs = client.connection_pool.connection_kwargs
         server = (str(kwargs.get("host", kwargs.get("path", ""))), int(kwargs.get("port", 0)))
@@ -74,21 +74,21 @@ def _memory(name: str, url: str, client: redis.Redis) -> Iterator[Check]:
         info = client.info("memory")
     except redis.RedisError as exc:
         yield Check(
-            "WARN", "redis", f"{name} ({_safe_url(url)}): INFO memory refused ({exc}), so the eviction policy "
+            "WARN", "redis", f"{name} ({safe_url(url)}): INFO memory refused ({exc}), so the eviction policy "
             f"is not known: ninkik-tasks needs maxmemory-policy noeviction; {NOEVICTION_FIX}"
         )
         return
     policy = info.get("maxmemory_policy")
     if policy is None:
         yield Check(
-            "WARN", "redis", f"{name} ({_safe_url(url)}) does not say its eviction policy: ninkik-tasks needs "
+            "WARN", "redis", f"{name} ({safe_url(url)}) does not say its eviction policy: ninkik-tasks needs "
             f"maxmemory-policy noeviction; {NOEVICTION_FIX}"
         )
     elif policy != "noeviction":
         yield Check(
             "FAIL",
             "redis",
-            f"{name} ({_safe_url(url)}) evicts keys when memory runs short (maxmemory-policy {policy}): "
+            f"{name} ({safe_url(url)}) evicts keys when memory runs short (maxmemory-policy {policy}): "
             "ninkik-tasks' records (events seen, reports sent, scan waits) would vanish early, so redeliveries "
             f"start new chains and waits are forgotten; {NOEVICTION_FIX}",
         )
@@ -97,7 +97,7 @@ def _memory(name: str, url: str, client: redis.Redis) -> Iterator[Check]:
         yield Check(
             "WARN",
             "redis",
-            f"{name} ({_safe_url(url)}) uses {used * 100 // limit}% of its maxmemory ({limit} bytes): give it "
+            f"{name} ({safe_url(url)}) uses {used * 100 // limit}% of its maxmemory ({limit} bytes): give it "
             "more memory before it is full and refuses every write",
         )
 
@@ -110,9 +110,9 @@ def _writable(name: str, url: str, client: redis.Redis, namespace: str) -> Itera
         client.delete(key)
     except redis.RedisError as exc:
         if redis_full(exc):
-            yield Check("FAIL", "redis", f"{name} ({_safe_url(url)}): {redis_full_line()}")
+            yield Check("FAIL", "redis", f"{name} ({safe_url(url)}): {redis_full_line()}")
         else:
-            yield Check("FAIL", "redis", f"{name} ({_safe_url(url)}) refuses a write ({exc}): is it a replica?")
+            yield Check("FAIL", "redis", f"{name} ({safe_url(url)}) refuses a write ({exc}): is it a replica?")
 
 
 def _rabbitmq(s: Settings) -> Iterator[Check]:
@@ -135,7 +135,7 @@ def _rabbitmq(s: Settings) -> Iterator[Check]:
     try:
         conn = Connection(url, connect_timeout=5, ssl=ssl)  # type: ignore[no-untyped-call]
     except ValueError as exc:
-        yield Check("FAIL", "broker", f"NINKIK_BROKER_URL ({_safe_url(url)}) is not a valid URL: {exc}")
+        yield Check("FAIL", "broker", f"NINKIK_BROKER_URL ({safe_url(url)}) is not a valid URL: {exc}")
         return
     try:
         conn.ensure_connection(max_retries=1)  # type: ignore[no-untyped-call]
@@ -145,19 +145,19 @@ def _rabbitmq(s: Settings) -> Iterator[Check]:
             yield Check(
                 "FAIL",
                 "broker",
-                f"NINKIK_BROKER_URL ({_safe_url(url)}) presents a certificate that does not verify: set "
+                f"NINKIK_BROKER_URL ({safe_url(url)}) presents a certificate that does not verify: set "
                 "NINKIK_TLS_CA_FILE to the CA that signed it (or fix the host name in the URL)",
             )
             return
         yield Check(
             "FAIL",
             "broker",
-            f"NINKIK_BROKER_URL ({_safe_url(url)}) does not answer: {exc}; start RabbitMQ or fix the URL",
+            f"NINKIK_BROKER_URL ({safe_url(url)}) does not answer: {exc}; start RabbitMQ or fix the URL",
         )
         return
     names = [*QUEUES, rabbitmq.DEAD_LETTER_QUEUE]
     try:
-        yield Check("OK", "broker", f"NINKIK_BROKER_URL answers (RabbitMQ {_server_version(conn)}, {_safe_url(url)})")
+        yield Check("OK", "broker", f"NINKIK_BROKER_URL answers (RabbitMQ {_server_version(conn)}, {safe_url(url)})")
         types = _queue_types(s, parsed)
         if types is None:
             found = _passive(conn, names)
@@ -226,8 +226,3 @@ def _passive(conn: Any, names: list[str]) -> dict[str, bool]:
             with contextlib.suppress(Exception):
                 channel.close()
     return found
-
-
-def _safe_url(url: str) -> str:
-    parsed = urlparse(url)
-    return url.replace(f":{parsed.password}@", ":***@") if parsed.password else url
