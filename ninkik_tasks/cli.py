@@ -378,5 +378,9 @@ def standin(ctx: click.Context, /, **_: Any) -> None:
     ctx.forward(serve)
 
 
+from .health.probe import health_command  # noqa: E402
+
+main.add_command(health_command, "health")
+
 if __name__ == "__main__":
     main()
