@@ -9,6 +9,7 @@ from celery import Celery
 from . import brokers, tls
 from .brokers import rabbitmq
 from .config import Settings, get_settings
+from .health import worker as worker_health
 from .schedule import beat_schedule
 
 # One queue per kind of work, so operators can scale each with `-Q`.
@@ -29,7 +30,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings that do not lose work (late acks, requeue on worker loss, prefetch 1), and the broker's own."""
     broker = brokers.for_url(settings.broker_url)
     return dict(
-        **broker.celery_config(settings, CHAIN_TASKS),
+        **broker.celery_config(settings, CHAIN_TASKS, CONTROL_TASKS),
         **tls.celery_config(settings),
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
@@ -53,6 +54,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
+        # Celery's consumer whose reconnection loop keeps the liveness file fresh (docs/health.md).
+        worker_consumer="ninkik_tasks.health.worker:Consumer",
         # Each Redis write per task is paid four times per image (the profile in bench/RESULTS.md): the
         # three intermediate steps store no result (the next step gets it in its message, Flower gets
         # it from the task-succeeded event) and only the backfill stores STARTED. Failures are stored
@@ -72,7 +75,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         beat_schedule=beat_schedule(settings, CONTROL_QUEUE),
         # Routed by name too: `celery call` sends by name from a process that has not imported the tasks.
         task_routes={name: {"queue": CONTROL_QUEUE} for name in CONTROL_TASKS},
-        beat_scheduler="redbeat.RedBeatScheduler",
+        # RedBeat's scheduler with beat's liveness and readiness files (docs/health.md).
+        beat_scheduler="ninkik_tasks.health.beat:Scheduler",
         beat_max_loop_interval=BEAT_MAX_INTERVAL,
         redbeat_redis_url=settings.redis_url,
         redbeat_redis_options={"retry_period": 60, "socket_timeout": 10, "socket_connect_timeout": 5},
@@ -88,6 +92,8 @@ def make_app() -> Celery:
     # Records RabbitMQ's dead letters (tasks over the delivery limit) as failures; nothing on Redis.
     app.steps["consumer"].add(rabbitmq.DeadLetters)
     app.steps["worker"].add(rabbitmq.Declare)  # every queue exists before delayed delivery binds them
+    app.steps["worker"].add(worker_health.Liveness)  # liveness and readiness files (docs/health.md)
+    app.steps["consumer"].add(worker_health.Consuming)
     return app
 
 
