@@ -94,7 +94,11 @@ class Heartbeat:
     def beat(self, force: bool = False) -> None:
         """The loop ran: touch the alive file (at most once a second)."""
         now = time.monotonic()
-        if self.alive_path is None or (not force and now - self._last_touch < min(1.0, self.every)):
+        if (
+            self.alive_path is None
+            or self._stop.is_set()
+            or (not force and now - self._last_touch < min(1.0, self.every))
+        ):
             return
         self._last_touch = now
         self.last = time.time()
@@ -132,6 +136,8 @@ class Heartbeat:
     def stop(self) -> None:
         """Stop the helper and remove both files (the process is leaving)."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
         for path in (self.alive_path, self.ready_path):
             if path is not None:
                 with contextlib.suppress(OSError):

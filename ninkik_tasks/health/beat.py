@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 from redbeat import RedBeatScheduler
+from redbeat.schedulers import acquire_distributed_beat_lock
 from redis.exceptions import LockError, RedisError
 
 from ..logs import Outage
@@ -37,21 +39,14 @@ class Scheduler(RedBeatScheduler):  # type: ignore[misc]
         self.outage = Outage("Redis (the schedule and its lock)", log)
 
     def tick(self, *args: Any, **kwargs: Any) -> Any:
+        if self.lock_key and self.lock is None:
+            return self._stand_by()  # Redis was away when beat started: RedBeat's own wait for the lock failed
         try:
             with self.heartbeat.waiting():
                 interval = super().tick(*args, **kwargs)  # extends the lock first: it is ours, or this raises
         except LockError as exc:
-            self.heartbeat.ready(False)
             log.warning("beat: the schedule's lock is no longer ours (%s): standing by for it", exc)
-            self.heartbeat.keep_fresh(None)
-            try:
-                self.lock.acquire()
-            except RedisError:
-                return self.max_interval  # still away: the next tick stands by again
-            finally:
-                self.heartbeat.keep_fresh(0)
-            log.info("beat: acquired the lock again")
-            return 0
+            return self._stand_by()
         except RedisError as exc:
             self.heartbeat.ready(False)
             self.outage.failed(exc)
@@ -59,6 +54,23 @@ class Scheduler(RedBeatScheduler):  # type: ignore[misc]
         self.outage.ok()
         self.heartbeat.ready(True)
         return interval
+
+    def _stand_by(self) -> float:
+        """Wait for the lock as a standby does (kept alive meanwhile); the next tick runs at once once it is ours."""
+        self.heartbeat.ready(False)
+        self.heartbeat.keep_fresh(None)
+        try:
+            if self.lock is None:
+                acquire_distributed_beat_lock(sender=SimpleNamespace(scheduler=self))
+            else:
+                self.lock.acquire()
+        except RedisError as exc:
+            self.outage.failed(exc)
+            return float(self.max_interval)
+        finally:
+            self.heartbeat.keep_fresh(0)
+        log.info("beat: holds the schedule's lock")
+        return 0.0
 
     def close(self) -> None:
         self.heartbeat.ready(False)
