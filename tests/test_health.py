@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from celery import Celery
@@ -79,6 +80,19 @@ def test_probe_reads_the_files_of_running_processes(tmp_path: Path) -> None:
         beat.stop()
     assert [p.name for p in tmp_path.glob("worker-*")] == [stale.name], "a process leaving removes its files"
     assert not check("worker", tmp_path, MAX_AGE).ok
+
+
+def test_a_call_past_its_bound_is_stuck(tmp_path: Path) -> None:
+    """A loop blocked in one call is kept alive for the call's bound, then fails (no SIGSTOP: only the loop)."""
+    max_age = 0.4
+    beat = Heartbeat(tmp_path, "ingest", max_age=max_age).start()
+    try:
+        with beat.waiting(1.0):
+            wait_for(lambda: not check("ingest", tmp_path, max_age).ok, 10, "the probe to fail past the bound")
+            assert beat.alive_path is not None
+            assert time.time() - beat.alive_path.stat().st_mtime > max_age
+    finally:
+        beat.stop()
 
 
 def test_probe_is_cheap(tmp_path: Path) -> None:
@@ -143,32 +157,42 @@ def servers(stack: Stack, rabbitmq: local.RabbitMQ, tmp_path_factory: pytest.Tem
         made.redis_proc.stop()
 
 
-def start_worker(env: dict[str, str], name: str, *args: str) -> local.Proc:
-    """A worker started exactly as workers/entrypoint.sh starts it (compose's arguments after it), until ready."""
-    proc = local.Proc(
-        f"health-{name}", ["sh", str(ROOT / "workers" / "entrypoint.sh"), "-n", f"{name}@%h", *args], ROOT, env
-    )
+def spawn_worker(env: dict[str, str], name: str) -> local.Proc:
+    """A worker started exactly as workers/entrypoint.sh starts it (its name given after it, as compose could)."""
+    argv = ["sh", str(ROOT / "workers" / "entrypoint.sh"), "-n", f"{name}@%h"]
+    return local.Proc(f"health-{name}", argv, Path(env["NINKIK_HEALTH_DIR"]).parent, env)
+
+
+def spawn_ingest(env: dict[str, str], name: str) -> local.Proc:
+    return local.Proc(name, [str(BIN / "ninkik-tasks"), "ingest"], Path(env["NINKIK_HEALTH_DIR"]).parent, env)
+
+
+def spawn_beat(env: dict[str, str], name: str) -> local.Proc:
+    return local.Proc(name, ["sh", str(ROOT / "beat" / "entrypoint.sh")], Path(env["NINKIK_HEALTH_DIR"]).parent, env)
+
+
+def wait_started(started: list[tuple[local.Proc, str, dict[str, str], bool]], timeout: float = 60) -> None:
+    """Wait until each (process, kind, env, ready) passes its probe (`ready`: its readiness probe)."""
+    for proc, kind, env, ready in started:
+        try:
+            wait_for(
+                lambda p=proc, k=kind, e=env, r=ready: passes(e, k, r) or not p.alive(),
+                timeout,
+                f"{proc.name} to start",
+            )
+        except TimeoutError:
+            raise AssertionError(f"{proc.name} did not start:\n{proc.output()[-3000:]}") from None
+        assert proc.alive(), proc.output()[-3000:]
+
+
+def start_worker(env: dict[str, str], name: str) -> local.Proc:
+    """spawn_worker, until ready."""
+    proc = spawn_worker(env, name)
     try:
-        wait_for(lambda: passes(env, "worker", ready=True) or not proc.alive(), 60, f"worker {name} to be ready")
-    except TimeoutError:
+        wait_started([(proc, "worker", env, True)])
+    except AssertionError:
         proc.stop()
         raise
-    assert proc.alive(), proc.output()[-3000:]
-    return proc
-
-
-def start_ingest(env: dict[str, str], queue_url: str, name: str) -> local.Proc:
-    logs = Path(env["NINKIK_HEALTH_DIR"]).parent
-    proc = local.Proc(name, [str(BIN / "ninkik-tasks"), "ingest"], logs, {**env, "NINKIK_SQS_QUEUE_URL": queue_url})
-    wait_for(lambda: passes(env, "ingest", ready=True) or not proc.alive(), 30, f"{name} to poll")
-    assert proc.alive(), proc.output()[-3000:]
-    return proc
-
-
-def start_beat(env: dict[str, str], name: str, ready: bool = True) -> local.Proc:
-    proc = local.Proc(name, ["sh", str(ROOT / "beat" / "entrypoint.sh")], Path(env["NINKIK_HEALTH_DIR"]).parent, env)
-    wait_for(lambda: passes(env, "beat", ready=ready) or not proc.alive(), 30, f"{name} to tick")
-    assert proc.alive(), proc.output()[-3000:]
     return proc
 
 
@@ -189,30 +213,52 @@ def alive_through(envs: dict[str, dict[str, str]], seconds: float, what: str) ->
     return not_ready
 
 
-def fails_after_freeze(env: dict[str, str], kind: str, proc: local.Proc) -> float:
-    """SIGSTOP the process; seconds until its probe fails (within MAX_AGE + PERIOD x THRESHOLD); SIGCONT."""
+def fail_after_freeze(envs: dict[str, dict[str, str]], procs: dict[str, local.Proc]) -> dict[str, float]:
+    """SIGSTOP the processes; seconds until each one's probe fails (within MAX_AGE + PERIOD x THRESHOLD); SIGCONT."""
     frozen = time.monotonic()
-    proc.send(signal.SIGSTOP)
+    took: dict[str, float] = {}
+    for proc in procs.values():
+        proc.send(signal.SIGSTOP)
     try:
-        wait_for(lambda: not passes(env, kind), MAX_AGE + PERIOD * THRESHOLD, f"{kind}'s probe to fail once frozen")
-        return time.monotonic() - frozen
+
+        def all_failed() -> bool:
+            for kind in set(procs) - set(took):
+                if not passes(envs[kind], kind):
+                    took[kind] = time.monotonic() - frozen
+            return len(took) == len(procs)
+
+        wait_for(all_failed, MAX_AGE + PERIOD * THRESHOLD, f"the probes to fail once frozen (failed: {took})")
+        return took
     finally:
-        proc.send(signal.SIGCONT)
+        for proc in procs.values():
+            proc.send(signal.SIGCONT)
 
 
 def test_probes_through_broker_and_redis_outages_and_a_freeze(servers: Env) -> None:
     stack = servers.stack
     stack.standin.reset()
     envs = {kind: servers.env(f"probes-{kind}") for kind in ("worker", "ingest", "beat")}
+    envs["ingest"]["NINKIK_METRICS_PORT"] = str(local.free_port())
     queue_url = stack.new_queue()
-    worker = start_worker(envs["worker"], "probed")
-    feeder = start_ingest(envs["ingest"], queue_url, "ingest-probed")
-    beat = start_beat(envs["beat"], "beat-probed")
+    envs["ingest"]["NINKIK_SQS_QUEUE_URL"] = queue_url
     standby_env = servers.env("probes-standby")
-    standby = start_beat(standby_env, "beat-standby", ready=False)
-    procs = {"worker": worker, "ingest": feeder, "beat": beat}
+    procs = {
+        "worker": spawn_worker(envs["worker"], "probed"),
+        "ingest": spawn_ingest(envs["ingest"], "ingest-probed"),
+        "beat": spawn_beat(envs["beat"], "beat-probed"),
+    }
+    worker, feeder, beat = procs.values()
+    wait_started([(beat, "beat", envs["beat"], True)])  # the lock is the first one's
+    standby = spawn_beat(standby_env, "beat-standby")
+    wait_started([(p, kind, envs[kind], True) for kind, p in procs.items()] + [(standby, "beat", standby_env, False)])
+    # One signal for probes and alerts: ingest's /metrics has every loop's last beat, as their files have it.
+    metrics = httpx.get(f"http://127.0.0.1:{envs['ingest']['NINKIK_METRICS_PORT']}/metrics", timeout=10).text
+    for kind in ("worker", "ingest", "beat"):
+        lines = [x for x in metrics.splitlines() if x.startswith(f"ninkik_{kind}_last_loop_timestamp_seconds")]
+        newest = max(p.stat().st_mtime for p in (servers.work / f"probes-{kind}").glob(f"{kind}-*.alive"))
+        assert any(abs(float(x.split()[-1]) - newest) < 3 * MAX_AGE for x in lines), (lines, newest)
     digests: list[str] = []
-    outage = 2 * MAX_AGE + 1  # longer than a file may age: a loop that stopped beating would fail in it
+    outage = 2 * MAX_AGE  # longer than a file may age: a loop that stopped beating would fail in it
 
     def send_one(label: str) -> None:
         digest = stack.push(REPOSITORY, label)
@@ -225,13 +271,16 @@ def test_probes_through_broker_and_redis_outages_and_a_freeze(servers: Env) -> N
             "a standby: alive, not ready"
         )
 
-        # The broker away: the worker reconnects, ingest waits to publish the chain of an event that arrives.
-        servers.broker.node.stop()  # type: ignore[union-attr]
+        # The broker away (the node's application stopped: connections closed, connecting refused): the
+        # worker reconnects, ingest waits to publish the chain of an event that arrives meanwhile.
+        node = servers.broker.node
+        assert node is not None
+        assert node.ctl("stop_app").returncode == 0
         try:
             send_one("broker-outage")
             not_ready = alive_through(envs, outage, "the broker outage")
         finally:
-            servers.broker.node.start()  # type: ignore[union-attr]
+            assert node.ctl("start_app").returncode == 0
         assert not_ready["worker"], "the worker's consumer cannot consume while the broker is away"
         wait_for(lambda: passes(envs["worker"], "worker", ready=True), 60, "the worker to be ready again")
 
@@ -248,7 +297,7 @@ def test_probes_through_broker_and_redis_outages_and_a_freeze(servers: Env) -> N
         wait_for(lambda: {r.body["image"]["digest"] for r in stack.standin.received} >= set(digests), 120, "the events")
 
         # Frozen: each probe fails within the max age and the orchestrator's period x threshold.
-        took = {kind: fails_after_freeze(envs[kind], kind, proc) for kind, proc in procs.items()}
+        took = fail_after_freeze(envs, procs)
         for kind, env in envs.items():
             wait_for(lambda env=env, kind=kind: passes(env, kind), 30, f"{kind} to pass again once thawed")
         assert all(p.alive() for p in [*procs.values(), standby])
@@ -300,8 +349,10 @@ def test_scale_in_of_busy_workers_loses_and_doubles_nothing(servers: Env) -> Non
     digests = [stack.push(REPOSITORY, f"scale-{i}") for i in range(60)]
     stack.standin.answer_next(0, times=len(digests), delay=0.2)  # ninkik answers in 0.2 s: steps are running
     before = _already_sent(_stats(servers))
-    workers = [start_worker(env, "scale-a"), start_worker(env, "scale-b")]
-    feeder = start_ingest(env, queue_url, "ingest-scale-in")
+    workers = [spawn_worker(env, "scale-a"), spawn_worker(env, "scale-b")]
+    wait_started([(w, "worker", env, True) for w in workers])
+    feeder = spawn_ingest({**env, "NINKIK_SQS_QUEUE_URL": queue_url}, "ingest-scale-in")
+    wait_started([(feeder, "ingest", env, True)])
     exits: list[float] = []
     try:
         for i in range(0, len(digests), 10):
@@ -332,15 +383,21 @@ def test_worker_stopped_mid_backfill_hands_it_on(servers: Env) -> None:
     stack = servers.stack
     stack.standin.reset()
     broker = make_broker(stack, "rabbitmq", servers.broker.node)
-    # Calls to ECR at 4 a second: the backfill takes seconds, long enough to be stopped in the middle.
-    env = {**servers.env("backfill"), "NINKIK_BROKER_URL": broker.url, "NINKIK_ECR_CALLS_PER_SECOND": "4"}
+    # Calls to ECR at 6 a second: the backfill takes seconds, long enough to be stopped in the middle.
+    env = {**servers.env("backfill"), "NINKIK_BROKER_URL": broker.url, "NINKIK_ECR_CALLS_PER_SECOND": "6"}
     label = os.urandom(3).hex()
-    repositories = [f"{TENANT_A}/shop/sweep-{label}-{i}" for i in range(8)]
+    repositories = [f"{TENANT_A}/shop/sweep-{label}-{i}" for i in range(6)]
     digests = [stack.push(repo, f"v{j}") for repo in repositories for j in range(3)]
     before = _already_sent(_stats(servers))
     # The one that runs the backfill takes every queue; the other only the chain's, until its replacement comes.
-    first = start_worker(env, "sweep-a")
-    chains_only = start_worker({**env, "NINKIK_WORKER_QUEUES": "ninkik-aws,ninkik-api"}, "sweep-b")
+    first = spawn_worker(env, "sweep-a")
+    chains_env = {
+        **env,
+        "NINKIK_WORKER_QUEUES": "ninkik-aws,ninkik-api",
+        "NINKIK_HEALTH_DIR": f"{env['NINKIK_HEALTH_DIR']}-b",
+    }
+    chains_only = spawn_worker(chains_env, "sweep-b")
+    wait_started([(first, "worker", env, True), (chains_only, "worker", chains_env, True)])
     workers = [first, chains_only]
     app = Celery(backend=env["NINKIK_RESULT_BACKEND"])
     try:

@@ -86,6 +86,7 @@ class Heartbeat:
             if pid is not None and pid != os.getpid() and not _running(pid):
                 with contextlib.suppress(OSError):
                     path.unlink()
+        self.ready(False)  # one left by an earlier process with this pid (a container restarted in place)
         self.beat(force=True)
         self._thread = threading.Thread(target=self._run, name=f"ninkik-{self.kind}-heartbeat", daemon=True)
         self._thread.start()
