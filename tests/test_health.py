@@ -248,15 +248,7 @@ def test_probes_through_broker_and_redis_outages_and_a_freeze(servers: Env) -> N
         "beat": spawn_beat(envs["beat"], "beat-probed"),
     }
     worker, feeder, beat = procs.values()
-    wait_started([(beat, "beat", envs["beat"], True)])  # the lock is the first one's
-    standby = spawn_beat(standby_env, "beat-standby")
-    wait_started([(p, kind, envs[kind], True) for kind, p in procs.items()] + [(standby, "beat", standby_env, False)])
-    # One signal for probes and alerts: ingest's /metrics has every loop's last beat, as their files have it.
-    metrics = httpx.get(f"http://127.0.0.1:{envs['ingest']['NINKIK_METRICS_PORT']}/metrics", timeout=10).text
-    for kind in ("worker", "ingest", "beat"):
-        lines = [x for x in metrics.splitlines() if x.startswith(f"ninkik_{kind}_last_loop_timestamp_seconds")]
-        newest = max(p.stat().st_mtime for p in (servers.work / f"probes-{kind}").glob(f"{kind}-*.alive"))
-        assert any(abs(float(x.split()[-1]) - newest) < 3 * MAX_AGE for x in lines), (lines, newest)
+    standby: local.Proc | None = None
     digests: list[str] = []
     outage = 2 * MAX_AGE  # longer than a file may age: a loop that stopped beating would fail in it
 
@@ -266,6 +258,17 @@ def test_probes_through_broker_and_redis_outages_and_a_freeze(servers: Env) -> N
         stack.send(queue_url, local.push_event(REPOSITORY, digest, label))
 
     try:
+        wait_started([(beat, "beat", envs["beat"], True)])  # the lock is the first one's
+        standby = spawn_beat(standby_env, "beat-standby")
+        started = [(p, kind, envs[kind], True) for kind, p in procs.items()]
+        wait_started([*started, (standby, "beat", standby_env, False)])
+        # One signal for probes and alerts: ingest's /metrics has every loop's last beat, as their files have it.
+        metrics = httpx.get(f"http://127.0.0.1:{envs['ingest']['NINKIK_METRICS_PORT']}/metrics", timeout=10).text
+        for kind in ("worker", "ingest", "beat"):
+            lines = [x for x in metrics.splitlines() if x.startswith(f"ninkik_{kind}_last_loop_timestamp_seconds")]
+            newest = max(p.stat().st_mtime for p in (servers.work / f"probes-{kind}").glob(f"{kind}-*.alive"))
+            assert any(abs(float(x.split()[-1]) - newest) < 3 * MAX_AGE for x in lines), (lines, newest)
+
         assert "ready" in probe(envs["worker"], "worker", ready=True)[1]
         assert not passes(standby_env, "beat", ready=True) and passes(standby_env, "beat"), (
             "a standby: alive, not ready"
@@ -314,7 +317,8 @@ def test_probes_through_broker_and_redis_outages_and_a_freeze(servers: Env) -> N
         print(f"HEALTH beat_standby_took_over_s={time.monotonic() - stopped:.1f}")
     finally:
         for proc in (feeder, worker, beat, standby):
-            proc.stop()
+            if proc is not None:
+                proc.stop()
 
 
 # Scale-in: SIGTERM to workers busy with chains, and to the one running a backfill
@@ -350,11 +354,10 @@ def test_scale_in_of_busy_workers_loses_and_doubles_nothing(servers: Env) -> Non
     stack.standin.answer_next(0, times=len(digests), delay=0.2)  # ninkik answers in 0.2 s: steps are running
     before = _already_sent(_stats(servers))
     workers = [spawn_worker(env, "scale-a"), spawn_worker(env, "scale-b")]
-    wait_started([(w, "worker", env, True) for w in workers])
     feeder = spawn_ingest({**env, "NINKIK_SQS_QUEUE_URL": queue_url}, "ingest-scale-in")
-    wait_started([(feeder, "ingest", env, True)])
     exits: list[float] = []
     try:
+        wait_started([*((w, "worker", env, True) for w in workers), (feeder, "ingest", env, True)])
         for i in range(0, len(digests), 10):
             entries = [
                 {"Id": str(j), "MessageBody": json.dumps(local.push_event(REPOSITORY, d, f"scale-{i + j}"))}
@@ -397,10 +400,10 @@ def test_worker_stopped_mid_backfill_hands_it_on(servers: Env) -> None:
         "NINKIK_HEALTH_DIR": f"{env['NINKIK_HEALTH_DIR']}-b",
     }
     chains_only = spawn_worker(chains_env, "sweep-b")
-    wait_started([(first, "worker", env, True), (chains_only, "worker", chains_env, True)])
     workers = [first, chains_only]
     app = Celery(backend=env["NINKIK_RESULT_BACKEND"])
     try:
+        wait_started([(first, "worker", env, True), (chains_only, "worker", chains_env, True)])
         queued = subprocess.run(
             [str(BIN / "ninkik-tasks"), "backfill", *(f"--repository={r}" for r in repositories)],
             env=env,

@@ -28,9 +28,10 @@ DEFAULT_DIR = "/tmp/ninkik-health"
 DEFAULT_MAX_AGE_SECONDS = 60.0
 BEAT_SECONDS = 5.0  # how often a loop touches its file at most (a quarter of the max age when that is shorter)
 # The longest a loop may legitimately spend in one call while a dependency is away: kombu's publish retry
-# (celery_app: about two minutes), RedBeat's Redis retry (60 s), an SQS long poll (25 s) and Redis's timeouts.
+# (celery_app: 60 tries with 116 s of pauses, each try's connect up to 4 s more when the broker's host does not
+# answer at all: about 6 minutes), RedBeat's Redis retry (60 s), an SQS long poll (25 s), Redis's timeouts.
 # While a loop is inside such a call the file is kept fresh for it, up to this bound; past it the loop is stuck.
-STEP_BOUND_SECONDS = 300.0
+STEP_BOUND_SECONDS = 600.0
 # Seconds an orchestrator must give each process to stop after SIGTERM before it kills it (compose's
 # stop_grace_period, Kubernetes' terminationGracePeriodSeconds): docs/health.md says where each comes from.
 # A worker (warm shutdown) finishes the chain steps it runs: the longest is one ECR call through botocore's

@@ -12,7 +12,7 @@ from redis.exceptions import LockError, RedisError
 
 from ..logs import Outage
 from . import Heartbeat
-from .worker import export
+from .export import start_export
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Scheduler(RedBeatScheduler):  # type: ignore[misc]
         s = get_settings()
         self.heartbeat = Heartbeat(s.health_dir, "beat", s.health_max_age_seconds).start()
         self.heartbeat.keep_fresh(None)  # until the first tick: waiting for the lock
-        self.export = export(self.heartbeat)
+        self.export = start_export(self.heartbeat)
         self.outage = Outage("Redis (the schedule and its lock)", log)
 
     def tick(self, *args: Any, **kwargs: Any) -> Any:

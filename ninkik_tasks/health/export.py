@@ -46,3 +46,14 @@ class Export:
         self._stop.set()
         with contextlib.suppress(redis.RedisError):
             self.client.delete(self.key)
+
+
+def start_export(beat: Heartbeat) -> Export:
+    """Copy `beat` to Redis (short timeouts: an outage only makes the metric stale), for ingest's /metrics."""
+    from .. import tls
+    from ..config import get_settings
+
+    s = get_settings()
+    options = tls.redis_client_options(s.redis_url, s)
+    client = redis.Redis.from_url(s.redis_url, **options, socket_timeout=2, socket_connect_timeout=2)
+    return Export(beat, client, s.redis_namespace, ttl=int(10 * s.health_max_age_seconds)).start()

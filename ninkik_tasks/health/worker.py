@@ -9,7 +9,7 @@ from celery.signals import worker_shutting_down
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from . import STOP_GRACE_SECONDS, Heartbeat
-from .export import Export
+from .export import start_export
 
 _state: dict[str, Any] = {}
 
@@ -25,24 +25,11 @@ def heartbeat() -> Heartbeat:
     return beat
 
 
-def export(beat: Heartbeat) -> Export:
-    """Copy `beat` to Redis (short timeouts: an outage only makes the metric stale), for ingest's /metrics."""
-    import redis
-
-    from .. import tls
-    from ..config import get_settings
-
-    s = get_settings()
-    options = tls.redis_client_options(s.redis_url, s)
-    client = redis.Redis.from_url(s.redis_url, **options, socket_timeout=2, socket_connect_timeout=2)
-    return Export(beat, client, s.redis_namespace, ttl=int(10 * s.health_max_age_seconds)).start()
-
-
 class Liveness(bootsteps.StartStopStep):  # type: ignore[misc]
     """A worker step: the heartbeat's files and its copy in Redis, from the worker's start to its end."""
 
     def start(self, worker: Any) -> None:
-        _state["export"] = export(heartbeat().start())
+        _state["export"] = start_export(heartbeat().start())
 
     def stop(self, worker: Any) -> None:
         if "export" in _state:
