@@ -16,13 +16,14 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 from celery import Celery
-from conftest import TENANT_A, Broker, Stack, make_broker
+from conftest import TENANT_A, TOKEN, Broker, Stack, make_broker
 
 from ninkik_tasks import local
 from ninkik_tasks.health import STOP_GRACE_SECONDS, Heartbeat, check
@@ -440,3 +441,55 @@ def test_worker_stopped_mid_backfill_hands_it_on(servers: Env) -> None:
         app.close()
         for w in workers:
             w.stop()
+
+
+def test_a_stopped_backfill_goes_on_where_it_stopped(stack: Stack) -> None:
+    """In process, with a stubbed ECR: stopped after 3 of 6 chains; the same run again starts the other 3."""
+    from botocore.stub import Stubber
+    from test_backfill import StubbedServices, detail, digest_of, image_page, paged, stubbed_ecr
+
+    from ninkik_tasks.backfill import backfill
+    from ninkik_tasks.config import Settings
+    from ninkik_tasks.errors import SweepStopped
+    from ninkik_tasks.filters import Filters
+
+    settings = Settings(
+        redis_url=f"{stack.redis_url}/2",
+        redis_namespace=f"t-{os.urandom(4).hex()}",
+        aws_account_ids=[local.ACCOUNT],
+        aws_regions=[local.REGION],
+        api_url=stack.standin.url,
+        api_token=TOKEN,
+    )
+    svc = StubbedServices(settings, redis.Redis.from_url(settings.redis_url, decode_responses=True), httpx.Client())
+    svc.stubbed = stubbed_ecr()
+    now = datetime.now(UTC)
+    repositories = [f"{TENANT_A}/shop/stop-{i}" for i in range(3)]
+    images = {
+        r: [detail(r, digest_of(f"{i}{j}"), now, [f"v{j}"]) for j in range(2)] for i, r in enumerate(repositories)
+    }
+    filters = Filters(repositories=repositories)
+
+    def run(run_id: str, read: list[str], stop_after: int | None = None) -> tuple[list[str], dict[str, object]]:
+        started: list[str] = []
+        with Stubber(svc.stubbed) as stub:
+            for r in read:
+                stub.add_response("describe_images", image_page(images[r]), paged(repositoryName=r))
+            stop = None if stop_after is None else (lambda: len(started) >= stop_after)
+            summary = backfill(svc, filters, lambda e: started.append(e.digest), run_id=run_id, stop=stop)
+            stub.assert_no_pending_responses()
+        return started, summary
+
+    try:
+        with pytest.raises(SweepStopped):
+            run("run-1", repositories[:2], stop_after=3)
+        again, summary = run("run-1", repositories)
+        first = [d["imageDigest"] for r in repositories for d in images[r]][:3]
+        assert sorted(again) == sorted(
+            d["imageDigest"] for r in repositories for d in images[r] if d["imageDigest"] not in first
+        )
+        assert (summary["chains_started"], summary["already_started"]) == (3, 3)
+        # Another run (another backfill) starts them all: the records are the run's, not the images'.
+        assert len(run("run-2", repositories)[0]) == 6
+    finally:
+        svc.http.close()
