@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .artifacts import INDEX_MEDIA_TYPES
 from .ecr import NOT_READY
-from .errors import PermanentError, TransientError
+from .errors import PermanentError, SweepStopped, TransientError
 from .events import ImagePushed
 from .filters import Filters
 from .findings import Image
@@ -78,6 +78,7 @@ class Sweep:
     # which index lists a manifest (None: every image gets a chain); claims are kept this many seconds
     claims: Claims | None = None
     claim_ttl: int = 90 * 24 * 3600
+    stop: Callable[[], bool] | None = None  # True once the worker is stopping: SweepStopped at the next image
     progress: Progress = field(default_factory=Progress)
 
     def run(self, registry: Registry, filters: Filters) -> Progress:
@@ -146,6 +147,7 @@ class Sweep:
     def _run(self, registry: Registry, filters: Filters, mine: Progress) -> None:
         ecr = self.ecr(registry.region)
         for repository in self._names(ecr, registry, filters, mine):
+            self._maybe_stop()
             mine.repositories += 1
             self._report(mine)
             try:
@@ -214,13 +216,22 @@ class Sweep:
             seen = self.seen([e.event_id for e in events])
             mine.already_started += len(seen)
             events = [e for e in events if e.event_id not in seen]
-        for event in events:
-            if self.pace is not None:
-                self.pace.wait(CALLS_PER_IMAGE)
-            self.start(event)
-            mine.chains_started += 1
-        if self.mark is not None and events:
-            self.mark([e.event_id for e in events])  # only once their chains are queued
+        started: list[str] = []
+        try:
+            for event in events:
+                self._maybe_stop()
+                if self.pace is not None:
+                    self.pace.wait(CALLS_PER_IMAGE)
+                self.start(event)
+                started.append(event.event_id)
+                mine.chains_started += 1
+        finally:
+            if self.mark is not None and started:
+                self.mark(started)  # only once their chains are queued (a stop keeps those already started)
+
+    def _maybe_stop(self) -> None:
+        if self.stop is not None and self.stop():
+            raise SweepStopped(f"{self.source} stopped by the worker's shutdown: {self.progress.as_dict()}")
 
     def _report(self, mine: Progress, images_before: int | None = None) -> None:
         """Report the running total at each new repository and whenever another `progress_every` images were read."""
@@ -246,10 +257,21 @@ def backfill(
     *,
     on_progress: Callable[[Progress], None] | None = None,
     progress_every: int = 100,
+    run_id: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Start a chain (source backfill) for every image the filters select, in every registry."""
+    """Start a chain (source backfill) for every image the filters select, in every registry.
+
+    With `run_id`, a run stopped and started again (the same id) starts no image's chain twice.
+    """
     began = time.monotonic()
-    sweep = Sweep("backfill", svc.ecr, start, on_progress, progress_every, known=Known.of(svc), **_claims(svc))
+    sweep = Sweep(
+        "backfill", svc.ecr, start, on_progress, progress_every, known=Known.of(svc), stop=stop, **_claims(svc)
+    )
+    if run_id is not None:
+        ttl, records = svc.settings.event_dedupe_seconds, svc.records
+        sweep.seen = lambda ids: {i.split("|", 1)[1] for i in records.seen_events([f"{run_id}|{i}" for i in ids])}
+        sweep.mark = lambda ids: records.mark_events([f"{run_id}|{i}" for i in ids], ttl)
     for registry in registries(svc.settings):
         sweep.run(registry, filters)
     summary = {
@@ -266,7 +288,9 @@ def watermark_key(namespace: str, registry: Registry) -> str:
     return f"{namespace}:watermark:{registry.account}:{registry.region}"
 
 
-def reconcile(svc: Services, start: Start, *, now: datetime | None = None) -> dict[str, Any]:
+def reconcile(
+    svc: Services, start: Start, *, now: datetime | None = None, stop: Callable[[], bool] | None = None
+) -> dict[str, Any]:
     """Start chains for images pushed since each registry's watermark (minus the overlap) not yet started.
 
     A registry's watermark moves to the time its sweep began, and only once the sweep succeeded; a
@@ -284,6 +308,7 @@ def reconcile(svc: Services, start: Start, *, now: datetime | None = None) -> di
             seen=records.seen_events,
             mark=lambda ids: records.mark_events(ids, s.event_dedupe_seconds),
             known=Known.of(svc),
+            stop=stop,
             **_claims(svc),
         )
         out: dict[str, Any] = {}
@@ -326,7 +351,9 @@ def rescan_pace(s: Settings) -> Pace | None:
     return Pace(s.ecr_calls_per_second * RESCAN_SHARE) if s.ecr_calls_per_second > 0 else None
 
 
-def rescan(svc: Services, start: Start, *, now: datetime | None = None) -> dict[str, Any]:
+def rescan(
+    svc: Services, start: Start, *, now: datetime | None = None, stop: Callable[[], bool] | None = None
+) -> dict[str, Any]:
     """Start chains (source rescan) for images pushed in the last NINKIK_RESCAN_DAYS days, spread at
     `rescan_pace` rather than all at once; none for a basic scan unchanged since ninkik's report
     (listing.changed: what each image costs).
@@ -346,6 +373,7 @@ def rescan(svc: Services, start: Start, *, now: datetime | None = None) -> dict[
             known=Known.of(svc),
             pace=rescan_pace(s),
             reported=svc.records.reported,
+            stop=stop,
             **_claims(svc),
         )
         for registry in registries(s):

@@ -13,6 +13,7 @@ from . import brokers, startup, tls
 from .brokers import rabbitmq
 from .config import Settings, get_settings
 from .errors import ConfigError
+from .health import worker as worker_health
 from .schedule import beat_schedule
 
 # One queue per kind of work, so operators can scale each with `-Q`.
@@ -35,7 +36,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings that do not lose work (late acks, requeue on worker loss, prefetch 1), and the broker's own."""
     broker = brokers.for_url(settings.broker_url)
     return dict(
-        **broker.celery_config(settings, CHAIN_TASKS),
+        **broker.celery_config(settings, CHAIN_TASKS, CONTROL_TASKS),
         **tls.celery_config(settings),
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
@@ -59,6 +60,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
+        # Celery's consumer whose reconnection loop keeps the liveness file fresh (docs/health.md).
+        worker_consumer="ninkik_tasks.health.worker:Consumer",
         # Each Redis write per task is paid four times per image (the profile in bench/RESULTS.md): the
         # three intermediate steps store no result (the next step gets it in its message, Flower gets
         # it from the task-succeeded event) and only the backfill stores STARTED. Failures are stored
@@ -78,7 +81,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         beat_schedule=beat_schedule(settings, CONTROL_QUEUE),
         # Routed by name too: `celery call` sends by name from a process that has not imported the tasks.
         task_routes={name: {"queue": CONTROL_QUEUE} for name in CONTROL_TASKS},
-        beat_scheduler="redbeat.RedBeatScheduler",
+        # RedBeat's scheduler with beat's liveness and readiness files (docs/health.md).
+        beat_scheduler="ninkik_tasks.health.beat:Scheduler",
         beat_max_loop_interval=BEAT_MAX_INTERVAL,
         redbeat_redis_url=settings.redis_url,
         redbeat_redis_options={"retry_period": 60, "socket_timeout": 10, "socket_connect_timeout": 5},
@@ -126,8 +130,9 @@ def _beat_starts(sender: Any, **_: Any) -> None:
         if holder:
             log.warning(
                 "another celery beat holds the schedule's lock (%s in NINKIK_REDIS_URL): this one stands by and "
-                "takes over within %d s of that one stopping (and logs that it acquired the lock)",
+                "takes over within %d s of that one stopping (%d s if it dies without releasing it), and logs it",
                 lock,
+                BEAT_MAX_INTERVAL,
                 BEAT_LOCK_SECONDS + BEAT_MAX_INTERVAL,
             )
 
@@ -141,6 +146,8 @@ def make_app() -> Celery:
     # Records RabbitMQ's dead letters (tasks over the delivery limit) as failures; nothing on Redis.
     app.steps["consumer"].add(rabbitmq.DeadLetters)
     app.steps["worker"].add(rabbitmq.Declare)  # every queue exists before delayed delivery binds them
+    app.steps["worker"].add(worker_health.Liveness)  # liveness and readiness files (docs/health.md)
+    app.steps["consumer"].add(worker_health.Consuming)
     return app
 
 

@@ -12,6 +12,7 @@ import click
 from .errors import ConfigError, InvalidFilter
 from .explain import explain, redis_full
 from .flower import command as flower_command
+from .health.probe import health_command
 
 
 class _Group(click.Group):
@@ -337,6 +338,7 @@ def standin(ctx: click.Context, /, **_: Any) -> None:
 
 
 main.add_command(flower_command, "flower")
+main.add_command(health_command, "health")
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
+from .health import DEFAULT_DIR, DEFAULT_MAX_AGE_SECONDS
 
 # The region in an AWS queue URL's host: sqs.eu-central-1.amazonaws.com, sqs-fips.us-east-1..., the legacy
 # eu-central-1.queue.amazonaws.com, VPC endpoints (vpce-....sqs.eu-central-1.vpce.amazonaws.com), China.
@@ -96,6 +97,11 @@ class Settings(BaseSettings):
 
     metrics_port: int = 9300  # ingest's Prometheus /metrics; 0 turns it off
     metrics_address: str = "0.0.0.0"
+
+    # Liveness and readiness files each process's loop keeps fresh (docs/health.md; `ninkik-tasks health` reads
+    # these two variables itself, with the same defaults), and the age past which a loop is stuck.
+    health_dir: Path = Path(DEFAULT_DIR)
+    health_max_age_seconds: float = Field(default=DEFAULT_MAX_AGE_SECONDS, gt=0)
 
     # TLS (amqps://, rediss://): certificates are verified against this CA file, else the system's trust store.
     tls_ca_file: Path | None = None

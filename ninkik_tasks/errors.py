@@ -32,6 +32,10 @@ class PermanentError(Exception):
         self.reason = reason
 
 
+class SweepStopped(Exception):
+    """The worker is stopping: the sweep stopped between two images, its chains started so far recorded."""
+
+
 class InvalidEvent(Exception):
     """A queue message that is not an event ninkik-tasks accepts."""
 

@@ -23,6 +23,7 @@ from .ecr import DENIED, THROTTLING, error_code
 from .errors import ConfigError, IgnoredEvent, InvalidEvent
 from .events import ImagePushed, ImageScanned, parse, scanned_image
 from .explain import redis_full, redis_full_line
+from .health import Heartbeat
 from .idempotency import Records
 from .indexes import Claims
 from .inventory import Inventory
@@ -55,6 +56,7 @@ class Ingest:
     start: Callable[[ImagePushed], Any]
     inventory: Inventory | None = None  # where accepted pushes' repositories are remembered for sweeps
     scan_waits: ScanWaits | None = None  # the images waiting for their scan (a scan-complete event ends a wait)
+    heartbeat: Heartbeat | None = None  # this loop's liveness and readiness files (docs/health.md)
     counts: Counter[str] = field(default_factory=Counter)
     deleting: bool = True
     _delete_retry_at: float = 0.0
@@ -67,6 +69,8 @@ class Ingest:
             self.inventory = Inventory(self.records.r, s.redis_namespace)
         if self.scan_waits is None:
             self.scan_waits = ScanWaits(self.records.r, s.redis_namespace, s.scan_poll_seconds, s.ecr_calls_per_second)
+        if self.heartbeat is None:
+            self.heartbeat = Heartbeat(s.health_dir, "ingest", s.health_max_age_seconds)
 
     @property
     def queue_url(self) -> str:
@@ -104,20 +108,34 @@ class Ingest:
         Until the queue answers, and whenever a poll fails, it retries with backoff: one log line when an
         outage begins, one when it ends (each attempt at DEBUG).
         SIGTERM interrupts any wait on SQS (a call or a pause) at once: nothing is in hand then.
+        Each turn beats the heartbeat; a poll (waiting on SQS, Redis or the broker) keeps it fresh for up to
+        STEP_BOUND_SECONDS; ready while polls work.
         """
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        assert self.heartbeat is not None
+        beat = self.heartbeat.start()
+        metrics.LAST_LOOP.set_function(lambda: beat.last)
+        try:
+            self._loop(beat)
+        finally:
+            beat.stop()
+
+    def _loop(self, beat: Heartbeat) -> None:
         started = False
         failures, outage_began = 0, 0.0
         while not self._stopping:
             try:
-                if not started:
-                    self._start()
-                    started = True
-                else:
-                    self.poll_once()
+                with beat.waiting():
+                    if not started:
+                        self._start()
+                        started = True
+                    else:
+                        self.poll_once()
+                    if failures:
+                        self._write_probe()  # a full Redis still answers reads: over only once a write succeeds
+                beat.ready(not self._stopping)
                 if failures:
-                    self._write_probe()  # a full Redis still answers reads: over only once a write succeeds
                     log.warning(
                         "SQS, Redis and the broker answer again: %d failed attempts over %.0fs",
                         failures,
@@ -131,6 +149,7 @@ class Ingest:
             except Exception as exc:
                 # Redis, the broker or SQS is down (or something nobody classified): nothing was deleted, SQS
                 # redelivers; wait and go on. One line per outage at ERROR, each retry at DEBUG, one when over.
+                beat.ready(False)
                 failures += 1
                 outage_began = outage_began if failures > 1 else time.monotonic()
                 metrics.POLL_ERRORS.inc()
@@ -176,12 +195,16 @@ class Ingest:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
+        if self.heartbeat is not None:
+            self.heartbeat.ready(False)
         if self._waiting:
             raise _Stop()
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self._stopping and time.monotonic() < deadline:
+            if self.heartbeat is not None:
+                self.heartbeat.beat()
             time.sleep(min(0.2, seconds))
 
     def receive(self) -> list[MessageTypeDef]:

@@ -16,7 +16,7 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,11 @@ POLL_SECONDS = Histogram(
     registry=INGEST,
 )
 DELETING.set(1)
+LAST_LOOP = Gauge(
+    "ninkik_ingest_last_loop_timestamp_seconds",
+    "When ingest's poll loop last ran (Unix time): the liveness file's time (docs/health.md)",
+    registry=INGEST,
+)
 
 
 class PipelineStats:
@@ -61,6 +66,7 @@ class PipelineStats:
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.r = client
+        self.namespace = namespace
         self.key = f"{namespace}:stats"
 
     def incr(self, kind: str, *labels: str) -> None:
@@ -111,11 +117,41 @@ class PipelineCollector(Collector):
             yield family
 
 
+class HeartbeatCollector(Collector):
+    """The last loop of every worker and beat, from the keys they keep in Redis (health/export.py), on scrape."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.r = client
+        self.match = f"{namespace}:health:*"
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """ninkik_worker_last_loop_timestamp_seconds and ninkik_beat_..., one series per process (host/pid)."""
+        families = {
+            kind: GaugeMetricFamily(
+                f"ninkik_{kind}_last_loop_timestamp_seconds",
+                f"When each {kind} process's loop last ran (Unix time): its liveness file's time (docs/health.md)",
+                labels=["process"],
+            )
+            for kind in ("worker", "beat")
+        }
+        try:
+            keys = sorted(str(k) for k in self.r.scan_iter(match=self.match, count=500))
+            values = self.r.mget(keys) if keys else []
+        except redis.RedisError:
+            return
+        for key, value in zip(keys, values, strict=True):
+            _, kind, host, pid = key.rsplit(":", 3)
+            if kind in families and value is not None:
+                families[kind].add_metric([f"{host}/{pid}"], float(value))
+        yield from families.values()
+
+
 def serve(port: int, stats: PipelineStats, address: str = "0.0.0.0") -> None:
     """Serve /metrics on `port` (0: not at all)."""
     if not port:
         return
     INGEST.register(PipelineCollector(stats))
+    INGEST.register(HeartbeatCollector(stats.r, stats.namespace))
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # as on the default registry
         INGEST.register(collector)
     try:

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Task, chain
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from celery.result import AsyncResult
 from celery.signals import setup_logging
+from celery.worker import state as worker_state
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -21,7 +22,7 @@ from . import brokers, logs
 from .artifacts import IN_INDEX, SKIP_REASONS
 from .celery_app import AWS_QUEUE, CONTROL_QUEUE, NINKIK_QUEUE, app
 from .config import get_settings
-from .errors import PermanentError, ScanNotReady, TransientError
+from .errors import PermanentError, ScanNotReady, SweepStopped, TransientError
 from .events import ImagePushed
 from .filters import validate
 from .listing import Progress
@@ -228,13 +229,27 @@ def start(pushed: ImagePushed) -> AsyncResult:
     ).apply_async(add_to_parent=False)  # from inside a sweep task: no growing list of child results
 
 
-# Sweeps over the registries (domain in backfill.py). A sweep can outlast the broker's visibility timeout,
-# and a redelivered copy would run beside it: these tasks are acknowledged on receipt instead. A sweep lost
-# with its worker is cheap to redo: beat runs reconcile and rescan again, operators re-run a backfill.
+# Sweeps over the registries (domain in backfill.py), acknowledged once done on RabbitMQ (on the Redis broker,
+# on receipt: brokers/redis.py). A warm shutdown stops a sweep at its next image and queues it again under
+# the same id, its chains started so far recorded (a backfill's by its id, reconcile's by event id), so
+# the copy goes on where it stopped, on another worker. A worker killed outright (SIGKILL past the grace
+# period) has its sweep redelivered by RabbitMQ, and the copy skips what was recorded (docs/health.md).
 PROGRESS_EVERY = 100  # images between two PROGRESS updates of a backfill (what Flower shows)
 
 
-@app.task(name="ninkik.backfill", bind=True, queue=CONTROL_QUEUE, acks_late=False, track_started=True)
+def _stopping() -> bool:
+    """The worker is shutting down (warm or cold): sweeps stop at their next image."""
+    return worker_state.should_stop is not None or worker_state.should_terminate is not None
+
+
+def _again(task: Task) -> Ignore:
+    """Queue this sweep again under its id (a backfill's progress and result keep their id); drop this one."""
+    task.apply_async(args=task.request.args, kwargs=task.request.kwargs, task_id=task.request.id)
+    log.warning("%s %s stopped by the worker's shutdown: queued again to go on elsewhere", task.name, task.request.id)
+    return Ignore()
+
+
+@app.task(name="ninkik.backfill", bind=True, queue=CONTROL_QUEUE, track_started=True)
 def backfill(
     self: Task, tenant: str | None = None, repository: str | list[str] | None = None, since: str | None = None
 ) -> dict[str, Any]:
@@ -245,16 +260,33 @@ def backfill(
     def progress(p: Progress) -> None:
         self.update_state(state="PROGRESS", meta=p.as_dict())
 
-    return sweeps.backfill(svc, filters, start, on_progress=progress, progress_every=PROGRESS_EVERY)
+    try:
+        return sweeps.backfill(
+            svc,
+            filters,
+            start,
+            on_progress=progress,
+            progress_every=PROGRESS_EVERY,
+            run_id=self.request.id,
+            stop=_stopping,
+        )
+    except SweepStopped:
+        raise _again(self) from None
 
 
-@app.task(name="ninkik.reconcile", queue=CONTROL_QUEUE, acks_late=False)
-def reconcile() -> dict[str, Any]:
+@app.task(name="ninkik.reconcile", bind=True, queue=CONTROL_QUEUE)
+def reconcile(self: Task) -> dict[str, Any]:
     """Start chains for images pushed since the last watermark whose push events never arrived."""
-    return sweeps.reconcile(_svc(), start)
+    try:
+        return sweeps.reconcile(_svc(), start, stop=_stopping)
+    except SweepStopped:
+        raise _again(self) from None
 
 
-@app.task(name="ninkik.rescan", queue=CONTROL_QUEUE, acks_late=False)
-def rescan() -> dict[str, Any]:
+@app.task(name="ninkik.rescan", bind=True, queue=CONTROL_QUEUE)
+def rescan(self: Task) -> dict[str, Any]:
     """Read recent images' findings again; ninkik hears only of reports that changed."""
-    return sweeps.rescan(_svc(), start)
+    try:
+        return sweeps.rescan(_svc(), start, stop=_stopping)
+    except SweepStopped:
+        raise _again(self) from None

@@ -233,9 +233,12 @@ def test_beat_is_one_and_keeps_its_schedule_in_redis() -> None:
     assert beat.get("deploy", {}).get("replicas", 1) == 1
     # RedBeat keeps the schedule and its lock in Redis: no schedule file, nothing to persist locally.
     assert not any(arg.startswith(("--schedule", "-s")) for arg in _resolve(beat))
+    from celery.utils.imports import symbol_by_name
+    from redbeat import RedBeatScheduler
+
     from ninkik_tasks import app
 
-    assert app.conf.beat_scheduler == "redbeat.RedBeatScheduler"
+    assert issubclass(symbol_by_name(app.conf.beat_scheduler), RedBeatScheduler)
 
 
 def test_flower_requires_basic_auth_and_keeps_state() -> None:
@@ -256,6 +259,39 @@ def test_flower_script_refuses_without_auth(value: str) -> None:
     result = subprocess.run(["sh", str(ROOT / "workers" / "flower.sh")], env=env, capture_output=True, text=True)
     assert result.returncode == 2
     assert "FLOWER_BASIC_AUTH" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration (1m30s, 150s, 10s) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a compose duration: {duration}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+@pytest.mark.parametrize("name", ["ingest", "worker", "beat"])
+def test_processes_are_healthchecked_by_their_own_loop(name: str) -> None:
+    """docs/health.md: `ninkik-tasks health KIND`, a real subcommand, within the probe's period and threshold."""
+    from ninkik_tasks.health import STOP_GRACE_SECONDS
+
+    service = _services()[name]
+    check = service["healthcheck"]
+    argv = _argv(check["test"])
+    assert argv[0] == "CMD" and argv[1:] == ["ninkik-tasks", "health", name], argv
+    _check_console(argv[1:])
+    assert "inspect" not in argv and "ping" not in argv
+    assert _seconds(check["timeout"]) <= _seconds(check["interval"])
+    assert int(check["retries"]) >= 2, "one slow probe must not make it unhealthy"
+    assert _seconds(service["stop_grace_period"]) == STOP_GRACE_SECONDS[name]
+
+
+def test_flower_is_healthchecked_on_its_port() -> None:
+    from ninkik_tasks.health import STOP_GRACE_SECONDS
+
+    flower = _services()["flower"]
+    test = " ".join(_argv(flower["healthcheck"]["test"]))
+    assert "http://127.0.0.1:5555/healthcheck" in test
+    assert _seconds(flower["stop_grace_period"]) == STOP_GRACE_SECONDS["flower"]
 
 
 def test_redis_is_persistent_and_healthchecked() -> None:

@@ -88,7 +88,9 @@ def dead_letter_queue() -> Queue:
     )
 
 
-def celery_config(settings: Settings, chain_tasks: Sequence[str] = ()) -> dict[str, Any]:
+def celery_config(
+    settings: Settings, chain_tasks: Sequence[str] = (), sweep_tasks: Sequence[str] = ()
+) -> dict[str, Any]:
     """The Celery settings that belong to RabbitMQ (no time limits: an unacked message never expires)."""
     return {
         # A publish (the next step of a chain, a retry) returns only once the broker has it.

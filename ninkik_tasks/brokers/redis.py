@@ -65,16 +65,23 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def celery_config(settings: Settings, chain_tasks: Sequence[str] = ()) -> dict[str, Any]:
+def celery_config(
+    settings: Settings, chain_tasks: Sequence[str] = (), sweep_tasks: Sequence[str] = ()
+) -> dict[str, Any]:
     """The Celery settings that belong to the Redis broker: the transport, and time limits on the chain."""
     limit = run_limit(settings)
     return {
         "broker_transport": TRANSPORT,
         "broker_transport_options": transport_options(settings),
         # Enforced by the prefork pool (the threads pool cannot: there the clients' timeouts bound a run).
-        # The soft limit raises inside the task, which retries the step; the sweeps have no limit (they
-        # are acknowledged on receipt, so they hold nothing).
-        "task_annotations": {name: {"time_limit": limit, "soft_time_limit": limit * 0.8} for name in chain_tasks},
+        # The soft limit raises inside the task, which retries the step. The sweeps have no limit, and here
+        # are acknowledged on receipt: one running past the visibility timeout would be given to a second
+        # worker while it runs (on RabbitMQ they are acknowledged late, docs/health.md). Stopped by a warm
+        # shutdown, a sweep queues itself again (pipeline.py); only one killed outright is left to the schedule.
+        "task_annotations": {
+            **{name: {"time_limit": limit, "soft_time_limit": limit * 0.8} for name in chain_tasks},
+            **{name: {"acks_late": False} for name in sweep_tasks},
+        },
     }
 
 
