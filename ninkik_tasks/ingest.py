@@ -21,14 +21,14 @@ from .clients import queue_endpoint_mismatch
 from .config import Settings
 from .ecr import DENIED, THROTTLING, error_code
 from .errors import ConfigError, IgnoredEvent, InvalidEvent
-from .events import ImagePushed, ImageScanned, parse, scanned_image
+from .events import ImagePushed, ImageScanned, parse
 from .explain import redis_full, redis_full_line
 from .health import Heartbeat
 from .idempotency import Records
 from .indexes import Claims
 from .inventory import Inventory
 from .records import MAX_BODY_CHARS, Journal
-from .scanwait import ScanWaits, member
+from .scanwait import ScanWaits, scan_done
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -301,47 +301,18 @@ class Ingest:
     def _scans_ending_waits(
         self, scans: list[tuple[MessageTypeDef, ImageScanned]], handled: list[MessageTypeDef]
     ) -> list[tuple[MessageTypeDef, ImagePushed]]:
-        """Scan-complete events: remembered for the image; a waiting image gets a chain that reads it now.
-
-        An image nobody is waiting for (never pushed, already reported, its push event still to come) gets
-        no chain: the event is only remembered, so a chain reading that image later takes its scan as final.
-        """
+        """Scan-complete events (scanwait.scan_done): the chains to start now; the rest are handled."""
         assert self.scan_waits is not None
+        claims = Claims(self.records.r, self.settings.redis_namespace)
         ttl = self.settings.scan_wait_seconds + 3600
         out = []
         for message, event in scans:
-            image = member(event.account, event.repository, event.digest)
-            waiting = self.scan_waits.finish(event.region, image, ttl)
-            index = self._index_of(event)
-            if index is not None:
-                # A platform of an index: the index's report is what waits for it, and is read now if waiting.
-                if self.scan_waits.finish(event.region, member(event.account, event.repository, index), ttl):
-                    log.info(
-                        "scan done: repository=%s digest=%s (in index %s) event=%s: index read now",
-                        event.repository,
-                        event.digest,
-                        index,
-                        event.event_id,
-                    )
-                    out.append((message, scanned_image(event).model_copy(update={"digest": index, "tag": None})))
-                else:
-                    handled.append(message)
-            elif waiting:
-                log.info(
-                    "scan done: repository=%s digest=%s event=%s: read now",
-                    event.repository,
-                    event.digest,
-                    event.event_id,
-                )
-                out.append((message, scanned_image(event)))
-            else:
+            pushed = scan_done(self.scan_waits, claims, event, ttl)
+            if pushed is None:
                 handled.append(message)
+            else:
+                out.append((message, pushed))
         return out
-
-    def _index_of(self, event: ImageScanned) -> str | None:
-        """The index that lists the scanned image (as its chain recorded it), if any."""
-        claims = Claims(self.records.r, self.settings.redis_namespace)
-        return claims.index_of(event.region, event.account, event.repository, [event.digest])[0]
 
     def _ignore(self, message: MessageTypeDef, exc: IgnoredEvent) -> None:
         """Count and drop a well-formed AWS event that is not a push (the quarantine is for what operators fix)."""

@@ -18,10 +18,18 @@ no share of the budget), its final scan is kept here, and it is counted apart (`
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
+from typing import TYPE_CHECKING
 
 import redis
+
+if TYPE_CHECKING:
+    from .events import ImagePushed, ImageScanned
+    from .indexes import Claims
+
+log = logging.getLogger(__name__)
 
 # KEYS[1] = the region's waiting set; ARGV = member, poll seconds, reads per second for waits.
 # Returns the number of images waiting, this one included, after dropping stale entries.
@@ -182,3 +190,32 @@ class ScanWaits:
 
     def _kept_key(self, region: str, index: str, platform: str) -> str:
         return f"{self.namespace}:scankept:{region}:{index}:{platform}"
+
+
+def scan_done(waits: ScanWaits, claims: Claims, event: ImageScanned, ttl: int) -> ImagePushed | None:
+    """A scan-complete event, remembered for the image (`ttl` s); the push whose chain reads it now if the image,
+    or the index that lists it, waits for its scan, else None.
+
+    An image nobody is waiting for (never pushed, already reported, its push event still to come) gets no
+    chain: the event is only remembered, so a chain reading that image later takes its scan as final.
+    """
+    from .events import scanned_image
+
+    waiting = waits.finish(event.region, member(event.account, event.repository, event.digest), ttl)
+    index = claims.index_of(event.region, event.account, event.repository, [event.digest])[0]
+    if index is not None:
+        # A platform of an index: the index's report is what waits for it, and is read now if waiting.
+        if not waits.finish(event.region, member(event.account, event.repository, index), ttl):
+            return None
+        log.info(
+            "scan done: repository=%s digest=%s (in index %s) event=%s: index read now",
+            event.repository,
+            event.digest,
+            index,
+            event.event_id,
+        )
+        return scanned_image(event).model_copy(update={"digest": index, "tag": None})
+    if not waiting:
+        return None
+    log.info("scan done: repository=%s digest=%s event=%s: read now", event.repository, event.digest, event.event_id)
+    return scanned_image(event)
