@@ -59,6 +59,9 @@ app.kubernetes.io/component: {{ .name }}
 checkov.io/skip1: CKV_K8S_35=The settings (pydantic) and Celery read the broker and Redis URLs and the API token from the environment; they come from an existing Secret by reference, never from values
 {{- if not .Values.image.digest }}
 checkov.io/skip2: CKV_K8S_43=Pulled by the release tag (appVersion) unless image.digest is set; set it to pin by digest
+{{- if ne .Values.image.pullPolicy "Always" }}
+checkov.io/skip3: CKV_K8S_15=Release tags never move, so IfNotPresent pulls the same image; set image.digest (or pullPolicy Always) otherwise
+{{- end }}
 {{- end }}
 {{- end -}}
 
