@@ -497,3 +497,40 @@ def test_quorum_queue_reports_ready_plus_unacked_as_messages(rabbitmq: local.Rab
         for message in held:
             message.ack()
     rabbitmq.ctl("delete_vhost", vhost)
+
+
+# The chart's README
+
+
+def values_table() -> list[str]:
+    """The README's table of values: every value with a `# --` comment in values.yaml, its default, the comment."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    rows, path, pending = [], [], None  # type: list[str], list[tuple[int, str]], list[str] | None
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        if match := re.match(r"^\s*# -- (.*)$", line):
+            pending = [match.group(1)]
+        elif (match := re.match(r"^\s*# (.*)$", line)) and pending is not None:
+            pending.append(match.group(1))
+        elif match := re.match(r"^(\s*)([A-Za-z][\w-]*):", line):
+            indent, key = len(match.group(1)), match.group(2)
+            while path and path[-1][0] >= indent:
+                path.pop()
+            path.append((indent, key))
+            if pending is not None:
+                value: Any = defaults
+                for _, part in path:
+                    value = value[part]
+                default = json.dumps(value, separators=(", ", ": ")).replace("|", "\\|")
+                text = " ".join(pending).replace("|", "\\|")
+                rows.append(f"| `{'.'.join(k for _, k in path)}` | `{default}` | {text} |")
+            pending = None
+        elif not line.strip().startswith("#"):
+            pending = None
+    return ["| value | default | what it is |", "|---|---|---|", *rows]
+
+
+def test_readme_lists_every_value() -> None:
+    readme = (CHART / "README.md").read_text().splitlines()
+    start = readme.index("| value | default | what it is |")
+    end = next((i for i in range(start, len(readme)) if not readme[i].startswith("|")), len(readme))
+    assert readme[start:end] == values_table(), "regenerate: python -c 'import test_chart; ...' (see the README)"
