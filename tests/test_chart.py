@@ -465,15 +465,16 @@ def test_quorum_queue_reports_ready_plus_unacked_as_messages(rabbitmq: local.Rab
     vhost = f"keda-{int(time.time() * 1000) % 10**9}"
     url = rabbitmq.vhost(vhost)
     (queue,) = rabbitmq_broker.task_queues(["ninkik-aws"])
-    with kombu.Connection(url) as conn:
+    # Confirmed publishes: each is in the queue before the next line runs.
+    with kombu.Connection(url, transport_options={"confirm_publish": True}) as conn:
         channel = conn.channel()
         bound = queue(channel)
         bound.declare()
         producer = kombu.Producer(channel, exchange=queue.exchange, routing_key=queue.routing_key)
         for i in range(5):
             producer.publish({"n": i}, serializer="json")
-        held = [bound.get(no_ack=False) for _ in range(2)]  # delivered, not acknowledged (prefetched/running)
-        assert all(held)
+        # Two delivered and not acknowledged, as a worker's prefetched and running tasks are.
+        held = [local.wait_for(lambda: bound.get(no_ack=False), 10, "a message from ninkik-aws") for _ in range(2)]
 
         def stats() -> dict[str, Any] | None:
             answer = httpx.get(
