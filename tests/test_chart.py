@@ -168,33 +168,30 @@ def test_kubernetes_validate_strict(
             assert any(f"kind {kind} " in line for kind in CRD_KINDS), line
 
 
-def test_custom_resources_match_their_crds(objects: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
-    custom = [o for objs in objects.values() for o in objs if o["kind"] in CRD_KINDS]
-    # A PrometheusRule of the chart's shape (files/alerts.yml is issue 24's): see test_prometheus_rule_*.
-    assert {o["kind"] for o in custom} >= {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
-    prefix = charttools.crd_schemas()
+def _crd_errors(custom: list[dict[str, Any]]) -> list[list[Any]]:
+    """[kind, name, error or None] for each object, from its CRD's schema (tests/crd_validate.mjs)."""
     done = subprocess.run(
-        ["node", str(Path(__file__).with_name("crd_validate.mjs")), str(prefix)],
+        ["node", str(Path(__file__).with_name("crd_validate.mjs")), str(charttools.crd_schemas())],
         input=json.dumps(custom),
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    results = json.loads(done.stdout)
+    results: list[list[Any]] = json.loads(done.stdout)
     assert len(results) == len(custom)
-    assert [r for r in results if r[2] is not None] == []
+    return results
+
+
+def test_custom_resources_match_their_crds(objects: dict[str, list[dict[str, Any]]]) -> None:
+    custom = [o for objs in objects.values() for o in objs if o["kind"] in CRD_KINDS]
+    # The PrometheusRule needs files/alerts.yml: test_prometheus_rule_only_from_the_chart_file_verbatim checks it.
+    assert {o["kind"] for o in custom} >= {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+    assert [r for r in _crd_errors(custom) if r[2] is not None] == []
     # The validators do reject a wrong object (a string where the CRD wants an integer).
     bad = json.loads(json.dumps(next(o for o in custom if o["kind"] == "ScaledObject")))
     bad["spec"]["maxReplicaCount"] = "six"
-    done = subprocess.run(
-        ["node", str(Path(__file__).with_name("crd_validate.mjs")), str(prefix)],
-        input=json.dumps([bad]),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "maxReplicaCount" in str(json.loads(done.stdout)[0][2])
+    assert "maxReplicaCount" in str(_crd_errors([bad])[0][2])
 
 
 def test_checkov_passes_with_skips_that_give_reasons(
@@ -450,6 +447,7 @@ def test_prometheus_rule_only_from_the_chart_file_verbatim(
     objs = _objects(_template(4, "production", chart=chart))
     (rule,) = _of(objs, "PrometheusRule").values()
     assert rule["spec"] == yaml.safe_load(rules), "the rule file is included as it is ({{ $labels }} untouched)"
+    assert _crd_errors([rule]) == [["PrometheusRule", rule["metadata"]["name"], None]]
     assert not _of(_objects(_template(4, "default", chart=chart)), "PrometheusRule"), "only when enabled"
 
 
