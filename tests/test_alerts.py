@@ -10,10 +10,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from conftest import CI
 from test_docs import anchors
+
+from ninkik_tasks import local
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy/helm/ninkik-tasks/files/alerts.yml"  # the one copy: the chart's .Files.Get reads it there
@@ -118,3 +121,36 @@ def test_dashboard_is_classic_json_with_a_pinned_schema_and_a_datasource_variabl
         for target in panel["targets"]:
             assert target["datasource"] == panel["datasource"], panel["title"]
     assert len({panel["id"] for panel in board["panels"]}) == len(board["panels"])
+
+
+def test_prometheus_loads_the_rules_through_the_link(tmp_path: Path) -> None:
+    """The server itself (not only promtool) follows deploy/prometheus/alerts.yml to the chart's file."""
+    promtool()
+    binary = shutil.which("prometheus")
+    assert binary, "Debian's prometheus package installs promtool and prometheus together"
+    port = local.free_port()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({"rule_files": [str(LINK)]}))
+    proc = local.Proc(
+        "prometheus-rules",
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        tmp_path,
+    )
+    try:
+
+        def loaded() -> list[str]:
+            groups = httpx.get(f"http://127.0.0.1:{port}/api/v1/rules", timeout=2).json()["data"]["groups"]
+            return [rule["name"] for group in groups for rule in group["rules"]]
+
+        names = local.wait_for(loaded, 30, "Prometheus to load the rules")
+        assert sorted(names) == sorted(rule["alert"] for rule in alerts())
+        files = {
+            g["file"] for g in httpx.get(f"http://127.0.0.1:{port}/api/v1/rules", timeout=2).json()["data"]["groups"]
+        }
+        assert files == {str(LINK)}
+    finally:
+        proc.stop()
