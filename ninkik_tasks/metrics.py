@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -19,6 +20,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .scanwait import oldest_wait
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +168,18 @@ class PipelineCollector(Collector):
             "Images whose scan has not finished, re-read until it does, by region",
             labels=["region"],
         )
+        oldest = GaugeMetricFamily(
+            "ninkik_scan_wait_oldest_seconds", "How long the longest scan wait has lasted, by region", labels=["region"]
+        )
+        now = time.time()
         for key in sorted(str(k) for k in r.scan_iter(match=f"{ns}:scanwait:*", count=500)):
             region = key.rsplit(":", 1)[1]
             if r.type(key) == "zset":
                 waiting.add_metric([region], float(r.zcard(key)))
-        return [marks, waiting]
+                age = oldest_wait(r, ns, region, now)
+                if age is not None:
+                    oldest.add_metric([region], age)
+        return [marks, waiting, oldest]
 
 
 def serve(port: int, stats: PipelineStats, address: str = "0.0.0.0", ecr_calls_per_second: float = 0.0) -> None:

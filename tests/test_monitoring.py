@@ -364,7 +364,7 @@ def test_every_dashboard_query_runs_and_returns_data(monitored: Monitored) -> No
     # a scan still running, so the scans-waiting panel has a region to show
     digest = m.stack.push(f"{TENANT_A}/shop", "scanning", status="IN_PROGRESS")
     m.stack.send(m.queue_url, local.push_event(f"{TENANT_A}/shop", digest, "scanning"))
-    wait_for(lambda: m.query("ninkik_scans_waiting > 0"), 60, "a scan waiting")
+    wait_for(lambda: m.query("ninkik_scan_wait_oldest_seconds > 0"), 60, "a scan waiting, and its age")
     variables = {
         "$__rate_interval": "5m",  # the whole run: every counter moved in it
         "$__interval": f"{SCRAPE_SECONDS}s",
