@@ -72,7 +72,10 @@ def ingest() -> None:
     settings.require_ingest()
     redis = clients.redis_client(settings)
     metrics.serve(
-        settings.metrics_port, metrics.PipelineStats(redis, settings.redis_namespace), settings.metrics_address
+        settings.metrics_port,
+        metrics.PipelineStats(redis, settings.redis_namespace),
+        settings.metrics_address,
+        settings.ecr_calls_per_second,
     )
     Ingest(
         settings=settings,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -42,14 +43,18 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def ecr(region: str, limiter: RateLimiter | None = None, lane: str = "") -> ECRClient:
+def ecr(
+    region: str, limiter: RateLimiter | None = None, lane: str = "", count: Callable[[], None] | None = None
+) -> ECRClient:
     """This process's ECR client for `region` (one per `lane`: its limiter's waiting rule); with a limiter,
-    every HTTP attempt waits for its slot."""
+    every HTTP attempt waits for its slot; `count` is called for every HTTP attempt."""
     key = ("ecr", region, lane)
     if key not in _cache:
         made = boto3.session.Session().client("ecr", region_name=region, config=AWS_CONFIG)
         if limiter is not None:
             made.meta.events.register("before-send.ecr", limiter.before_send)
+        if count is not None:
+            made.meta.events.register("before-send.ecr", lambda **_: count())
         log.info("ECR in %s: calls go to %s", region, made.meta.endpoint_url)
         _cache[key] = made
     client: ECRClient = _cache[key]

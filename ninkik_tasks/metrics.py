@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import redis
 from prometheus_client import (
@@ -16,8 +18,10 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .scanwait import oldest_wait
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,11 @@ LAST_LOOP = Gauge(
     "When ingest's poll loop last ran (Unix time): the liveness file's time (docs/health.md)",
     registry=INGEST,
 )
+ECR_BUDGET = Gauge(
+    "ninkik_ecr_calls_per_second_limit",
+    "NINKIK_ECR_CALLS_PER_SECOND: the ECR budget the workers share, per region (0: no limit)",
+    registry=INGEST,
+)
 
 
 class PipelineStats:
@@ -76,9 +85,26 @@ class PipelineStats:
         except redis.RedisError:  # counting must never fail the work it counts
             log.debug("could not count %s %s", kind, labels)
 
-    def read(self) -> dict[str, int]:
+    def observe_latency(self, seconds: float) -> None:
+        """Count one push's time from ECR's push to ninkik's acceptance (a cumulative histogram in the hash)."""
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            for bound in LATENCY_BUCKETS:
+                if seconds <= bound:
+                    pipe.hincrby(self.key, f"latency_bucket:{bound:g}", 1)
+            pipe.hincrby(self.key, "latency_count", 1)
+            pipe.hincrbyfloat(self.key, "latency_sum", max(seconds, 0.0))
+            pipe.execute()
+        except redis.RedisError:
+            log.debug("could not count a latency of %.1fs", seconds)
+
+    def read(self) -> dict[str, float]:
         """Every counter."""
-        return {str(k): int(v) for k, v in self.r.hgetall(self.key).items()}
+        return {str(k): float(v) for k, v in self.r.hgetall(self.key).items()}
+
+
+# Push to notification, in seconds: a scan takes seconds to minutes, NINKIK_SCAN_WAIT_SECONDS bounds the wait.
+LATENCY_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 
 
 # kind -> (metric name, help, label names)
@@ -93,6 +119,11 @@ PIPELINE_METRICS = {
         ["reason"],
     ),
     "held": ("ninkik_pipeline_held", "Untagged images held for an index that may list them", ["kind"]),
+    "ecr_call": (
+        "ninkik_ecr_calls",
+        "ECR HTTP attempts by the workers (retries and pages included), by region",
+        ["region"],
+    ),
 }
 
 
@@ -102,10 +133,11 @@ class PipelineCollector(Collector):
     def __init__(self, stats: PipelineStats) -> None:
         self.stats = stats
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        """One metric family per kind of outcome."""
+    def collect(self) -> Iterator[Metric]:
+        """One metric family per kind of outcome, the push-to-notify histogram, and state read from Redis."""
         try:
             values = self.stats.read()
+            state = self._state()
         except redis.RedisError:
             return
         for kind, (name, doc, labels) in PIPELINE_METRICS.items():
@@ -115,6 +147,44 @@ class PipelineCollector(Collector):
                 if parts[0] == kind and len(parts) == len(labels) + 1:
                     family.add_metric(parts[1:], value)
             yield family
+        buckets = [(f"{b:g}", values.get(f"latency_bucket:{b:g}", 0.0)) for b in LATENCY_BUCKETS]
+        count = values.get("latency_count", 0.0)
+        latency = HistogramMetricFamily(
+            "ninkik_pipeline_push_to_notify_seconds", "From ECR's push to ninkik's acceptance of the report (pushes)"
+        )
+        latency.add_metric([], [*buckets, ("+Inf", count)], values.get("latency_sum", 0.0))
+        yield latency
+        yield from state
+
+    def _state(self) -> list[Metric]:
+        r, ns = self.stats.r, self.stats.namespace
+        marks = GaugeMetricFamily(
+            "ninkik_reconcile_watermark_timestamp_seconds",
+            "When the last successful reconcile of each registry began (Unix time): beat and reconcile are running",
+            labels=["account", "region"],
+        )
+        for key in sorted(str(k) for k in r.scan_iter(match=f"{ns}:watermark:*", count=500)):
+            value = r.get(key)
+            if isinstance(value, str):
+                _, account, region = key.rsplit(":", 2)
+                marks.add_metric([account, region], datetime.fromisoformat(value).timestamp())
+        waiting = GaugeMetricFamily(
+            "ninkik_scans_waiting",
+            "Images whose scan has not finished, re-read until it does, by region",
+            labels=["region"],
+        )
+        oldest = GaugeMetricFamily(
+            "ninkik_scan_wait_oldest_seconds", "How long the longest scan wait has lasted, by region", labels=["region"]
+        )
+        now = time.time()
+        for key in sorted(str(k) for k in r.scan_iter(match=f"{ns}:scanwait:*", count=500)):
+            region = key.rsplit(":", 1)[1]
+            if r.type(key) == "zset":
+                waiting.add_metric([region], float(r.zcard(key)))
+                age = oldest_wait(r, ns, region, now)
+                if age is not None:
+                    oldest.add_metric([region], age)
+        return [marks, waiting, oldest]
 
 
 class HeartbeatCollector(Collector):
@@ -146,10 +216,11 @@ class HeartbeatCollector(Collector):
         yield from families.values()
 
 
-def serve(port: int, stats: PipelineStats, address: str = "0.0.0.0") -> None:
+def serve(port: int, stats: PipelineStats, address: str = "0.0.0.0", ecr_calls_per_second: float = 0.0) -> None:
     """Serve /metrics on `port` (0: not at all)."""
     if not port:
         return
+    ECR_BUDGET.set(ecr_calls_per_second)
     INGEST.register(PipelineCollector(stats))
     INGEST.register(HeartbeatCollector(stats.r, stats.namespace))
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # as on the default registry

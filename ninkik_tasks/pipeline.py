@@ -208,6 +208,8 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
     log.info("%s (%s, scan %s): %s task=%s", outcome, m.key[:12], m.status, describe(m.event, m.match), self.request.id)
     if outcome == "notified":
         _svc().stats.incr("notified", m.status)
+        if m.event.source == "push":  # the event's time is the push; sweeps find images pushed long ago
+            _svc().stats.observe_latency(time.time() - m.event.time.timestamp())
     else:
         _svc().stats.incr("already_sent", str(outcome))
     return {"outcome": outcome, "key": m.key, "scan_status": m.status}

@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import redis
 
@@ -63,6 +63,27 @@ def member(registry_id: str, repository: str, digest: str) -> str:
     return f"{registry_id}/{repository}@{digest}"
 
 
+def waiting_key(namespace: str, region: str) -> str:
+    """The region's waiting set: image -> its latest read (Unix time, Redis' clock)."""
+    return f"{namespace}:scanwait:{region}"
+
+
+def since_key(namespace: str, region: str) -> str:
+    """The region's waits by when each began: image -> Unix time of its first status read."""
+    return f"{namespace}:scanwaitsince:{region}"
+
+
+def oldest_wait(client: redis.Redis, namespace: str, region: str, now: float) -> float | None:
+    """Seconds the longest wait of the region has lasted (None: none waiting); drops waits that ended unsaid."""
+    since = since_key(namespace, region)
+    entries = cast(list[tuple[str, float]], client.zrange(since, 0, 49, withscores=True))
+    for image, began in entries:
+        if client.zscore(waiting_key(namespace, region), image) is not None:
+            return max(0.0, now - float(began))
+        client.zrem(since, image)  # dropped from the waiting set as stale (its worker died): not waiting
+    return None
+
+
 class ScanWaits:
     """The images waiting for their scan, per region; says when each may be read again."""
 
@@ -76,11 +97,16 @@ class ScanWaits:
         self._due = client.register_script(_DUE)
 
     def _key(self, region: str) -> str:
-        return f"{self.namespace}:scanwait:{region}"
+        return waiting_key(self.namespace, region)
 
     def next_read(self, region: str, image: str) -> float:
         """Register a status read of `image` now; seconds until its next one (with +-10% jitter)."""
         waiting = int(self._register(keys=[self._key(region)], args=[image, self.poll, self.budget]))
+        # When the wait began (kept apart: the waiting set is scored by the latest read), for its age on /metrics.
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(since_key(self.namespace, region), {image: time.time()}, nx=True)
+        pipe.expire(since_key(self.namespace, region), int(3 * max(self.poll, waiting / self.budget)) + 600)
+        pipe.execute()
         interval = max(self.poll, waiting / self.budget)
         return interval * random.uniform(0.9, 1.1)
 
@@ -132,7 +158,10 @@ class ScanWaits:
 
     def done(self, region: str, image: str) -> None:
         """The image's wait is over (scan final, or the wait ran out)."""
-        self.r.zrem(self._key(region), image)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrem(self._key(region), image)
+        pipe.zrem(since_key(self.namespace, region), image)
+        pipe.execute()
 
     def waiting(self, region: str) -> int:
         """How many images of the region are waiting now."""
@@ -146,6 +175,7 @@ class ScanWaits:
         pipe.sadd(self._holding_key(region), image)
         pipe.expire(self._holding_key(region), int(seconds) + 600)
         pipe.zrem(self._key(region), image)
+        pipe.zrem(since_key(self.namespace, region), image)
         pipe.execute()
 
     def held(self, region: str, image: str) -> tuple[float, str] | None:

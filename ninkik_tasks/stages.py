@@ -97,7 +97,10 @@ class Services:
             max_wait = REREAD_MAX_WAIT if rereading else FIRST_MAX_WAIT
             key = ecr_limit_key(s.redis_namespace, region)
             limiter = RateLimiter(self.redis, key, s.ecr_calls_per_second, max_wait=max_wait)
-        return clients.ecr(region, limiter, lane="reread" if rereading else "")
+        stats = self.stats
+        return clients.ecr(
+            region, limiter, lane="reread" if rereading else "", count=lambda: stats.incr("ecr_call", region)
+        )
 
     def directory(self) -> Directory:
         """The tenant directory (API or file)."""

@@ -186,8 +186,7 @@ def _crd_errors(custom: list[dict[str, Any]]) -> list[list[Any]]:
 
 def test_custom_resources_match_their_crds(objects: dict[str, list[dict[str, Any]]]) -> None:
     custom = [o for objs in objects.values() for o in objs if o["kind"] in CRD_KINDS]
-    # The PrometheusRule needs files/alerts.yml: test_prometheus_rule_only_from_the_chart_file_verbatim checks it.
-    assert {o["kind"] for o in custom} >= {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+    assert {o["kind"] for o in custom} == CRD_KINDS
     assert [r for r in _crd_errors(custom) if r[2] is not None] == []
     # The validators do reject a wrong object (a string where the CRD wants an integer).
     bad = json.loads(json.dumps(next(o for o in custom if o["kind"] == "ScaledObject")))
@@ -438,8 +437,11 @@ def test_irsa_and_network_policy(objects: dict[str, list[dict[str, Any]]]) -> No
 def test_prometheus_rule_only_from_the_chart_file_verbatim(
     objects: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    # Enabled in the production set, but files/alerts.yml (issue 24's) is not there yet: nothing rendered.
-    assert (CHART / "files" / "alerts.yml").exists() or not _of(objects["production"], "PrometheusRule")
+    # The production set enables it: the on-call rules, as they are in the file (deploy/prometheus's one too).
+    (shipped,) = _of(objects["production"], "PrometheusRule").values()
+    assert shipped["spec"] == yaml.safe_load((CHART / "files" / "alerts.yml").read_text())
+    assert (ROOT / "deploy" / "prometheus" / "alerts.yml").resolve() == (CHART / "files" / "alerts.yml").resolve()
+    # A rule file with Prometheus's own template syntax passes through untouched; none, and nothing renders.
     chart = tmp_path / "ninkik-tasks"
     shutil.copytree(CHART, chart)
     (chart / "files").mkdir(exist_ok=True)

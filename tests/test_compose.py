@@ -34,6 +34,7 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 IMAGE = f"ninkik-tasks:{VERSION}"  # the image is tagged with the release (docs/upgrading.md)
 APP_SERVICES = ("ingest", "worker", "beat", "flower")
 LOCAL_SERVICES = ("moto", "standin")
+MONITORING_SERVICES = ("prometheus", "redis-exporter")
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
 ENV_LINE = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
 SHELL_VAR = re.compile(r"\$\{(\w+)(?::?[-?+=]([^}]*))?\}")
@@ -165,6 +166,8 @@ def test_services_and_profiles() -> None:
         assert not services[name].get("profiles"), f"{name} must run without a profile"
     for name in LOCAL_SERVICES:
         assert services[name].get("profiles") == ["local"], f"{name} belongs to the local profile only"
+    for name in MONITORING_SERVICES:
+        assert services[name].get("profiles") == ["monitoring"], f"{name} belongs to the monitoring profile only"
 
 
 @pytest.mark.parametrize("name", [*APP_SERVICES, "standin"])
@@ -193,6 +196,11 @@ def test_commands_resolve(name: str) -> None:
         assert _argv(service.get("command"))[0] == "redis-server"
     elif name == "rabbitmq":
         assert not service.get("command"), "the image's own entrypoint starts the node"
+    elif name == "prometheus":
+        assert re.fullmatch(r"prom/prometheus:v2\.\d+\.\d+", service["image"]), "Prometheus 2.x, pinned"
+        assert "exec /bin/prometheus --config.file=/etc/prometheus/prometheus.yml" in " ".join(service["entrypoint"])
+    elif name == "redis-exporter":
+        assert re.fullmatch(r"oliver006/redis_exporter:v1\.\d+\.\d+", service["image"])
     elif not _ours(service):
         assert name == "moto" and str(service["image"]).startswith("motoserver/moto:"), f"{name}: unknown image"
         assert not service.get("command") or _argv(service["command"])[:3] == ["python", "-m", "moto.server"]
@@ -316,6 +324,32 @@ def test_rabbitmq_is_pinned_persistent_managed_and_healthchecked() -> None:
     assert rabbitmq.get("ports") == ["127.0.0.1:15672:15672"], "management on this host only, AMQP not published"
     flower = _services()["flower"]["environment"]
     assert "@rabbitmq:15672/api/" in flower["FLOWER_BROKER_API"], "Flower's broker tab reads the management API"
+
+
+def test_monitoring_profile_runs_the_rules_against_the_stack() -> None:
+    prometheus = _services()["prometheus"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"] if v.startswith("./")}
+    config = ROOT / mounts["/etc/prometheus/prometheus.yml"]
+    assert config == ROOT / "deploy/prometheus/prometheus.yml"
+    # A bind mount of the symlink gives the container the chart's file itself (a mounted folder would not).
+    assert (ROOT / mounts["/etc/prometheus/alerts.yml"]).resolve() == ROOT / "deploy/helm/ninkik-tasks/files/alerts.yml"
+    scrape = yaml.safe_load(config.read_text())
+    assert scrape["rule_files"] == ["alerts.yml"]
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    assert set(jobs) == {"ninkik-ingest", "ninkik-flower", "rabbitmq", "rabbitmq-detailed", "redis"}
+    assert jobs["ninkik-ingest"]["dns_sd_configs"][0]["port"] == Settings().metrics_port
+    assert jobs["ninkik-flower"]["basic_auth"]["password_file"] == "/prometheus/flower-password"
+    assert "/prometheus/flower-password" in " ".join(prometheus["entrypoint"])
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?.+\}", prometheus["environment"]["FLOWER_BASIC_AUTH"])
+    assert jobs["rabbitmq-detailed"]["metrics_path"] == "/metrics/detailed"
+    assert jobs["rabbitmq-detailed"]["params"]["family"] == ["queue_coarse_metrics", "queue_consumer_count"]
+    rabbitmq = _services()["rabbitmq"]
+    plugins = next(v.split(":")[0] for v in rabbitmq["volumes"] if v.endswith(":/etc/rabbitmq/enabled_plugins:ro"))
+    assert "rabbitmq_prometheus" in (ROOT / plugins).read_text()
+    services = _services()
+    for job in ("rabbitmq", "redis", "ninkik-flower"):
+        for target in jobs[job]["static_configs"][0]["targets"]:
+            assert target.split(":")[0] in services, f"{job} scrapes {target}, which compose does not run"
 
 
 def test_volumes_exist() -> None:
@@ -482,7 +516,7 @@ def test_docker_compose_config(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH" and not k.startswith("COMPOSE_")}
     example = (ROOT / ".env.local.example").read_text()
     (tmp_path / ".env").write_text(example.replace("\nFLOWER_BASIC_AUTH=\n", "\nFLOWER_BASIC_AUTH=user:dummy\n"))
-    for profile in ([], ["--profile", "local"]):
+    for profile in ([], ["--profile", "local"], ["--profile", "monitoring"]):
         result = subprocess.run(
             [*client, "-f", "docker-compose.yml", *profile, "config", "-q"],
             cwd=tmp_path,

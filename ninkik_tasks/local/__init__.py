@@ -195,11 +195,14 @@ class RabbitMQ:
         self.scripts = scripts
         self.port = port or free_port()
         self.management_port = free_port()
+        self.prometheus_port = free_port()
         self.dist_port = free_port()
         self.node = f"ninkik{self.port}@localhost"
         self.host = host
         self.url = f"amqp://guest:guest@{host}:{self.port}"
         self.management_url = f"http://{host}:{self.management_port}"
+        # rabbitmq_prometheus: /metrics and per-queue series on /metrics/detailed, as in production
+        self.prometheus_url = f"http://{host}:{self.prometheus_port}"
         self.tls = tls
         self.tls_port = free_port() if tls else 0
         self.tls_url = f"amqps://guest:guest@{host}:{self.tls_port}" if tls else ""
@@ -247,10 +250,11 @@ class RabbitMQ:
         (d / "mnesia").mkdir(parents=True, exist_ok=True)
         (d / "log").mkdir(exist_ok=True)
         (d / "rabbitmq-env.conf").write_text("")
-        (d / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        (d / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_prometheus].\n")
         (d / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = {self.host}:{self.port}\n"
             f"management.tcp.ip = {self.host}\nmanagement.tcp.port = {self.management_port}\n"
+            f"prometheus.tcp.ip = {self.host}\nprometheus.tcp.port = {self.prometheus_port}\n"
             # guest may log in from other hosts only on a test host of its own (tests/hosts.py)
             + ("" if self.host.startswith("127.") else "loopback_users.guest = false\n")
             + "log.console = true\nlog.console.level = warning\nlog.file = false\n"
@@ -343,7 +347,7 @@ class RabbitMQ:
 def start_rabbitmq(
     log_dir: Path, port: int | None = None, host: str = "127.0.0.1", tls: tuple[Path, Path, Path] | None = None
 ) -> RabbitMQ:
-    """A rabbitmq-server node of its own (management plugin on), waited on until AMQP answers."""
+    """A rabbitmq-server node of its own (management and Prometheus plugins on), waited on until AMQP answers."""
     return RabbitMQ(log_dir, port, host=host, tls=tls)
 
 
