@@ -93,6 +93,33 @@ def describe_image(ecr: ECRClient, registry_id: str, region: str, repository: st
     return image_from_details(details[0], region)
 
 
+MAX_IMAGE_IDS = 100  # the most imageIds DescribeImages takes in one call (AWS's API reference, botocore's model)
+
+
+def describe_images(
+    ecr: ECRClient, registry_id: str, region: str, repository: str, digests: list[str]
+) -> dict[str, Image] | None:
+    """One DescribeImages for up to MAX_IMAGE_IDS images of one repository: the images it lists, by digest.
+
+    None when the call is refused as a whole for one of the ids (ImageNotFoundException: one image is gone, as
+    moto answers; InvalidParameterException): the caller describes each image alone. An image the answer leaves
+    out (DescribeImages' response has no `failures` list, unlike BatchGetImage's) is missing from the result.
+    """
+    with classified("ecr:DescribeImages"):
+        try:
+            answer = ecr.describe_images(
+                registryId=registry_id,
+                repositoryName=repository,
+                imageIds=[{"imageDigest": digest} for digest in digests[:MAX_IMAGE_IDS]],
+            )
+        except ClientError as exc:
+            if error_code(exc) in ("ImageNotFoundException", "InvalidParameterException"):
+                return None
+            raise
+    listed = (image_from_details(detail, region) for detail in answer.get("imageDetails", []))
+    return {image.digest: image for image in listed if image.digest in digests}
+
+
 def image_from_details(detail: Any, region: str) -> Image:
     """An Image from one entry of DescribeImages' imageDetails."""
     return Image(

@@ -25,6 +25,7 @@ from .config import get_settings
 from .errors import PermanentError, ScanNotReady, SweepStopped, TransientError
 from .events import ImagePushed
 from .filters import validate
+from .gathering import DescriptionPending
 from .listing import Progress
 from .ratelimit import RateLimited
 from .scans import scan_step
@@ -101,6 +102,11 @@ def _attempt(
         except SoftTimeLimitExceeded:
             # The Redis broker's run limit (brokers/redis.py): give the task back as a retry.
             raise TransientError("the step ran past its soft time limit") from None
+    except DescriptionPending as exc:
+        # Another worker's DescribeImages holds this image: its description is in Redis a moment later.
+        countdown = max(exc.retry_after or 1.0, brokers.for_url(s.broker_url).countdown_floor(s))
+        log.debug("%s waits %.1fs for its description: %s", stage, countdown, describe(pushed, match))
+        raise task.retry(countdown=countdown * random.uniform(1.0, 1.2), kwargs={"first_try": first_try}) from None
     except TransientError as exc:
         budget = s.notify_give_up_seconds if stage == "notify" else s.aws_give_up_seconds
         if time.time() - first_try > budget and not isinstance(exc, ScanNotReady):
@@ -217,16 +223,17 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
 
 def start(pushed: ImagePushed) -> AsyncResult:
     """Queue the chain for one pushed image."""
-    fetch = fetch_scan_findings.s()
+    describing = describe_image.s()
     first_read = get_settings().scan_first_read_seconds
     if pushed.source == "push" and first_read > 0 and not pushed.scan_finished:
         # A scan started by the push is not done a few milliseconds later: the first read would only spend
-        # the ECR budget. Sweeps read at once: their images were pushed long ago.
-        fetch = fetch.set(countdown=first_read)
+        # the ECR budget. The image is described just before it, with the other pushes to its repository
+        # accepted meanwhile, in one call (gathering.py). Sweeps read at once: their images were pushed long ago.
+        describing = describing.set(countdown=first_read)
     return chain(
         match_tenant.s(pushed.model_dump(mode="json")),
-        describe_image.s(),
-        fetch,
+        describing,
+        fetch_scan_findings.s(),
         notify.s(),
     ).apply_async(add_to_parent=False)  # from inside a sweep task: no growing list of child results
 

@@ -14,10 +14,11 @@ from pydantic import BaseModel, ConfigDict
 from . import clients
 from .artifacts import is_index, not_an_image
 from .config import Settings
-from .ecr import describe_image
 from .errors import PermanentError, TransientError
 from .events import ImagePushed
 from .findings import Image
+from .gathering import Gathering, gathered_image, where_of
+from .gathering import member as waiting_member
 from .idempotency import Records, image_id
 from .indexes import (
     Claims,
@@ -78,6 +79,11 @@ class Services:
     def claims(self) -> Claims:
         """Which index lists a manifest (and where ecr:BatchGetImage is refused)."""
         return Claims(self.redis, self.settings.redis_namespace)
+
+    @property
+    def gathering(self) -> Gathering:
+        """The images waiting to be described together, per repository."""
+        return Gathering(self.redis, self.settings.redis_namespace)
 
     @property
     def failures(self) -> Journal:
@@ -152,12 +158,17 @@ def describe(pushed: ImagePushed, match: Match | None = None) -> str:
 
 
 def match_tenant(svc: Services, pushed: ImagePushed) -> Matched:
-    """Find the tenant and product the repository reports to."""
-    return Matched(event=pushed, match=svc.directory().match(pushed.repository))
+    """Find the tenant and product the repository reports to; the image then waits to be described with the others
+    of its repository (gathering.py)."""
+    matched = Matched(event=pushed, match=svc.directory().match(pushed.repository))
+    if not pushed.scan_finished:  # a scan-complete event's chain takes up the waiting chain's description
+        svc.gathering.register(where_of(pushed), waiting_member(pushed.digest, pushed.event_id))
+    return matched
 
 
 def describe_step(svc: Services, msg: Matched) -> Described:
-    """DescribeImages in the event's registry and region; an index's manifest too (ecr:BatchGetImage).
+    """DescribeImages in the event's registry and region, with the other images of the repository waiting to be
+    described (gathering.py); an index's manifest too (ecr:BatchGetImage).
 
     Artifacts that are not images end the chain here (artifacts.SKIP_REASONS, recorded, never reported).
     """
@@ -166,7 +177,7 @@ def describe_step(svc: Services, msg: Matched) -> Described:
     if parked is not None:  # a scan-complete event for a waiting image: the waiting chain described it
         return Described.model_validate_json(parked)
     ecr = svc.ecr(e.region)
-    image = describe_image(ecr, e.account, e.region, e.repository, e.digest)
+    image = gathered_image(svc.gathering, ecr, e)
     # DescribeImages leaves out what it does not know (moto: the artifact type); the push event may say it.
     fallback = {"manifest_media_type": e.manifest_media_type, "artifact_media_type": e.artifact_media_type}
     missing = {k: v for k, v in fallback.items() if v and getattr(image, k) is None}
