@@ -1,11 +1,11 @@
 """Describing the images of one repository together: one DescribeImages for up to 100 of them.
 
-Every pushed image is registered, once its tenant is matched, in its repository's set of images waiting to be
-described (Redis). Its describe step runs NINKIK_SCAN_FIRST_READ_SECONDS after the push (the first scan read
-could not come sooner anyway), and the first step of a repository to run takes every image waiting there, up
-to 100, its own among them, and describes them all in one call; each image's own step then takes its
-description from Redis. So the images of one repository accepted within that delay of each other share one
-call, and waiting for them costs no time. Sweeps' chains describe at once, together with whatever is waiting.
+Every pushed image is registered, as its chain starts (in ingest, or a sweep), in its repository's set of images
+waiting to be described (Redis). Its describe step runs NINKIK_SCAN_FIRST_READ_SECONDS after the push (the first
+scan read could not come sooner anyway), and the first step of a repository to run takes every image waiting there,
+up to 100, its own among them, and describes them all in one call; each image's own step then takes its description
+from Redis. So the images of one repository accepted within that delay of each other share one call, and waiting for
+them costs no time. Sweeps' chains describe at once, together with whatever is waiting.
 
 Nothing is lost or doubled: a description is kept for the image's own chain (by its event id) until that
 chain takes it, and is only ever made after the image was registered, so after its push. A step whose image
@@ -28,6 +28,7 @@ import redis
 from .ecr import MAX_IMAGE_IDS, describe_image, describe_images
 from .errors import PermanentError, TransientError
 from .findings import Image
+from .tenants import split
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
@@ -160,6 +161,18 @@ class Gathering:
     def waiting(self, where: Where) -> int:
         """How many images of the repository wait to be described."""
         return int(self.r.zcard(self._key("pending", where)))
+
+
+def register(gathering: Gathering, pushed: ImagePushed) -> None:
+    """As its chain starts, a pushed image begins to wait to be described with the others of its repository; not
+    an image of a repository that is not named like a ninkik one (its chain ends before any AWS call), nor one of
+    a scan-complete event (its chain takes up the waiting chain's description)."""
+    try:
+        split(pushed.repository)
+    except PermanentError:
+        return
+    if not pushed.scan_finished:
+        gathering.register(where_of(pushed), member(pushed.digest, pushed.event_id))
 
 
 def where_of(pushed: ImagePushed) -> Where:

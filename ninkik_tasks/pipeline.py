@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import backfill as sweeps
-from . import brokers, logs
+from . import brokers, gathering, logs
 from .artifacts import IN_INDEX, SKIP_REASONS
 from .celery_app import AWS_QUEUE, CONTROL_QUEUE, NINKIK_QUEUE, app
 from .config import get_settings
@@ -230,6 +230,7 @@ def start(pushed: ImagePushed) -> AsyncResult:
         # the ECR budget. The image is described just before it, with the other pushes to its repository
         # accepted meanwhile, in one call (gathering.py). Sweeps read at once: their images were pushed long ago.
         describing = describing.set(countdown=first_read)
+    gathering.register(_svc().gathering, pushed)  # from now on it waits to be described with its repository's
     return chain(
         match_tenant.s(pushed.model_dump(mode="json")),
         describing,

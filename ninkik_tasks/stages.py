@@ -17,8 +17,7 @@ from .config import Settings
 from .errors import PermanentError, TransientError
 from .events import ImagePushed
 from .findings import Image
-from .gathering import Gathering, gathered_image, where_of
-from .gathering import member as waiting_member
+from .gathering import Gathering, gathered_image
 from .idempotency import Records, image_id
 from .indexes import (
     Claims,
@@ -158,12 +157,8 @@ def describe(pushed: ImagePushed, match: Match | None = None) -> str:
 
 
 def match_tenant(svc: Services, pushed: ImagePushed) -> Matched:
-    """Find the tenant and product the repository reports to; the image then waits to be described with the others
-    of its repository (gathering.py)."""
-    matched = Matched(event=pushed, match=svc.directory().match(pushed.repository))
-    if not pushed.scan_finished:  # a scan-complete event's chain takes up the waiting chain's description
-        svc.gathering.register(where_of(pushed), waiting_member(pushed.digest, pushed.event_id))
-    return matched
+    """Find the tenant and product the repository reports to."""
+    return Matched(event=pushed, match=svc.directory().match(pushed.repository))
 
 
 def describe_step(svc: Services, msg: Matched) -> Described:
