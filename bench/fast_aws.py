@@ -10,7 +10,8 @@ validation beyond what the pipeline needs. Its own process, so its CPU is counte
 `--deny-delete` answers every DeleteMessageBatch with AccessDenied, as the customer guide's policy does.
 GET /stats gives {"received": n, "first_receive": t, "deleted": n} (time.time()).
 POST /_scans {"sha256:...": t} makes those images' scans finish at time t (time.time()): until then
-DescribeImageScanFindings answers IN_PROGRESS. GET /_calls gives every ECR call as [arrival time, action, digest].
+DescribeImageScanFindings answers IN_PROGRESS. GET /_calls gives every ECR call as [arrival time, action, digest]
+(`calls`; a DescribeImages' first digest), and every DescribeImages as [arrival time, [digests]] (`describes`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class State:
         self.lock = threading.Lock()
         self.scans: dict[str, float] = {}  # digest -> when its scan finishes
         self.ecr_calls: list[tuple[float, str, str]] = []  # (time, action, digest)
+        self.describes: list[tuple[float, list[str]]] = []  # (time, every digest a DescribeImages asked for)
 
     def queue(self, url_or_name: str) -> Queue:
         name = url_or_name.rstrip("/").rsplit("/", 1)[-1]
@@ -112,7 +114,7 @@ class Handler(BaseHTTPRequestHandler):
         s = self.state
         if self.path == "/_calls":
             with s.lock:
-                self._reply(200, {"calls": list(s.ecr_calls)})
+                self._reply(200, {"calls": list(s.ecr_calls), "describes": list(s.describes)})
             return
         self._reply(200, {"received": s.received, "first_receive": s.first_receive, "deleted": s.deleted})
 
@@ -130,6 +132,8 @@ class Handler(BaseHTTPRequestHandler):
             )
             with self.state.lock:
                 self.state.ecr_calls.append((self.arrived, op, digest))
+                if op == "DescribeImages":
+                    self.state.describes.append((self.arrived, [i.get("imageDigest", "") for i in body["imageIds"]]))
         handler = getattr(self, f"_{op}", None)
         if handler is None:
             self._reply(400, {"__type": "UnknownOperationException", "message": f"{service}.{op} is not faked"})

@@ -3,6 +3,7 @@
     .venv/bin/python bench/scan_lag.py                     # durations, then 10, 100 and 1,000 waiting images
     .venv/bin/python bench/scan_lag.py --quick --no-write  # shorter scans, for trying it out
     .venv/bin/python bench/scan_lag.py --no-durations --counts 100,1000 --scan-events  # with the second rule
+    .venv/bin/python bench/scan_lag.py --no-durations --counts 1000 --late-after 60  # new pushes during a burst
 
 Each run starts redis-server, bench/fast_aws.py (canned SQS and ECR answers; a scan answers IN_PROGRESS
 until the time the bench gave it), the ninkik stand-in in this process, one `ninkik-tasks ingest` and one
@@ -14,7 +15,9 @@ event per image, makes each image's scan finish at its own time after the event,
 - ECR calls per image by API, and status reads per 5 s of scanning;
 - the most ECR calls in any one-second window, against the limit: as the limiter let them go (its log of
   departures in Redis, by Redis's clock, read every 0.2 s) and as they arrived at the emulator;
-- the worker's threads and peak RSS (its process tree) while the waits run.
+- the worker's threads and peak RSS (its process tree) while the waits run;
+- on stderr: DescribeImages' images per call, when the new pushes were described and first read, and which ECR
+  calls went out while they waited.
 With `--scan-events` the bench also sends each image's "ECR Image Scan" event (docs/operations.md's second
 rule) the moment its scan finishes, as EventBridge would. Figures go to bench/RESULTS.md (`--no-write` skips that).
 """
@@ -67,6 +70,7 @@ class Run:
     sent_at: float = 0.0
     received: dict[str, Received] = field(default_factory=dict)
     calls: list[tuple[float, str, str]] = field(default_factory=list)  # as they arrived at the emulator
+    describes: list[tuple[float, list[str]]] = field(default_factory=list)  # each DescribeImages: when, which images
     departures: list[float] = field(default_factory=list)  # as the limiter let them go, Redis's clock
     threads: int = 0
     rss_mib: float = 0.0
@@ -78,6 +82,34 @@ class Run:
     def lags(self, digests: list[str]) -> list[float]:
         """Seconds from each scan's end to its report."""
         return sorted(self.received[d].at - self.finished(d) for d in digests if d in self.received)
+
+    def detail(self) -> str:
+        """DescribeImages' batch sizes, and when the new pushes were described and first read (after their event)."""
+        sizes = Counter(len(d) for _, d in self.describes)
+        described = [min(t for t, ds in self.describes if d in ds) - self.sent_at - s for d, s in self.late.items()]
+        read = [
+            min(t for t, a, dd in self.calls if dd == d and a == "DescribeImageScanFindings") - self.sent_at - s
+            for d, s in self.late.items()
+        ]
+        # What the ECR budget carried while the new pushes waited: first reads, reads again, DescribeImages.
+        begin = self.sent_at + min(self.late.values(), default=0.0)
+        end = begin + max(read, default=0.0)
+        firsts: dict[str, float] = {}
+        for t, a, d in sorted(self.calls):
+            if a == "DescribeImageScanFindings":
+                firsts.setdefault(d, t)
+        burst_read = max((t for d, t in firsts.items() if d not in self.late), default=self.sent_at) - self.sent_at
+        meanwhile = Counter(
+            "first reads" if a == "DescribeImageScanFindings" and firsts[d] == t else a
+            for t, a, d in self.calls
+            if begin <= t < end
+        )
+        return (
+            f"{self.name}: {len(self.describes)} DescribeImages, images per call {dict(sorted(sizes.items()))}; "
+            f"new pushes described {min(described, default=0):.1f}-{max(described, default=0):.1f} s and first "
+            f"read {min(read, default=0):.1f}-{max(read, default=0):.1f} s after their event; ECR calls meanwhile "
+            f"({end - begin:.0f} s): {dict(meanwhile)}; the burst's last first read {burst_read:.0f} s after it"
+        )
 
     def row(self) -> list[str]:
         done = [d for d, s in self.scans.items() if s < self.wait - 60 and d not in self.late]
@@ -104,7 +136,7 @@ class Run:
             f"{pct(lags, 50):.1f} / {pct(lags, 95):.1f} / {max(lags, default=0):.1f}",
             f"{max(first_reads):.1f} / {max(new):.1f}" if self.late else "",
             f"{not_scanned} of {len(late)}",
-            ", ".join(f"{api} {n / len(self.scans):.1f}" for api, n in sorted(by_api.items())),
+            ", ".join(f"{api} {per_image(n, len(self.scans))}" for api, n in sorted(by_api.items())),
             f"{per_5s:.2f}",
             f"{peak_per_second(self.departures, 1)} / {peak_per_second(arrivals, 1)}; "
             f"{peak_per_second(arrivals, 5) / 5:.1f} (limit {LIMIT}){seen}",
@@ -125,6 +157,12 @@ COLUMNS = [
     "worker threads",
     "worker RSS MiB",
 ]
+
+
+def per_image(calls: int, images: int) -> str:
+    """Calls per image: one decimal, three below 0.1 (DescribeImages, one call for many images)."""
+    value = calls / images
+    return f"{value:.1f}" if value >= 0.1 else f"{value:.3f}"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -237,7 +275,10 @@ def execute(run: Run, work: Path, log: Any) -> Run:
                 missing = f"{len(run.received)} of {len(digests)} reported"
                 raise SystemExit(f"{run.name}: {dead or 'timed out'}; {missing}; logs in {work}")
             log(f"{run.name}: {len(run.received)} of {len(digests)} reported")
-        run.calls = [tuple(c) for c in httpx.get(f"{aws_url}/_calls").json()["calls"]]  # type: ignore[misc]
+        answer = httpx.get(f"{aws_url}/_calls").json()
+        run.calls = [tuple(c) for c in answer["calls"]]  # type: ignore[misc]
+        run.describes = [(t, digests) for t, digests in answer["describes"]]
+        log(run.detail())
         run.departures = departures.stop()
         return run
     finally:
@@ -282,7 +323,7 @@ def durations(quick: bool) -> Run:
     return Run("scans of 15 s to 10 min" if not quick else "scans of 5-60 s", scans, wait)
 
 
-def concurrent(count: int, quick: bool, scan_events: bool = False) -> Run:
+def concurrent(count: int, quick: bool, scan_events: bool = False, late_after: float | None = None) -> Run:
     """`count` images waiting at once over 10 repositories, basic scans of 60-120 s."""
     low, high = (60, 120) if not quick else (20, 40)
     scans = {f"sha256:{uuid.uuid4().hex * 2}": random.uniform(low, high) for _ in range(count)}
@@ -290,9 +331,12 @@ def concurrent(count: int, quick: bool, scan_events: bool = False) -> Run:
     # (1,000 of them take 110 s of a 20 calls/s budget, which lets 18.2 a second leave: GUARD_SECONDS kept
     # for the way to AWS), so what the new pushes meet is the others' waits.
     rate = LIMIT / (1 + GUARD_SECONDS)
-    late = {f"sha256:{uuid.uuid4().hex * 2}": max(low + 5, 1.1 * count * 2 / rate) for _ in range(10)}
+    # `late_after`: at a time of one's choosing instead, e.g. in the middle of the burst's first calls.
+    after = late_after if late_after is not None else max(low + 5, 1.1 * count * 2 / rate)
+    late = {f"sha256:{uuid.uuid4().hex * 2}": after for _ in range(10)}
     scans.update({digest: 10.0 for digest in late})
     name = f"{count} waiting at once" + (", scan events on the queue" if scan_events else "")
+    name += f", new pushes at {late_after:.0f} s" if late_after is not None else ""
     return Run(name, scans, wait=900, late=late, scan_events=scan_events)
 
 
@@ -308,12 +352,13 @@ def main() -> int:
     parser.add_argument("--counts", default="10,100,1000", help="waiting images of the concurrency runs")
     parser.add_argument("--no-durations", action="store_true", help="only the concurrency runs")
     parser.add_argument("--scan-events", action="store_true", help="send each scan's event as it finishes")
+    parser.add_argument("--late-after", type=float, help="send the 10 new pushes this many seconds after the others")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ninkik-scan-lag-"))
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     plans = [] if args.no_durations else [durations(args.quick)]
-    plans += [concurrent(int(c), args.quick, args.scan_events) for c in args.counts.split(",") if c]
+    plans += [concurrent(int(c), args.quick, args.scan_events, args.late_after) for c in args.counts.split(",") if c]
     runs = [execute(plan, work / plan.name.replace(" ", "-").replace(",", ""), log) for plan in plans]
     table = markdown(runs)
     print(table)
