@@ -201,3 +201,19 @@ def test_a_throttled_batch_waits_again_and_a_dead_describer_is_taken_over(
     assert gathered_image(waiting, ecr, b).digest == b.digest  # the dead worker's batch, all of it
     assert gathered_image(waiting, ecr, c).digest == c.digest
     assert gathered_image(waiting, ecr, a).digest == a.digest
+
+
+def test_only_pushes_to_ninkik_repositories_wait_to_be_described(stack: Stack) -> None:
+    """A repository not named TENANT/PRODUCT gets no AWS call (its chain ends at matching), so it never waits; nor
+    does a scan-complete event's image (its chain takes up the waiting chain's description)."""
+    waits = Gathering(stack.records, f"t-{uuid.uuid4().hex[:8]}")
+    pushed = _events()[0]
+    for event in (
+        pushed.model_copy(update={"repository": "hello-world"}),
+        pushed.model_copy(update={"scan_finished": True}),
+    ):
+        gathering.register(waits, event)
+        assert waits.waiting(where_of(event)) == 0
+    gathering.register(waits, pushed)
+    gathering.register(waits, pushed)  # ingest starting its chain again (redelivered before it was marked)
+    assert waits.waiting(where_of(pushed)) == 1
