@@ -155,6 +155,27 @@ def test_an_image_read_just_now_is_not_read_again_before_its_turn(stack: Stack) 
     assert caught.value.next_read is not None and 0 < caught.value.next_read <= 4.5
 
 
+def test_a_scan_event_during_the_first_read_wakes_the_chain_at_once(stack: Stack) -> None:
+    """The event finds nothing waiting yet (the chain registers its wait after the read), so it starts no chain;
+    the waiting chain must not sleep a whole poll on an event that already came. The event's arrival is played
+    by what ingest does with it (ScanWaits.finish), hooked after Stubber's answer."""
+    svc = _services(stack)
+    msg = _described(age=60)
+    image = member(msg.image.registry_id, msg.image.repository, msg.image.digest)
+    svc.stubbed.meta.events.register(
+        "after-call.ecr.DescribeImageScanFindings",
+        lambda **_: svc.scan_waits.finish(msg.event.region, image, 600),
+    )
+    with Stubber(svc.stubbed) as stub:
+        stub.add_response("describe_image_scan_findings", _in_progress())
+        with pytest.raises(ScanNotReady) as caught:
+            scan_step(svc, msg)
+        assert caught.value.next_read == 0
+        stub.add_response("describe_image_scan_findings", _active([]))
+        assert scan_step(svc, msg).status == "ACTIVE"  # read again at once, its scan taken as final
+        stub.assert_no_pending_responses()
+
+
 def _in_progress() -> dict[str, Any]:
     return {**_active([]), "imageScanStatus": {"status": "IN_PROGRESS"}, "imageScanFindings": {}}
 
