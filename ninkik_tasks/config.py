@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # An untagged image (a platform manifest of a multi-platform build, pushed just before its index) is reported
     # on its own only if no index listed it within this many seconds after its push (0: at once).
     untagged_hold_seconds: float = Field(default=30.0, ge=0)
+    # "Inspector2 Finding" events (one per finding, many per image within seconds): an image's report is read
+    # this long after the first event of a burst, once for all of them (freshness.py).
+    finding_refresh_seconds: float = Field(default=10.0, gt=0)
     result_expires_seconds: int = 7 * 24 * 3600
     sent_record_seconds: int = 90 * 24 * 3600
     broker_visibility_timeout: int = 240  # Redis broker only: see brokers/redis.py

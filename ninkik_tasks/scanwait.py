@@ -134,6 +134,10 @@ class ScanWaits:
         """The image's wait is over (scan final, or the wait ran out)."""
         self.r.zrem(self._key(region), image)
 
+    def is_waiting(self, region: str, image: str) -> bool:
+        """Whether a chain is waiting for `image`'s scan now."""
+        return self.r.zscore(self._key(region), image) is not None
+
     def waiting(self, region: str) -> int:
         """How many images of the region are waiting now."""
         return int(self.r.zcard(self._key(region)))
