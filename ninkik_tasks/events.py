@@ -292,7 +292,8 @@ def finding_event(envelope: _Envelope, resources: object) -> FindingChanged | No
     status = envelope.detail.get("status")
     status = status[:32] if isinstance(status, str) and status else "UNKNOWN"
     image: tuple[str, str, str] | None = None
-    for resource in envelope.detail.get("resources") or []:
+    listed = envelope.detail.get("resources")
+    for resource in listed if isinstance(listed, list) else []:
         details = resource.get("details") if isinstance(resource, dict) else None
         ecr = details.get("awsEcrContainerImage") if isinstance(details, dict) else None
         if ecr is not None:

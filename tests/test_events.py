@@ -533,3 +533,11 @@ def test_a_detail_type_of_another_service_is_quarantined() -> None:
     assert reason(changed("detail-type", "Inspector2 Scan")) == "not_an_image_action"
     assert reason(changed("source", "aws.inspector2")) == "not_an_image_action"
     assert reason(changed("source", "aws.s3")) == "not_an_image_action"
+
+
+@pytest.mark.parametrize("resources", [5, "x", {"a": 1}, [5, None, {"details": 3}], None])
+def test_a_finding_with_odd_resources_falls_back_to_its_arn(resources: Any) -> None:
+    event = finding()
+    event["detail"]["resources"] = resources
+    parsed = ignored(json.dumps(event)).event
+    assert isinstance(parsed, FindingChanged) and parsed.digest == FINDING_DIGEST
