@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # Chain
     scan_wait_seconds: int = 900
     scan_poll_seconds: float = Field(default=5.0, gt=0)  # a waiting scan's status is read this often (at least)
+    # While scan-complete events arrive for the image's account and region (one seen in the last hour), a waiting
+    # scan is read again only this often, a safety net for a lost event (0: always the poll).
+    scan_safety_poll_seconds: float = Field(default=180.0, ge=0)
     # A push's scan takes seconds at least: its first read waits this long (0: read at once).
     scan_first_read_seconds: float = Field(default=5.0, ge=0)
     # Enhanced scanning says ACTIVE before Inspector's first scan of the image is done: an ACTIVE scan with no

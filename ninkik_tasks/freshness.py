@@ -24,13 +24,14 @@ from .errors import PermanentError
 from .events import FindingChanged, ImagePushed, ImageScanned, Inspector2Scanned
 from .idempotency import Records
 from .indexes import Claims
-from .scanwait import ScanWaits, member
+from .scanwait import SCAN_EVENT_KINDS, ScanWaits, member, seen_key
 from .tenants import split
 
 log = logging.getLogger(__name__)
 
 # The kinds of event whose last sighting is recorded (`ninkik-tasks check` prints them).
-PUSH, IMAGE_SCAN, INSPECTOR_SCAN, INSPECTOR_FINDING = "push", "image_scan", "inspector2_scan", "inspector2_finding"
+PUSH, INSPECTOR_FINDING = "push", "inspector2_finding"
+IMAGE_SCAN, INSPECTOR_SCAN = SCAN_EVENT_KINDS  # those scan waits look for (scanwait.ScanWaits.pace)
 KINDS = (PUSH, IMAGE_SCAN, INSPECTOR_SCAN, INSPECTOR_FINDING)
 SEEN_TTL = 30 * 24 * 3600  # an account and region silent this long drops out of `check`'s list
 
@@ -52,7 +53,7 @@ class LastSeen:
         self.namespace = namespace
 
     def _key(self, account: str, region: str) -> str:
-        return f"{self.namespace}:eventseen:{account}:{region}"
+        return seen_key(self.namespace, account, region)
 
     def record(self, events: Iterable[ImagePushed | ImageScanned | FindingChanged], now: float | None = None) -> None:
         """Remember that these events arrived now (one write per account and region)."""
