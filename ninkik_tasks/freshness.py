@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 PUSH, INSPECTOR_FINDING = "push", "inspector2_finding"
 IMAGE_SCAN, INSPECTOR_SCAN = SCAN_EVENT_KINDS  # those scan waits look for (scanwait.ScanWaits.pace)
 KINDS = (PUSH, IMAGE_SCAN, INSPECTOR_SCAN, INSPECTOR_FINDING)
-SEEN_TTL = 30 * 24 * 3600  # an account and region silent this long drops out of `check`'s list
+SEEN_TTL = 30 * 24 * 3600  # an account and region silent this long shows `never` again in `check`
 
 
 def kind_of(event: ImagePushed | ImageScanned | FindingChanged) -> str:
@@ -73,12 +73,6 @@ class LastSeen:
         """kind -> when it was last seen (epoch seconds), for one account and region."""
         raw = self.r.hgetall(self._key(account, region))
         return {str(k): float(v) for k, v in raw.items()}
-
-    def since(self, account: str, region: str, kinds: Iterable[str]) -> float | None:
-        """Seconds since the latest of `kinds` arrived for the account and region; None if never (or long ago)."""
-        seen = self.get(account, region)
-        times = [seen[k] for k in kinds if k in seen]
-        return max(0.0, time.time() - max(times)) if times else None
 
 
 @dataclass(frozen=True)
