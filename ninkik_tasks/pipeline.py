@@ -218,13 +218,17 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
 def start(pushed: ImagePushed) -> AsyncResult:
     """Queue the chain for one pushed image."""
     fetch = fetch_scan_findings.s()
-    first_read = get_settings().scan_first_read_seconds
+    s = get_settings()
+    first_read = s.scan_first_read_seconds
     if pushed.source == "push" and first_read > 0 and not pushed.scan_finished:
         # A scan started by the push is not done a few milliseconds later: the first read would only spend
         # the ECR budget. Sweeps read at once: their images were pushed long ago.
         fetch = fetch.set(countdown=first_read)
+    match = match_tenant.s(pushed.model_dump(mode="json"))
+    if pushed.finding_refresh:
+        match = match.set(countdown=s.finding_refresh_seconds)  # the burst's later events: read by this chain
     return chain(
-        match_tenant.s(pushed.model_dump(mode="json")),
+        match,
         describe_image.s(),
         fetch,
         notify.s(),
