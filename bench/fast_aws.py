@@ -10,8 +10,10 @@ validation beyond what the pipeline needs. Its own process, so its CPU is counte
 `--deny-delete` answers every DeleteMessageBatch with AccessDenied, as the customer guide's policy does.
 GET /stats gives {"received": n, "first_receive": t, "deleted": n} (time.time()).
 POST /_scans {"sha256:...": t} makes those images' scans finish at time t (time.time()): until then
-DescribeImageScanFindings answers IN_PROGRESS. GET /_calls gives every ECR call as [arrival time, action, digest]
-(`calls`; a DescribeImages' first digest), and every DescribeImages as [arrival time, [digests]] (`describes`).
+DescribeImageScanFindings answers IN_PROGRESS. POST /_findings {"sha256:...": ["CVE-...", ...]} adds findings to
+those images' scans, as Amazon Inspector does when its database changes. GET /_calls gives every ECR call as
+[arrival time, action, digest] (`calls`; a DescribeImages' first digest), and every DescribeImages as
+[arrival time, [digests]] (`describes`).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class State:
         self.first_receive: float | None = None
         self.lock = threading.Lock()
         self.scans: dict[str, float] = {}  # digest -> when its scan finishes
+        self.added: dict[str, list[str]] = {}  # digest -> CVEs found after the push
         self.ecr_calls: list[tuple[float, str, str]] = []  # (time, action, digest)
         self.describes: list[tuple[float, list[str]]] = []  # (time, every digest a DescribeImages asked for)
 
@@ -123,6 +126,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_scans":
             with self.state.lock:
                 self.state.scans.update(body)
+            self._reply(200, {})
+            return
+        if self.path == "/_findings":
+            with self.state.lock:
+                for digest, cves in body.items():
+                    self.state.added.setdefault(digest, []).extend(cves)
             self._reply(200, {})
             return
         service, _, op = (self.headers.get("X-Amz-Target") or "").partition(".")
@@ -228,6 +237,9 @@ class Handler(BaseHTTPRequestHandler):
                 "imageId": body["imageId"],
                 "imageScanStatus": {"status": "IN_PROGRESS"},
             }
+        with self.state.lock:
+            added = list(self.state.added.get(body["imageId"].get("imageDigest", ""), []))
+        extra = [{"name": cve, "severity": "HIGH", "uri": f"https://nvd.nist.gov/vuln/detail/{cve}"} for cve in added]
         return 200, {
             "registryId": body.get("registryId", ACCOUNT),
             "repositoryName": body["repositoryName"],
@@ -236,8 +248,8 @@ class Handler(BaseHTTPRequestHandler):
             "imageScanFindings": {
                 "imageScanCompletedAt": time.time() - 30,
                 "vulnerabilitySourceUpdatedAt": time.time() - 3600,
-                "findingSeverityCounts": {"HIGH": 1, "MEDIUM": 1},
-                "findings": FINDINGS,
+                "findingSeverityCounts": {"HIGH": 1 + len(extra), "MEDIUM": 1},
+                "findings": FINDINGS + extra,
             },
         }
 

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # Chain
     scan_wait_seconds: int = 900
     scan_poll_seconds: float = Field(default=5.0, gt=0)  # a waiting scan's status is read this often (at least)
+    # While scan-complete events arrive for the image's account and region (one seen in the last hour), a waiting
+    # scan is read again only this often, a safety net for a lost event (0: always the poll).
+    scan_safety_poll_seconds: float = Field(default=180.0, ge=0)
     # A push's scan takes seconds at least: its first read waits this long (0: read at once).
     scan_first_read_seconds: float = Field(default=5.0, ge=0)
     # Enhanced scanning says ACTIVE before Inspector's first scan of the image is done: an ACTIVE scan with no
@@ -77,6 +80,9 @@ class Settings(BaseSettings):
     # An untagged image (a platform manifest of a multi-platform build, pushed just before its index) is reported
     # on its own only if no index listed it within this many seconds after its push (0: at once).
     untagged_hold_seconds: float = Field(default=30.0, ge=0)
+    # "Inspector2 Finding" events (one per finding, many per image within seconds): an image's report is read
+    # this long after the first event of a burst, once for all of them (freshness.py).
+    finding_refresh_seconds: float = Field(default=10.0, gt=0)
     result_expires_seconds: int = 7 * 24 * 3600
     sent_record_seconds: int = 90 * 24 * 3600
     broker_visibility_timeout: int = 240  # Redis broker only: see brokers/redis.py

@@ -47,6 +47,10 @@ AWS_EVENTS = {
 IMAGE_ACTIONS = {"PUSH", "DELETE", "UPDATE_STORAGE_CLASS"}
 RESULTS = {"SUCCESS", "FAILURE"}
 _REPOSITORY_ARN = re.compile(r"^arn:aws[a-z-]*:ecr:[a-z0-9-]+:\d{12}:repository/(?P<name>.+)$")
+# An image's ARN as "Inspector2 Finding" names it in `resources[0]`: the repository, then the digest.
+_IMAGE_ARN = re.compile(
+    r"^arn:aws[a-z-]*:ecr:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):repository/(?P<name>.+)/(?P<digest>sha256:[0-9a-f]{64})$"
+)
 
 
 class _Envelope(BaseModel):
@@ -90,6 +94,17 @@ class _Push(_Action):
         return value if isinstance(value, str) and re.fullmatch(MEDIA_TYPE_PATTERN, value) else None
 
 
+class _EcrImage(BaseModel):
+    """`detail.resources[].details.awsEcrContainerImage` of an "Inspector2 Finding" (Inspector's
+    AwsEcrContainerImageDetails: registry, repositoryName and imageHash are required there)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    registry: str = Field(pattern=ACCOUNT_PATTERN)
+    repository_name: str = Field(alias="repositoryName", min_length=2, max_length=256)
+    image_hash: str = Field(alias="imageHash", pattern=DIGEST_PATTERN)
+
+
 class _ScanDetail(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
 
@@ -118,6 +133,9 @@ class ImagePushed(BaseModel):
     artifact_media_type: str | None = None
     # Started by a scan-complete event for an image that was waiting: read its scan at once, take it as final.
     scan_finished: bool = False
+    # Started by an "Inspector2 Finding" event (freshness.py): the chain starts NINKIK_FINDING_REFRESH_SECONDS
+    # later, so that the image's other finding events of the burst are read by the same read.
+    finding_refresh: bool = False
 
 
 class ImageScanned(BaseModel):
@@ -138,6 +156,25 @@ class ImageScanned(BaseModel):
 
 class Inspector2Scanned(ImageScanned):
     """An "Inspector2 Scan" event: Amazon Inspector's initial scan of one image finished (ends its wait)."""
+
+
+class FindingChanged(BaseModel):
+    """An "Inspector2 Finding" event for an ECR image: one of its findings was created, updated or closed.
+
+    `account` is the image's registry (awsEcrContainerImage.registry), which with an Inspector delegated
+    administrator is not the account the event arrived in (`event_account`).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    account: str
+    region: str
+    repository: str
+    digest: str
+    status: str  # the finding's: ACTIVE, SUPPRESSED, CLOSED
+    event_account: str
+    time: datetime
 
 
 _Scan = TypeVar("_Scan", bound=ImageScanned)
@@ -171,11 +208,14 @@ def parse(
             f"detail-type {str(detail_type)[:80]!r} from {str(source)[:80]!r} is not an ECR or Amazon Inspector event",
         )
     envelope = _validated(_Envelope, data, "")
-    if envelope.account not in accounts:
-        raise InvalidEvent("account_not_allowed", f"account {envelope.account} is not in NINKIK_AWS_ACCOUNT_IDS")
+    kind = (envelope.source, envelope.detail_type)
+    finding = finding_event(envelope, data.get("resources")) if kind == FINDING else None
+    # A finding's image may be in another account than the event (an Inspector delegated administrator's).
+    account = finding.account if finding is not None else envelope.account
+    if account not in accounts:
+        raise InvalidEvent("account_not_allowed", f"account {account} is not in NINKIK_AWS_ACCOUNT_IDS")
     if envelope.region not in regions:
         raise InvalidEvent("region_not_allowed", f"region {envelope.region} is not in NINKIK_AWS_REGIONS")
-    kind = (envelope.source, envelope.detail_type)
     if kind == ("aws.ecr", "ECR Image Action"):
         return _image_action(envelope)
     if kind == ("aws.ecr", "ECR Image Scan"):
@@ -184,8 +224,16 @@ def parse(
     if kind == ("aws.inspector2", "Inspector2 Scan"):
         inspected = scan_event(envelope, Inspector2Scanned)
         raise IgnoredEvent(IGNORED_INSPECTOR_SCAN, f"Inspector scan {inspected.status} of {_ref(inspected)}", inspected)
-    if kind == ("aws.inspector2", "Inspector2 Finding"):
-        raise IgnoredEvent(IGNORED_INSPECTOR_FINDING, "an Amazon Inspector finding changed (read again by rescan)")
+    if kind == FINDING:
+        if finding is None:
+            raise IgnoredEvent(
+                IGNORED_OTHER_EVENT, "an Amazon Inspector finding of a resource that is not an ECR image"
+            )
+        raise IgnoredEvent(
+            IGNORED_INSPECTOR_FINDING,
+            f"Inspector finding {finding.status} of {_ref(finding)}: refreshes its report",
+            finding,
+        )
     raise IgnoredEvent(IGNORED_OTHER_EVENT, f"{envelope.detail_type[:80]!r} from {envelope.source} is not a push")
 
 
@@ -232,6 +280,43 @@ def scan_event(envelope: _Envelope, model: type[_Scan]) -> _Scan:
     )
 
 
+FINDING = ("aws.inspector2", "Inspector2 Finding")
+
+
+def finding_event(envelope: _Envelope, resources: object) -> FindingChanged | None:
+    """The image an "Inspector2 Finding" is about, None for another resource (EC2, Lambda, a code repository).
+
+    `detail.resources[].details.awsEcrContainerImage` names it; `resources[0]` (the image's ARN) is the fallback.
+    Timestamps in the detail are not read: AWS's samples write them console-style ("Dec 3, 2021, 6:02:30 PM").
+    """
+    status = envelope.detail.get("status")
+    status = status[:32] if isinstance(status, str) and status else "UNKNOWN"
+    image: tuple[str, str, str] | None = None
+    listed = envelope.detail.get("resources")
+    for resource in listed if isinstance(listed, list) else []:
+        details = resource.get("details") if isinstance(resource, dict) else None
+        ecr = details.get("awsEcrContainerImage") if isinstance(details, dict) else None
+        if ecr is not None:
+            found = _validated(_EcrImage, ecr, "detail.resources[].details.awsEcrContainerImage.")
+            image = (found.registry, found.repository_name, found.image_hash)
+            break
+    if image is None and isinstance(resources, list) and resources and isinstance(resources[0], str):
+        arn = _IMAGE_ARN.fullmatch(resources[0])
+        image = (arn["account"], arn["name"], arn["digest"]) if arn else None
+    if image is None:
+        return None
+    return FindingChanged(
+        event_id=envelope.id,
+        account=image[0],
+        region=envelope.region,
+        repository=image[1],
+        digest=image[2],
+        status=status,
+        event_account=envelope.account,
+        time=envelope.time,
+    )
+
+
 def scanned_image(event: ImageScanned) -> ImagePushed:
     """What the chain needs to report an image whose scan a scan-complete event says is done."""
     return ImagePushed(
@@ -255,5 +340,5 @@ def _validated(model: type[_Model], data: Any, prefix: str) -> _Model:
         raise InvalidEvent("wrong_shape", f"{prefix}{where}: {first['msg']}") from None
 
 
-def _ref(event: ImageScanned) -> str:
+def _ref(event: ImageScanned | FindingChanged) -> str:
     return f"repository={event.repository} digest={event.digest}"

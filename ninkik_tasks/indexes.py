@@ -183,14 +183,32 @@ class Claims:
     def _key(self, region: str, registry: str, repository: str, digest: str) -> str:
         return f"{self.namespace}:inindex:{region}:{registry}/{repository}@{digest}"
 
+    def _all_key(self, region: str, registry: str, repository: str, digest: str) -> str:
+        return f"{self.namespace}:inindexes:{region}:{registry}/{repository}@{digest}"
+
     def claim(self, region: str, registry: str, repository: str, digests: list[str], index: str, ttl: int) -> None:
-        """Remember that the index `index` lists these manifests (for `ttl` s: longer than rescans look back)."""
+        """Remember that the index `index` lists these manifests (for `ttl` s: longer than rescans look back).
+
+        One index per manifest decides where the manifest is reported (the latest claim); every index that
+        lists it is kept as well, for the finding events of the manifest (`indexes_of`).
+        """
         if not digests:
             return
         pipe = self.r.pipeline(transaction=False)
         for digest in digests:
             pipe.set(self._key(region, registry, repository, digest), index, ex=ttl)
+            pipe.sadd(self._all_key(region, registry, repository, digest), index)
+            pipe.expire(self._all_key(region, registry, repository, digest), ttl)
         pipe.execute()
+
+    def indexes_of(self, region: str, registry: str, repository: str, digest: str) -> list[str]:
+        """Every index known to list the manifest `digest` (sorted), none if it is in no index."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.smembers(self._all_key(region, registry, repository, digest))
+        pipe.get(self._key(region, registry, repository, digest))
+        members, latest = pipe.execute()
+        found = {str(m) for m in members} | ({str(latest)} if latest is not None else set())
+        return sorted(found)
 
     def index_of(self, region: str, registry: str, repository: str, digests: list[str]) -> list[str | None]:
         """For each digest, the index that lists it, or None."""

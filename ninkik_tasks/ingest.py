@@ -21,8 +21,9 @@ from .clients import queue_endpoint_mismatch
 from .config import Settings
 from .ecr import DENIED, THROTTLING, error_code
 from .errors import ConfigError, IgnoredEvent, InvalidEvent
-from .events import ImagePushed, ImageScanned, parse
+from .events import FindingChanged, ImagePushed, ImageScanned, parse
 from .explain import redis_full, redis_full_line
+from .freshness import LastSeen, Refreshes
 from .health import Heartbeat
 from .idempotency import Records
 from .indexes import Claims
@@ -57,6 +58,7 @@ class Ingest:
     inventory: Inventory | None = None  # where accepted pushes' repositories are remembered for sweeps
     scan_waits: ScanWaits | None = None  # the images waiting for their scan (a scan-complete event ends a wait)
     heartbeat: Heartbeat | None = None  # this loop's liveness and readiness files (docs/health.md)
+    refreshes: Refreshes | None = None  # "Inspector2 Finding" events -> refresh chains, one per image per window
     counts: Counter[str] = field(default_factory=Counter)
     deleting: bool = True
     _delete_retry_at: float = 0.0
@@ -71,6 +73,8 @@ class Ingest:
             self.scan_waits = ScanWaits(self.records.r, s.redis_namespace, s.scan_poll_seconds, s.ecr_calls_per_second)
         if self.heartbeat is None:
             self.heartbeat = Heartbeat(s.health_dir, "ingest", s.health_max_age_seconds)
+        if self.refreshes is None:
+            self.refreshes = Refreshes(self.records.r, s.redis_namespace, s.finding_refresh_seconds)
 
     @property
     def queue_url(self) -> str:
@@ -252,6 +256,7 @@ class Ingest:
         valid: list[tuple[MessageTypeDef, ImagePushed]] = []
         handled: list[MessageTypeDef] = []
         scans: list[tuple[MessageTypeDef, ImageScanned]] = []
+        findings: list[FindingChanged] = []
         for message in messages:
             body = message.get("Body", "")
             try:
@@ -262,6 +267,7 @@ class Ingest:
                     scans.append((message, exc.event))
                 else:
                     handled.append(message)
+                    findings += [exc.event] if isinstance(exc.event, FindingChanged) else []
             except InvalidEvent as exc:
                 self._quarantine(message, body, exc)
                 handled.append(message)
@@ -269,7 +275,15 @@ class Ingest:
         if valid and self.inventory is not None:
             # Sweeps name these when the registry cannot be listed (the guide's policy): see backfill.py.
             self.inventory.remember((p.account, p.region, p.repository) for _, p in valid)
-        valid.extend(self._scans_ending_waits(scans, handled))
+        LastSeen(self.records.r, s.redis_namespace).record([*(p for _, p in valid), *(e for _, e in scans), *findings])
+        assert self.refreshes is not None and self.scan_waits is not None
+        claims = Claims(self.records.r, s.redis_namespace)
+        for message, event in scans:  # scan-complete events (scanwait.scan_done): chains now, or handled
+            pushed = scan_done(self.scan_waits, claims, event, s.scan_wait_seconds + 3600)
+            if pushed is None:
+                handled.append(message)
+            else:
+                valid.append((message, pushed))
         seen = self.records.seen_events([pushed.event_id for _, pushed in valid])
         started: list[str] = []
         duplicates = 0
@@ -290,6 +304,7 @@ class Ingest:
                     getattr(result, "id", None),
                 )
             handled.append(message)
+        started += self.refreshes.start(findings, self.records, claims, self.scan_waits, self.start, self.counts)
         # Marked only once the chains are queued: a crash before this line redoes them, loses none.
         self.records.mark_events(started, s.event_dedupe_seconds)
         if duplicates:
@@ -297,22 +312,6 @@ class Ingest:
             metrics.DUPLICATES.inc(duplicates)
             log.info("dropped %d duplicate event(s) (%d so far)", duplicates, self.counts["duplicates"])
         return handled
-
-    def _scans_ending_waits(
-        self, scans: list[tuple[MessageTypeDef, ImageScanned]], handled: list[MessageTypeDef]
-    ) -> list[tuple[MessageTypeDef, ImagePushed]]:
-        """Scan-complete events (scanwait.scan_done): the chains to start now; the rest are handled."""
-        assert self.scan_waits is not None
-        claims = Claims(self.records.r, self.settings.redis_namespace)
-        ttl = self.settings.scan_wait_seconds + 3600
-        out = []
-        for message, event in scans:
-            pushed = scan_done(self.scan_waits, claims, event, ttl)
-            if pushed is None:
-                handled.append(message)
-            else:
-                out.append((message, pushed))
-        return out
 
     def _ignore(self, message: MessageTypeDef, exc: IgnoredEvent) -> None:
         """Count and drop a well-formed AWS event that is not a push (the quarantine is for what operators fix)."""

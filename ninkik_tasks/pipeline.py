@@ -224,15 +224,19 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
 def start(pushed: ImagePushed) -> AsyncResult:
     """Queue the chain for one pushed image."""
     describing = describe_image.s()
-    first_read = get_settings().scan_first_read_seconds
+    s = get_settings()
+    first_read = s.scan_first_read_seconds
     if pushed.source == "push" and first_read > 0 and not pushed.scan_finished:
         # A scan started by the push is not done a few milliseconds later: the first read would only spend
         # the ECR budget. The image is described just before it, with the other pushes to its repository
         # accepted meanwhile, in one call (gathering.py). Sweeps read at once: their images were pushed long ago.
         describing = describing.set(countdown=first_read)
+    match = match_tenant.s(pushed.model_dump(mode="json"))
+    if pushed.finding_refresh:
+        match = match.set(countdown=s.finding_refresh_seconds)  # the burst's later events: read by this chain
     gathering.register(_svc().gathering, pushed)  # from now on it waits to be described with its repository's
     return chain(
-        match_tenant.s(pushed.model_dump(mode="json")),
+        match,
         describing,
         fetch_scan_findings.s(),
         notify.s(),

@@ -111,6 +111,8 @@ def image_scan(svc: Services, msg: Described, now: datetime) -> Scan:
         except ScanNotReady as exc:
             if remaining > 0:
                 next_read = svc.scan_waits.next_read(region, member)
+                if not rereading and not finished and svc.scan_waits.finished(region, member):
+                    next_read = 0.0  # its event came during this first read, when nothing waited to be woken
                 raise ScanNotReady(str(exc), remaining=remaining, next_read=next_read) from None
             log.info("not scanned within %ss: %s", svc.settings.scan_wait_seconds, describe(msg.event, msg.match))
             scan = not_scanned()
@@ -191,6 +193,8 @@ def index_scan(svc: Services, msg: Described, now: datetime) -> tuple[Scan, Inde
     if pending and remaining > 0:
         # Each platform still scanning is one waiting image: its reads count against the budget as any other's.
         next_read = max(waits.next_read(region, m) for m in [member, *pending])
+        if due is None and not finished and waits.finished(region, member):
+            next_read = 0.0  # a platform's event came during this first read, when the index was not yet waiting
         raise ScanNotReady(
             f"{len(pending)} of {len(scans)} platforms' scans not final", remaining=remaining, next_read=next_read
         )

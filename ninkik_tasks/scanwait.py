@@ -10,6 +10,10 @@ chain takes up the waiting chain's message (`park`) rather than describing the i
 chain, when its turn comes, takes that chain's read (`after_event`) rather than reading again, so the event
 costs one status read and no DescribeImages.
 
+Where scan-complete events arrive for an image's account and region (ingest saw one there within the last hour:
+freshness.LastSeen), polling is the safety net, not the mechanism: a waiting image is read at its first read, then
+every NINKIK_SCAN_SAFETY_POLL_SECONDS (the budget's share still a floor), and at once when its event comes.
+
 An untagged image whose scan is final may still be held a short while (NINKIK_UNTAGGED_HOLD_SECONDS after its
 push) for an index that lists it (scans.hold_seconds): a held image leaves the waiting set (it takes no reads and
 no share of the budget), its final scan is kept here, and it is counted apart (`held`), not as a scan wait.
@@ -31,14 +35,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] = the region's waiting set; ARGV = member, poll seconds, reads per second for waits.
+# KEYS[1] = the region's waiting set; ARGV = member, poll seconds, reads per second for waits, the slowest poll
+# any image of the region may have (its entries are stale only after three of those).
 # Returns the number of images waiting, this one included, after dropping stale entries.
 _REGISTER = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-local poll, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
-local interval = math.max(poll, redis.call('ZCARD', KEYS[1]) / budget)
+local budget, slowest = tonumber(ARGV[3]), tonumber(ARGV[4])
+local interval = math.max(slowest, redis.call('ZCARD', KEYS[1]) / budget)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3 * interval)
 redis.call('EXPIRE', KEYS[1], math.ceil(3 * interval) + 60)
 return redis.call('ZCARD', KEYS[1])
@@ -56,6 +61,15 @@ return tostring(math.max(0, tonumber(last) + 0.9 * interval - now))
 """
 
 WAIT_SHARE = 0.5  # of NINKIK_ECR_CALLS_PER_SECOND, at most, for re-reading scans that have not finished
+# Scan-complete events "arrive" for an account and region when ingest saw one there within this long: their
+# waits are then read at the safety-net pace (NINKIK_SCAN_SAFETY_POLL_SECONDS) rather than the poll.
+SCAN_EVENTS_RECENT = 3600
+SCAN_EVENT_KINDS = ("image_scan", "inspector2_scan")  # freshness.KINDS' names of "ECR Image Scan", "Inspector2 Scan"
+
+
+def seen_key(namespace: str, account: str, region: str) -> str:
+    """The Redis hash of when ingest last saw each kind of event in an account and region (freshness.LastSeen)."""
+    return f"{namespace}:eventseen:{account}:{region}"
 
 
 def member(registry_id: str, repository: str, digest: str) -> str:
@@ -87,10 +101,19 @@ def oldest_wait(client: redis.Redis, namespace: str, region: str, now: float) ->
 class ScanWaits:
     """The images waiting for their scan, per region; says when each may be read again."""
 
-    def __init__(self, client: redis.Redis, namespace: str, poll_seconds: float, calls_per_second: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str,
+        poll_seconds: float,
+        calls_per_second: float,
+        safety_poll_seconds: float = 0.0,
+    ) -> None:
         self.r = client
         self.namespace = namespace
         self.poll = poll_seconds
+        # While scan events arrive for an image's account and region (0: never slower than the poll).
+        self.safety_poll = max(poll_seconds, safety_poll_seconds) if safety_poll_seconds > 0 else poll_seconds
         # No limit configured (0): the poll alone sets the pace.
         self.budget = calls_per_second * WAIT_SHARE if calls_per_second > 0 else 1e12
         self._register = client.register_script(_REGISTER)
@@ -99,22 +122,33 @@ class ScanWaits:
     def _key(self, region: str) -> str:
         return waiting_key(self.namespace, region)
 
+    def pace(self, region: str, image: str) -> float:
+        """How often `image` is read while it waits: the poll, or the slow safety-net pace while scan-complete
+        events arrive for its account and region (its event then ends the wait; a lost one costs up to this)."""
+        if self.safety_poll <= self.poll:
+            return self.poll
+        registry = image.split("/", 1)[0]
+        seen = self.r.hmget(seen_key(self.namespace, registry, region), list(SCAN_EVENT_KINDS))
+        latest = max((float(v) for v in seen if v is not None), default=None)
+        return self.safety_poll if latest is not None and time.time() - latest < SCAN_EVENTS_RECENT else self.poll
+
     def next_read(self, region: str, image: str) -> float:
         """Register a status read of `image` now; seconds until its next one (with +-10% jitter)."""
-        waiting = int(self._register(keys=[self._key(region)], args=[image, self.poll, self.budget]))
+        pace = self.pace(region, image)
+        waiting = int(self._register(keys=[self._key(region)], args=[image, pace, self.budget, self.safety_poll]))
+        interval = max(pace, waiting / self.budget)
         # When the wait began (kept apart: the waiting set is scored by the latest read), for its age on /metrics.
         pipe = self.r.pipeline(transaction=False)
         pipe.zadd(since_key(self.namespace, region), {image: time.time()}, nx=True)
-        pipe.expire(since_key(self.namespace, region), int(3 * max(self.poll, waiting / self.budget)) + 600)
+        pipe.expire(since_key(self.namespace, region), int(3 * max(self.safety_poll, interval)) + 600)
         pipe.execute()
-        interval = max(self.poll, waiting / self.budget)
         return interval * random.uniform(0.9, 1.1)
 
     def due_in(self, region: str, image: str) -> float | None:
         """Seconds until `image` may be read again (0: now); None if it is not waiting (its first read). A
         countdown shorter than its turn (the Redis broker caps them) wakes the task early: it waits again
         without spending a read."""
-        due = float(self._due(keys=[self._key(region)], args=[image, self.poll, self.budget]))
+        due = float(self._due(keys=[self._key(region)], args=[image, self.pace(region, image), self.budget]))
         return None if due < 0 else due
 
     def finish(self, region: str, image: str, ttl: int) -> bool:
@@ -162,6 +196,10 @@ class ScanWaits:
         pipe.zrem(self._key(region), image)
         pipe.zrem(since_key(self.namespace, region), image)
         pipe.execute()
+
+    def is_waiting(self, region: str, image: str) -> bool:
+        """Whether a chain is waiting for `image`'s scan now."""
+        return self.r.zscore(self._key(region), image) is not None
 
     def waiting(self, region: str) -> int:
         """How many images of the region are waiting now."""

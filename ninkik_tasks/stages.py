@@ -72,7 +72,9 @@ class Services:
     def scan_waits(self) -> ScanWaits:
         """The images waiting for their scan, and how often each may be read."""
         s = self.settings
-        return ScanWaits(self.redis, s.redis_namespace, s.scan_poll_seconds, s.ecr_calls_per_second)
+        return ScanWaits(
+            self.redis, s.redis_namespace, s.scan_poll_seconds, s.ecr_calls_per_second, s.scan_safety_poll_seconds
+        )
 
     @property
     def claims(self) -> Claims:

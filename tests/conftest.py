@@ -105,6 +105,8 @@ class Stack:
             "NINKIK_SCAN_FIRST_READ_SECONDS": "0",  # moto's scans are final at once (tests/test_scanwait.py has a wait)
             "NINKIK_RETRY_BACKOFF_MAX_SECONDS": "1",
             "NINKIK_UNTAGGED_HOLD_SECONDS": "0",  # tests/test_indexes.py holds untagged images for an index
+            # Off: one test's scan events would slow every later test's scan polls (tests/test_scanwait.py turns it on).
+            "NINKIK_SCAN_SAFETY_POLL_SECONDS": "0",
             "NINKIK_BROKER_VISIBILITY_TIMEOUT": "40",  # Redis broker: run limit 10 s, back within 49 s
             "NINKIK_HTTP_TIMEOUT_SECONDS": "2",
             "NINKIK_TENANT_CACHE_SECONDS": "2",

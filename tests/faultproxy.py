@@ -27,11 +27,15 @@ class FaultProxy:
 
     `scanning` maps digests to the time (time.monotonic()) their scan finishes: until then
     DescribeImageScanFindings answers IN_PROGRESS, which moto cannot (its scans are final at once).
+    `findings` maps digests to the DescribeImageScanFindings answer to give instead of moto's: moto keeps the
+    first result it served for an image, while Amazon Inspector changes an image's findings as its database
+    changes (a new CVE, a finding closed); set it to play that change.
     """
 
     upstream: str
     throttle_every: int = 0
     scanning: dict[str, float] = field(default_factory=dict)
+    findings: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[EcrCall] = field(default_factory=list)
     throttled: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -83,6 +87,9 @@ class FaultProxy:
                             },
                         )
                         return
+                    if not throttle and action == "DescribeImageScanFindings" and digest in proxy.findings:
+                        self._answer(200, proxy.findings[digest])
+                        return
                     if throttle:
                         # Alternate the two shapes ECR throttling takes.
                         if n % (2 * proxy.throttle_every) == 0:
@@ -125,6 +132,12 @@ class FaultProxy:
         """ECR calls so far."""
         with self._lock:
             return len(self.calls)
+
+    def reads(self, digest: str) -> int:
+        """DescribeImageScanFindings calls for one image so far."""
+        with self._lock:
+            reads = [c for c in self.calls if c.action == "DescribeImageScanFindings"]
+            return sum(1 for c in reads if (c.params.get("imageId") or {}).get("imageDigest") == digest)
 
     def named(self, repositories: set[str]) -> list[EcrCall]:
         """ECR calls whose repositoryName is one of `repositories`."""

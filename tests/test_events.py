@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ninkik_tasks.errors import IGNORED_REASONS, IgnoredEvent, InvalidEvent
-from ninkik_tasks.events import ImagePushed, ImageScanned, Inspector2Scanned, parse
+from ninkik_tasks.events import FindingChanged, ImagePushed, ImageScanned, Inspector2Scanned, parse
 
 EVENTS = Path(__file__).parent / "aws" / "events"
 ACCOUNTS = {"123456789012"}
@@ -115,6 +115,7 @@ def test_a_pushed_image_fits_in_a_task_message() -> None:
         ("ecr-scan-resource-change.json", "other_aws_event"),
         ("inspector2-scan.json", "inspector2_scan"),
         ("inspector2-finding.json", "inspector2_finding"),
+        ("inspector2-finding-2024.json", "inspector2_finding"),
     ],
 )
 def test_other_aws_events_are_ignored_not_quarantined(name: str, expected: str) -> None:
@@ -144,6 +145,68 @@ def test_inspector_scan_event_names_the_repository_by_arn() -> None:
     assert event.repository == "amazon/amazon-ecs-sample"
     assert event.status == "INITIAL_SCAN_COMPLETE" and event.tags == ["latest"]
     assert event.digest == "sha256:36c7b282abd0186e01419f2e58743e1bf635808231049bbc9d77e50123456789"
+
+
+FINDING = "inspector2-finding.json"
+FINDING_DIGEST = "sha256:36c7b282abd0186e01419f2e58743e1bf635808231049bbc9d77e50123456789"
+
+
+def finding(**changes: Any) -> dict[str, Any]:
+    """AWS's 2021 "Inspector2 Finding" sample (console-style timestamps), with envelope or detail fields changed."""
+    event = recorded(FINDING)
+    detail = changes.pop("detail", {})
+    event.update(changes)
+    event["detail"].update(detail)
+    return event
+
+
+def test_inspector_finding_event_names_the_image_it_refreshes() -> None:
+    event = ignored((EVENTS / FINDING).read_text()).event
+    assert isinstance(event, FindingChanged)
+    assert (event.account, event.region, event.repository) == ("123456789012", "us-east-2", "amazon/amazon-ecs-sample")
+    assert event.digest == FINDING_DIGEST and event.status == "ACTIVE"
+
+
+def test_the_current_docs_finding_event_names_its_image() -> None:
+    """The Inspector guide's current ECR sample (2024): ISO time, `provider*` fields, an `image` object beside
+    `awsEcrContainerImage`, and a stray top-level key, none of which change what is read."""
+    event = ignored((EVENTS / "inspector2-finding-2024.json").read_text()).event
+    assert isinstance(event, FindingChanged)
+    assert (event.account, event.region, event.repository) == ("123456789012", "eu-central-1", "inspector2")
+    assert event.digest == "sha256:84f507df33c6864d49c296fb734192696e4cb6f78166ac51ac8b9b118181085d"
+    assert event.status == "ACTIVE"
+
+
+@pytest.mark.parametrize("status", ["ACTIVE", "SUPPRESSED", "CLOSED"])
+def test_every_finding_status_refreshes(status: str) -> None:
+    event = ignored(json.dumps(finding(detail={"status": status}))).event
+    assert isinstance(event, FindingChanged) and event.status == status
+
+
+def test_a_delegated_administrators_finding_is_allowed_and_read_by_the_images_registry() -> None:
+    # With an Inspector delegated administrator the event arrives in the administrator's account.
+    event = ignored(json.dumps(finding(account="210987654321"))).event
+    assert isinstance(event, FindingChanged)
+    assert (event.account, event.event_account) == ("123456789012", "210987654321")
+    # The envelope's account allowed, the image's registry not: refused as any event of another account.
+    assert reason(json.dumps(finding(account="210987654321")), accounts={"210987654321"}) == "account_not_allowed"
+
+
+def test_a_finding_names_its_image_by_arn_when_the_detail_does_not() -> None:
+    event = finding()
+    del event["detail"]["resources"][0]["details"]["awsEcrContainerImage"]
+    parsed = ignored(json.dumps(event)).event
+    assert isinstance(parsed, FindingChanged)
+    assert (parsed.repository, parsed.digest) == ("amazon/amazon-ecs-sample", FINDING_DIGEST)
+
+
+def test_a_finding_of_another_resource_is_dropped_and_a_malformed_image_quarantined() -> None:
+    ec2 = finding(resources=["arn:aws:ec2:us-east-2:123456789012:instance/i-0123456789abcdef0"])
+    ec2["detail"]["resources"] = [{"details": {"awsEc2Instance": {}}, "type": "AWS_EC2_INSTANCE"}]
+    assert ignored(json.dumps(ec2)).reason == "other_aws_event"
+    bad = finding()
+    bad["detail"]["resources"][0]["details"]["awsEcrContainerImage"]["imageHash"] = "sha256:nothex"
+    assert reason(json.dumps(bad)) == "wrong_shape"
 
 
 # Variations of AWS's samples (AWS publishes no sample of these; each changes one field of one)
@@ -408,6 +471,19 @@ def live(name: str, repository: str, digest: str) -> dict[str, Any]:
         detail["repository-name"] = (
             f"arn:aws:ecr:{local.REGION}:{local.ACCOUNT}:repository/{repository}" if arn else repository
         )
+    if event["detail-type"] == "Inspector2 Finding":  # the image: in resources[0] and in the detail's resources
+        image_arn = f"arn:aws:ecr:{local.REGION}:{local.ACCOUNT}:repository/{repository}/{digest}"
+        event["resources"] = [image_arn]
+        detail["awsAccountId"] = local.ACCOUNT
+        for resource in detail["resources"]:
+            resource["id"] = image_arn
+            image = resource["details"]["awsEcrContainerImage"]
+            image.update(registry=local.ACCOUNT, repositoryName=repository, imageHash=digest)
+            if "image" in resource["details"]:  # the provider-agnostic copy of the current samples
+                agnostic = resource["details"]["image"]
+                agnostic.update(registry=local.ACCOUNT, repositoryName=repository, imageDigest=digest)
+            if "providerAccountId" in resource:
+                resource.update(providerAccountId=local.ACCOUNT, region=local.REGION)
     return event
 
 
@@ -427,13 +503,16 @@ def test_every_sample_notifies_or_is_dropped_with_its_reason(pipeline: Pipeline)
         "ecr-scan-resource-change.json": "other_aws_event",
         "inspector2-scan.json": "inspector2_scan",
         "inspector2-finding.json": "inspector2_finding",
+        "inspector2-finding-2024.json": "inspector2_finding",
     }
     assert set(pushes) | set(dropped) == {p.name for p in EVENTS.glob("*.json")}, "a sample without an outcome"
     digests = {name: stack.push(repository, tag) for name, (repository, tag) in pushes.items()}
     # The image the other events speak of; no scan result (moto hands injected results to the next image read).
     other = stack.push(f"{TENANT_A}/shop", "other", scan=False)
     for name in dropped:
-        stack.send(pipeline.queue_url, live(name, f"{TENANT_A}/shop", other))
+        # A finding event refreshes a tenant's image (tests/test_freshness.py): here one of no tenant's, dropped.
+        repository = "other-team/app" if name.startswith("inspector2-finding") else f"{TENANT_A}/shop"
+        stack.send(pipeline.queue_url, live(name, repository, other))
     for name, (repository, _) in pushes.items():
         stack.send(pipeline.queue_url, live(name, repository, digests[name]))
 
@@ -471,3 +550,11 @@ def test_a_detail_type_of_another_service_is_quarantined() -> None:
     assert reason(changed("detail-type", "Inspector2 Scan")) == "not_an_image_action"
     assert reason(changed("source", "aws.inspector2")) == "not_an_image_action"
     assert reason(changed("source", "aws.s3")) == "not_an_image_action"
+
+
+@pytest.mark.parametrize("resources", [5, "x", {"a": 1}, [5, None, {"details": 3}], None])
+def test_a_finding_with_odd_resources_falls_back_to_its_arn(resources: Any) -> None:
+    event = finding()
+    event["detail"]["resources"] = resources
+    parsed = ignored(json.dumps(event)).event
+    assert isinstance(parsed, FindingChanged) and parsed.digest == FINDING_DIGEST

@@ -158,6 +158,27 @@ def test_an_image_read_just_now_is_not_read_again_before_its_turn(stack: Stack) 
     assert caught.value.next_read is not None and 0 < caught.value.next_read <= 4.5
 
 
+def test_a_scan_event_during_the_first_read_wakes_the_chain_at_once(stack: Stack) -> None:
+    """The event finds nothing waiting yet (the chain registers its wait after the read), so it starts no chain;
+    the waiting chain must not sleep a whole poll on an event that already came. The event's arrival is played
+    by what ingest does with it (ScanWaits.finish), hooked after Stubber's answer."""
+    svc = _services(stack)
+    msg = _described(age=60)
+    image = member(msg.image.registry_id, msg.image.repository, msg.image.digest)
+    svc.stubbed.meta.events.register(
+        "after-call.ecr.DescribeImageScanFindings",
+        lambda **_: svc.scan_waits.finish(msg.event.region, image, 600),
+    )
+    with Stubber(svc.stubbed) as stub:
+        stub.add_response("describe_image_scan_findings", _in_progress())
+        with pytest.raises(ScanNotReady) as caught:
+            scan_step(svc, msg)
+        assert caught.value.next_read == 0
+        stub.add_response("describe_image_scan_findings", _active([]))
+        assert scan_step(svc, msg).status == "ACTIVE"  # read again at once, its scan taken as final
+        stub.assert_no_pending_responses()
+
+
 def _in_progress() -> dict[str, Any]:
     return {**_active([]), "imageScanStatus": {"status": "IN_PROGRESS"}, "imageScanFindings": {}}
 
@@ -355,3 +376,80 @@ def test_a_scan_read_again_gives_way_to_first_reads_in_the_ecr_budget(
     fresh = described(stack.push(repository, findings=[]))
     done = scan_step(svc, fresh)  # a first read waits its turn in the queue, then reads
     assert done.status == "COMPLETE"
+
+
+# With scan events arriving, polling is the safety net (issue 25 part 2).
+
+
+def test_while_scan_events_arrive_a_wait_is_read_at_the_safety_pace(stack: Stack) -> None:
+    from ninkik_tasks.freshness import IMAGE_SCAN, INSPECTOR_SCAN, LastSeen
+    from ninkik_tasks.scanwait import seen_key
+
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    waits = ScanWaits(stack.records, namespace, poll_seconds=5, calls_per_second=20, safety_poll_seconds=180)
+    image = member(local.ACCOUNT, f"{TENANT_A}/shop", "sha256:" + "a" * 64)
+    other_account = member("210987654321", f"{TENANT_A}/shop", "sha256:" + "b" * 64)
+    assert 4.5 <= waits.next_read(local.REGION, image) <= 5.5  # no scan event seen: the poll
+    for kind in (IMAGE_SCAN, INSPECTOR_SCAN):
+        stack.records.delete(seen_key(namespace, local.ACCOUNT, local.REGION))
+        stack.records.hset(seen_key(namespace, local.ACCOUNT, local.REGION), kind, str(time.time() - 60))
+        assert 162 <= waits.next_read(local.REGION, image) <= 198, kind
+        assert 161 <= (waits.due_in(local.REGION, image) or 0) <= 162
+    assert 4.5 <= waits.next_read(local.REGION, other_account) <= 5.5  # per account and region
+    assert 4.5 <= waits.next_read("eu-west-1", image) <= 5.5
+    LastSeen(stack.records, namespace).record([], now=time.time())  # nothing recorded: unchanged
+    stack.records.delete(seen_key(namespace, local.ACCOUNT, local.REGION))
+    stack.records.hset(seen_key(namespace, local.ACCOUNT, local.REGION), IMAGE_SCAN, str(time.time() - 7200))
+    assert 4.5 <= waits.next_read(local.REGION, image) <= 5.5  # the last event is over an hour old: the poll again
+    # A slow-paced wait is not dropped as abandoned by a fast-paced one registering after three polls.
+    stack.records.zadd(f"{namespace}:scanwait:{local.REGION}", {image: time.time() - 30})
+    waits.next_read(local.REGION, other_account)
+    assert waits.is_waiting(local.REGION, image)
+
+
+def test_a_safety_pace_of_zero_keeps_the_poll(stack: Stack) -> None:
+    from ninkik_tasks.scanwait import seen_key
+
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    waits = ScanWaits(stack.records, namespace, poll_seconds=5, calls_per_second=20, safety_poll_seconds=0)
+    stack.records.hset(seen_key(namespace, local.ACCOUNT, local.REGION), "image_scan", str(time.time()))
+    assert 4.5 <= waits.next_read(local.REGION, member(local.ACCOUNT, "t/p", "sha256:" + "c" * 64)) <= 5.5
+
+
+def test_with_scan_events_arriving_a_wait_costs_its_first_read_and_its_events(stack: Stack) -> None:
+    """A 1 s poll would read a 6 s scan about six times; with scan events seen lately in the account and region, the
+    wait is read at its first read and at its event: two status reads."""
+    from test_events import live
+
+    from ninkik_tasks.scanwait import seen_key
+
+    proxy, env, queue_url = _behind_a_scanning_proxy(
+        stack,
+        NINKIK_SCAN_POLL_SECONDS="1",
+        NINKIK_SCAN_SAFETY_POLL_SECONDS="60",
+        NINKIK_SCAN_FIRST_READ_SECONDS="1",
+        NINKIK_SCAN_WAIT_SECONDS="300",
+    )
+    repository = f"{TENANT_A}/shop"
+    digest = stack.push(repository, "safety-net")
+    proxy.scanning[digest] = time.monotonic() + 3600
+    worker = celery_worker(stack, env, "safety-net")
+    feeder = ingest(stack, env, queue_url, name="ingest-safety-net")
+    try:
+        seen = seen_key("ninkik", local.ACCOUNT, local.REGION)
+        stack.records.hdel(seen, "image_scan", "inspector2_scan")
+        # The rule works: ingest saw a scan event of this account and region (an image nobody waits for).
+        stack.send(queue_url, live("ecr-image-scan.json", repository, "sha256:" + uuid.uuid4().hex * 2))
+        wait_for(lambda: stack.records.hget(seen, "image_scan"), 20, "ingest to record the scan event")
+        stack.send(queue_url, local.push_event(repository, digest, "safety-net"))
+        wait_for(lambda: proxy.reads(digest) >= 1, 30, "the first read (IN_PROGRESS)")
+        time.sleep(6)  # an absence needs a window: a 1 s poll reads it about six times in it
+        assert proxy.reads(digest) == 1
+        proxy.scanning[digest] = 0
+        stack.send(queue_url, live("ecr-image-scan.json", repository, digest))
+        wait_for(lambda: stack.received_for(digest), 20, "the report, at the scan event")
+        assert proxy.reads(digest) == 2
+    finally:
+        feeder.stop()
+        worker.stop()
+        proxy.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from typing import TYPE_CHECKING
@@ -13,6 +14,8 @@ import redis
 from .. import tls
 from ..config import Settings, unknown_variables
 from ..errors import ConfigError, PermanentError
+from ..freshness import KINDS as EVENT_KINDS
+from ..freshness import LastSeen
 from ..inventory import Inventory
 from ..startup import API_PATH, api_url_mistake
 from ..tenants import load_tenants_file, split
@@ -47,6 +50,7 @@ def run(
         for region in settings.allowed_regions():
             yield from registry(settings, ecr(region), account, region, http, tenants)
     yield from _ninkik(settings, http, tenants)
+    yield from events_seen(settings)
 
 
 def _config(s: Settings, environ: Mapping[str, str]) -> Iterator[Check]:
@@ -81,6 +85,39 @@ def _known_tenants(s: Settings) -> dict[str, str]:
         for tenant in Inventory(client, s.redis_namespace).tenants():
             out.setdefault(tenant, "a push event received earlier")
     return out
+
+
+def events_seen(s: Settings, now: float | None = None) -> Iterator[Check]:
+    """When ingest last saw each kind of event, per account and region: shows whether each EventBridge rule works."""
+    try:
+        client = redis.Redis.from_url(
+            s.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=3,
+            socket_timeout=3,
+            **tls.redis_client_options(s.redis_url, s),
+        )
+        seen = {
+            (a, r): LastSeen(client, s.redis_namespace).get(a, r)
+            for a in s.aws_account_ids
+            for r in s.allowed_regions()
+        }
+    except redis.RedisError:
+        return  # said by broker_and_redis
+    now = time.time() if now is None else now
+    for (account, region), kinds in seen.items():
+        said = ", ".join(
+            f"{kind} {_ago(now - kinds[kind])}" if kind in kinds else f"{kind} never" for kind in EVENT_KINDS
+        )
+        yield Check("INFO", "events", f"{account}/{region} last seen by ingest: {said}")
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(0, round(seconds))} s ago"
+    if seconds < 7200:
+        return f"{round(seconds / 60)} min ago"
+    return f"{round(seconds / 3600)} h ago" if seconds < 172800 else f"{round(seconds / 86400)} days ago"
 
 
 def _ninkik(s: Settings, http: httpx.Client, tenants: dict[str, str]) -> Iterator[Check]:

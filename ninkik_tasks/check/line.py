@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Level = Literal["OK", "WARN", "FAIL"]
+Level = Literal["OK", "INFO", "WARN", "FAIL"]  # INFO: a fact to read, neither good nor bad
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from .emulated import ACCOUNT as ACCOUNT
 from .emulated import REGION as REGION
 from .emulated import basic_finding as basic_finding
 from .emulated import enhanced_finding as enhanced_finding
+from .emulated import finding_event as finding_event
 from .emulated import manifest as manifest
 from .emulated import push_event as push_event
 from .emulated import push_image as push_image

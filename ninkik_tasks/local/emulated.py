@@ -176,3 +176,39 @@ def scan_event(repository: str, digest: str, *, account: str = ACCOUNT, region: 
             "image-tags": [],
         },
     }
+
+
+def finding_event(
+    repository: str, digest: str, cve: str, *, status: str = "ACTIVE", account: str = ACCOUNT, region: str = REGION
+) -> dict[str, Any]:
+    """An EventBridge "Inspector2 Finding" event for one finding of an ECR image, in the shape of AWS's sample of
+    it (tests/aws/events/inspector2-finding.json), shortened to the fields ninkik-tasks reads and a few more."""
+    arn = f"arn:aws:ecr:{region}:{account}:repository/{repository}/{digest}"
+    image = {"imageHash": digest, "registry": account, "repositoryName": repository, "imageTags": []}
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Inspector2 Finding",
+        "source": "aws.inspector2",
+        "account": account,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": region,
+        "resources": [arn],
+        "detail": {
+            "awsAccountId": account,
+            "findingArn": f"arn:aws:inspector2:{region}:{account}:finding/{uuid.uuid4().hex}",
+            "resources": [
+                {
+                    "details": {"awsEcrContainerImage": image},
+                    "id": arn,
+                    "partition": "aws",
+                    "region": region,
+                    "type": "AWS_ECR_CONTAINER_IMAGE",
+                }
+            ],
+            "severity": "HIGH",
+            "status": status,
+            "title": f"{cve} - openssl",
+            "type": "PACKAGE_VULNERABILITY",
+        },
+    }
