@@ -339,11 +339,11 @@ def reconcile(
         return {**sweep.progress.as_dict(), **summary_notes(sweep.progress), "registries": out}
 
 
-# A rescan's calls take at most this share of a region's ECR budget: a chain's two (DescribeImages and
-# DescribeImageScanFindings), a scan head's one. At the default 20 calls/s, 5 calls/s: 2.5 chains or 5 unchanged
-# basic images a second (9,000 or 18,000 an hour). Pushes keep the rest.
+# A rescan's calls take at most this share of a region's ECR budget: a chain's one (DescribeImageScanFindings: the
+# chain takes its image from the rescan's DescribeImages page), a scan head's one. At the default 20 calls/s,
+# 5 calls/s: 5 chains or 5 unchanged basic images a second (18,000 an hour). Pushes keep the rest.
 RESCAN_SHARE = 0.25
-CALLS_PER_IMAGE = 2
+CALLS_PER_IMAGE = 1
 
 
 def rescan_pace(s: Settings) -> Pace | None:

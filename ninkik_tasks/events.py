@@ -20,6 +20,7 @@ from .errors import (
     IgnoredEvent,
     InvalidEvent,
 )
+from .findings import Image
 
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,299}$"
@@ -136,6 +137,8 @@ class ImagePushed(BaseModel):
     # Started by an "Inspector2 Finding" event (freshness.py): the chain starts NINKIK_FINDING_REFRESH_SECONDS
     # later, so that the image's other finding events of the burst are read by the same read.
     finding_refresh: bool = False
+    # From a sweep's DescribeImages page: the chain's describe step takes the image from here, no call of its own.
+    listed: Image | None = None
 
 
 class ImageScanned(BaseModel):

@@ -5,12 +5,13 @@ waiting to be described (Redis). Its describe step runs NINKIK_SCAN_FIRST_READ_S
 scan read could not come sooner anyway), and the first step of a repository to run takes every image waiting there,
 up to 100, its own among them, and describes them all in one call; each image's own step then takes its description
 from Redis. So the images of one repository accepted within that delay of each other share one call, and waiting for
-them costs no time. Sweeps' chains describe at once, together with whatever is waiting.
+them costs no time. Sweeps' chains take their image from the sweep's own DescribeImages page: no call.
 
 Nothing is lost or doubled: a description is kept for the image's own chain (by its event id) until that
 chain takes it, and is only ever made after the image was registered, so after its push. A step whose image
-is being described by another worker comes back a second later (DescriptionPending); if that worker died (its
-claim is older than CLAIM_SECONDS), the step describes the image again itself. A call refused as a whole
+is being described by another worker waits for that call's answer (HOLD_SECONDS at most, then it comes back
+later: DescriptionPending); if that worker died (its claim is older than CLAIM_SECONDS), the step describes the
+image again itself. A call refused as a whole
 (ImageNotFoundException when one of the images is gone: moto does that; AWS's reference does not say) or one
 that leaves an image out gives each image concerned a call of its own, which says what happened to it. A call
 that fails for a while (throttling, 5xx, the ECR budget full) puts its images back to wait for the next step.
@@ -40,7 +41,9 @@ log = logging.getLogger(__name__)
 SOLO = "solo"  # a description's place holder: this image is described by a call of its own
 CLAIM_SECONDS = 60  # a worker describing a batch longer than this is taken for dead: its images are described again
 KEEP_SECONDS = 3600  # how long an image waits to be described, and its description to be taken, at most
-WAIT_SECONDS = 1.0  # how soon a step whose image another worker is describing comes back
+HOLD_SECONDS = 15.0  # how long a step waits for another worker's call to describe its image (its ECR wait is 10 s)
+POLL_SECONDS = 0.2  # how often it looks meanwhile
+WAIT_SECONDS = 5.0  # then it comes back this much later (the call is slow or its worker died: CLAIM_SECONDS)
 
 
 class DescriptionPending(TransientError):
@@ -166,12 +169,13 @@ class Gathering:
 def register(gathering: Gathering, pushed: ImagePushed) -> None:
     """As its chain starts, a pushed image begins to wait to be described with the others of its repository; not
     an image of a repository that is not named like a ninkik one (its chain ends before any AWS call), nor one of
-    a scan-complete event (its chain takes up the waiting chain's description)."""
+    a scan-complete event (its chain takes up the waiting chain's description), nor one a sweep's DescribeImages
+    page described (ImagePushed.listed)."""
     try:
         split(pushed.repository)
     except PermanentError:
         return
-    if not pushed.scan_finished:
+    if not pushed.scan_finished and pushed.listed is None:
         gathering.register(where_of(pushed), member(pushed.digest, pushed.event_id))
 
 
@@ -182,18 +186,22 @@ def where_of(pushed: ImagePushed) -> Where:
 
 def gathered_image(gathering: Gathering, ecr: ECRClient, pushed: ImagePushed) -> Image:
     """The pushed image as DescribeImages lists it, described in one call with the other images of its repository
-    waiting to be; DescriptionPending while another worker's call holds it, PermanentError if it is gone."""
+    waiting to be; PermanentError if it is gone. While another worker's call holds the image, the step waits for
+    its answer (HOLD_SECONDS at most, as the ECR budget's own wait does), then DescriptionPending."""
     where, mine = where_of(pushed), member(pushed.digest, pushed.event_id)
-    for _ in range(3):  # a batch claimed has this image in it: the next turn takes its description
+    deadline = time.monotonic() + HOLD_SECONDS
+    while True:
         turn = gathering.turn(where, mine)
         if turn.description == SOLO:
             return describe_image(ecr, pushed.account, pushed.region, pushed.repository, pushed.digest)
         if turn.description is not None:
             return Image.model_validate_json(turn.description)
-        if turn.batch is None:
-            break
-        describe_batch(gathering, ecr, where, turn.batch)
-    raise DescriptionPending("being described with other images of its repository", retry_after=WAIT_SECONDS)
+        if turn.batch is not None:  # claimed, this image among them: the next turn takes its description
+            describe_batch(gathering, ecr, where, turn.batch)
+        elif time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+        else:
+            raise DescriptionPending("being described with other images of its repository", retry_after=WAIT_SECONDS)
 
 
 def describe_batch(gathering: Gathering, ecr: ECRClient, where: Where, batch: list[str]) -> None:

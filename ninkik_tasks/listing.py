@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 
-from .ecr import DENIED, NOT_READY, ScanHead, classified, error_code, error_message, scan_head
+from .ecr import DENIED, NOT_READY, ScanHead, classified, error_code, error_message, image_from_details, scan_head
 from .errors import PermanentError, TransientError
 from .events import ImagePushed
 from .filters import Filters
@@ -133,6 +133,7 @@ def pushed_event(source: Source, detail: ImageDetailTypeDef, region: str) -> Ima
         tag=tags[0] if tags else None,
         time=pushed_at(detail) or datetime.now(UTC),
         source=source,
+        listed=image_from_details(detail, region),
         manifest_media_type=detail.get("imageManifestMediaType"),
         artifact_media_type=detail.get("artifactMediaType"),
     )

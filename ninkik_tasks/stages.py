@@ -174,7 +174,7 @@ def describe_step(svc: Services, msg: Matched) -> Described:
     if parked is not None:  # a scan-complete event for a waiting image: the waiting chain described it
         return Described.model_validate_json(parked)
     ecr = svc.ecr(e.region)
-    image = gathered_image(svc.gathering, ecr, e)
+    image = e.listed or gathered_image(svc.gathering, ecr, e)  # a sweep's page described it already
     # DescribeImages leaves out what it does not know (moto: the artifact type); the push event may say it.
     fallback = {"manifest_media_type": e.manifest_media_type, "artifact_media_type": e.artifact_media_type}
     missing = {k: v for k, v in fallback.items() if v and getattr(image, k) is None}

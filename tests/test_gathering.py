@@ -7,6 +7,7 @@ botocore's Stubber for the answers moto cannot give (an image left out of the an
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from ninkik_tasks import gathering, local
 from ninkik_tasks.clients import AWS_CONFIG
 from ninkik_tasks.errors import PermanentError, TransientError
 from ninkik_tasks.events import ImagePushed
+from ninkik_tasks.findings import Image
 from ninkik_tasks.gathering import DescriptionPending, Gathering, gathered_image, member, where_of
 from ninkik_tasks.local import wait_for
 
@@ -191,26 +193,49 @@ def test_a_throttled_batch_waits_again_and_a_dead_describer_is_taken_over(
     with pytest.raises(TransientError):
         gathered_image(waiting, ecr, a)
     assert waiting.waiting(where_of(a)) == 3  # the batch is back, for the next step to describe
-    # A worker claims the batch and dies: the others wait for it, then describe it again themselves.
+    # A worker claims the batch and dies: the others wait for its answer (here 0.5 s, not HOLD_SECONDS), come
+    # back later, then describe the batch again themselves.
     monkeypatch.setattr(gathering, "CLAIM_SECONDS", 1)
+    monkeypatch.setattr(gathering, "HOLD_SECONDS", 0.5)
     assert waiting.turn(where_of(a), member(a.digest, a.event_id)).batch is not None
     with pytest.raises(DescriptionPending):
         gathered_image(waiting, ecr, b)
-    time.sleep(1.1)
+    time.sleep(0.6)
     ecr.stub.add_response("describe_images", _details(DIGESTS), _params(DIGESTS))
     assert gathered_image(waiting, ecr, b).digest == b.digest  # the dead worker's batch, all of it
     assert gathered_image(waiting, ecr, c).digest == c.digest
     assert gathered_image(waiting, ecr, a).digest == a.digest
 
 
+def test_a_step_waits_for_the_call_another_worker_makes_for_its_image(ecr: Any, waiting: Gathering) -> None:
+    """While another worker's DescribeImages holds the image, its step waits for that answer in the task (a call
+    takes well under a second, its ECR budget wait up to 10 s) rather than going back to the broker every second."""
+    a, b, c = _events()
+    claimed = waiting.turn(where_of(a), member(a.digest, a.event_id)).batch
+    assert claimed is not None and len(claimed) == 3  # "another worker" claims the three
+    taken: list[Image] = []
+    waiter = threading.Thread(target=lambda: taken.append(gathered_image(waiting, ecr, b)))  # no call: no stub
+    waiter.start()
+    waiter.join(1.0)  # it looks every POLL_SECONDS meanwhile; before, it went back to the broker at once
+    assert waiter.is_alive() and not taken
+    ecr.stub.add_response("describe_images", _details(DIGESTS), _params(DIGESTS))
+    gathering.describe_batch(waiting, ecr, where_of(a), claimed)  # the other worker's call answers
+    waiter.join(5)
+    assert [i.digest for i in taken] == [b.digest]
+    assert gathered_image(waiting, ecr, c).digest == c.digest
+
+
 def test_only_pushes_to_ninkik_repositories_wait_to_be_described(stack: Stack) -> None:
     """A repository not named TENANT/PRODUCT gets no AWS call (its chain ends at matching), so it never waits; nor
-    does a scan-complete event's image (its chain takes up the waiting chain's description)."""
+    does a scan-complete event's image (its chain takes up the waiting chain's description), nor a sweep's image
+    (its DescribeImages page described it: the chain takes it from its message)."""
     waits = Gathering(stack.records, f"t-{uuid.uuid4().hex[:8]}")
     pushed = _events()[0]
+    listed = Image(registry_id=ACCOUNT, region=REGION, repository=REPOSITORY, digest=pushed.digest, tags=["v0"])
     for event in (
         pushed.model_copy(update={"repository": "hello-world"}),
         pushed.model_copy(update={"scan_finished": True}),
+        pushed.model_copy(update={"source": "rescan", "listed": listed}),
     ):
         gathering.register(waits, event)
         assert waits.waiting(where_of(event)) == 0
