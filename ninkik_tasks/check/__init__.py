@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import httpx
 import redis
 
-from .. import tls
 from ..config import Settings, unknown_variables
 from ..errors import ConfigError, PermanentError
 from ..freshness import KINDS as EVENT_KINDS
@@ -21,7 +20,7 @@ from ..startup import API_PATH, api_url_mistake
 from ..tenants import load_tenants_file, split
 from .aws import queue, registry
 from .line import Check
-from .stores import broker_and_redis
+from .stores import broker_and_redis, records_client
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
@@ -75,13 +74,7 @@ def _known_tenants(s: Settings) -> dict[str, str]:
         with suppress(ConfigError):  # said by _ninkik
             out.update({tenant: "NINKIK_TENANTS_FILE" for tenant in load_tenants_file(s.tenants_file)})
     with suppress(redis.RedisError):  # said by broker_and_redis
-        client = redis.Redis.from_url(
-            s.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=3,
-            socket_timeout=3,
-            **tls.redis_client_options(s.redis_url, s),
-        )
+        client = records_client(s)
         for tenant in Inventory(client, s.redis_namespace).tenants():
             out.setdefault(tenant, "a push event received earlier")
     return out
@@ -90,13 +83,7 @@ def _known_tenants(s: Settings) -> dict[str, str]:
 def events_seen(s: Settings, now: float | None = None) -> Iterator[Check]:
     """When ingest last saw each kind of event, per account and region: shows whether each EventBridge rule works."""
     try:
-        client = redis.Redis.from_url(
-            s.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=3,
-            socket_timeout=3,
-            **tls.redis_client_options(s.redis_url, s),
-        )
+        client = records_client(s)
         seen = {
             (a, r): LastSeen(client, s.redis_namespace).get(a, r)
             for a in s.aws_account_ids

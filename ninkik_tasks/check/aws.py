@@ -19,6 +19,7 @@ from ..errors import ConfigError, PermanentError, TransientError
 from ..inventory import Inventory, Known, Registry
 from ..tenants import Directory, load_tenants_file, split
 from .line import Check
+from .stores import records_client
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
@@ -249,7 +250,7 @@ def _names_by_tenant(
         for name in listed:
             out.setdefault(split(name).tenant, []).append(name)
     try:
-        client = redis.Redis.from_url(s.redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=3)
+        client = records_client(s)
         directory = Directory(
             client,
             s.redis_namespace,

@@ -21,6 +21,18 @@ from .line import Check
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
+def records_client(s: Settings) -> redis.Redis:
+    """A client of NINKIK_REDIS_URL for what `check` reads of the records (string answers, 3 s timeouts, TLS as
+    the processes use it); connecting happens at the first command."""
+    return redis.Redis.from_url(
+        s.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=3,
+        socket_timeout=3,
+        **tls.redis_client_options(s.redis_url, s),
+    )
+
+
 def broker_and_redis(s: Settings) -> Iterator[Check]:
     """The broker (RabbitMQ or Redis), then Redis as result backend and records' store."""
     urls = [("NINKIK_RESULT_BACKEND", s.result_backend), ("NINKIK_REDIS_URL", s.redis_url)]
