@@ -116,8 +116,8 @@ class _ScanDetail(BaseModel):
     finding_severity_counts: dict[str, int] = Field(default={}, alias="finding-severity-counts")
 
 
-class ImagePushed(BaseModel):
-    """One successful push, reduced to the facts the chain needs (small enough for task arguments)."""
+class ImageEvent(BaseModel):
+    """What every event about one image names: the event, and the image's registry, region, repository, digest."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -126,6 +126,11 @@ class ImagePushed(BaseModel):
     region: str
     repository: str
     digest: str
+
+
+class ImagePushed(ImageEvent):
+    """One successful push, reduced to the facts the chain needs (small enough for task arguments)."""
+
     tag: str | None = None
     time: datetime
     source: Literal["push", "backfill", "reconcile", "rescan"] = "push"
@@ -141,16 +146,9 @@ class ImagePushed(BaseModel):
     listed: Image | None = None
 
 
-class ImageScanned(BaseModel):
+class ImageScanned(ImageEvent):
     """An "ECR Image Scan" event: a basic scan of one image finished (it ends that image's scan wait)."""
 
-    model_config = ConfigDict(frozen=True)
-
-    event_id: str
-    account: str
-    region: str
-    repository: str
-    digest: str
     status: str
     tags: list[str]
     severity_counts: dict[str, int]
@@ -161,20 +159,13 @@ class Inspector2Scanned(ImageScanned):
     """An "Inspector2 Scan" event: Amazon Inspector's initial scan of one image finished (ends its wait)."""
 
 
-class FindingChanged(BaseModel):
+class FindingChanged(ImageEvent):
     """An "Inspector2 Finding" event for an ECR image: one of its findings was created, updated or closed.
 
     `account` is the image's registry (awsEcrContainerImage.registry), which with an Inspector delegated
     administrator is not the account the event arrived in (`event_account`).
     """
 
-    model_config = ConfigDict(frozen=True)
-
-    event_id: str
-    account: str
-    region: str
-    repository: str
-    digest: str
     status: str  # the finding's: ACTIVE, SUPPRESSED, CLOSED
     event_account: str
     time: datetime
@@ -343,5 +334,5 @@ def _validated(model: type[_Model], data: Any, prefix: str) -> _Model:
         raise InvalidEvent("wrong_shape", f"{prefix}{where}: {first['msg']}") from None
 
 
-def _ref(event: ImageScanned | FindingChanged) -> str:
+def _ref(event: ImageEvent) -> str:
     return f"repository={event.repository} digest={event.digest}"
