@@ -143,39 +143,21 @@ def push_event(
     }
     if artifact_media_type is not None:
         detail["artifact-media-type"] = artifact_media_type
-    return {
-        "version": "0",
-        "id": event_id or str(uuid.uuid4()),
-        "detail-type": "ECR Image Action",
-        "source": "aws.ecr",
-        "account": account,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "region": region,
-        "resources": [],
-        "detail": detail,
-    }
+    return _envelope("ECR Image Action", "aws.ecr", account, region, [], detail, event_id)
 
 
 def scan_event(repository: str, digest: str, *, account: str = ACCOUNT, region: str = REGION) -> dict[str, Any]:
     """An EventBridge "ECR Image Scan" event, basic scanning done, in the shape of AWS's sample of it
     (tests/aws/events/ecr-image-scan.json)."""
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "ECR Image Scan",
-        "source": "aws.ecr",
-        "account": account,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "region": region,
-        "resources": [f"arn:aws:ecr:{region}:{account}:repository/{repository}"],
-        "detail": {
-            "scan-status": "COMPLETE",
-            "repository-name": repository,
-            "finding-severity-counts": {"HIGH": 1, "MEDIUM": 1},
-            "image-digest": digest,
-            "image-tags": [],
-        },
+    detail = {
+        "scan-status": "COMPLETE",
+        "repository-name": repository,
+        "finding-severity-counts": {"HIGH": 1, "MEDIUM": 1},
+        "image-digest": digest,
+        "image-tags": [],
     }
+    resources = [f"arn:aws:ecr:{region}:{account}:repository/{repository}"]
+    return _envelope("ECR Image Scan", "aws.ecr", account, region, resources, detail)
 
 
 def finding_event(
@@ -185,30 +167,44 @@ def finding_event(
     it (tests/aws/events/inspector2-finding.json), shortened to the fields ninkik-tasks reads and a few more."""
     arn = f"arn:aws:ecr:{region}:{account}:repository/{repository}/{digest}"
     image = {"imageHash": digest, "registry": account, "repositoryName": repository, "imageTags": []}
+    detail = {
+        "awsAccountId": account,
+        "findingArn": f"arn:aws:inspector2:{region}:{account}:finding/{uuid.uuid4().hex}",
+        "resources": [
+            {
+                "details": {"awsEcrContainerImage": image},
+                "id": arn,
+                "partition": "aws",
+                "region": region,
+                "type": "AWS_ECR_CONTAINER_IMAGE",
+            }
+        ],
+        "severity": "HIGH",
+        "status": status,
+        "title": f"{cve} - openssl",
+        "type": "PACKAGE_VULNERABILITY",
+    }
+    return _envelope("Inspector2 Finding", "aws.inspector2", account, region, [arn], detail)
+
+
+def _envelope(
+    detail_type: str,
+    source: str,
+    account: str,
+    region: str,
+    resources: list[str],
+    detail: dict[str, Any],
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """An EventBridge event as delivered to SQS, sent now."""
     return {
         "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Inspector2 Finding",
-        "source": "aws.inspector2",
+        "id": event_id or str(uuid.uuid4()),
+        "detail-type": detail_type,
+        "source": source,
         "account": account,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "region": region,
-        "resources": [arn],
-        "detail": {
-            "awsAccountId": account,
-            "findingArn": f"arn:aws:inspector2:{region}:{account}:finding/{uuid.uuid4().hex}",
-            "resources": [
-                {
-                    "details": {"awsEcrContainerImage": image},
-                    "id": arn,
-                    "partition": "aws",
-                    "region": region,
-                    "type": "AWS_ECR_CONTAINER_IMAGE",
-                }
-            ],
-            "severity": "HIGH",
-            "status": status,
-            "title": f"{cve} - openssl",
-            "type": "PACKAGE_VULNERABILITY",
-        },
+        "resources": resources,
+        "detail": detail,
     }
