@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -134,10 +135,13 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 
 def http(settings: Settings) -> httpx.Client:
-    """This process's HTTP client for the ninkik API."""
-    key = ("http", settings.api_url)
+    """This process's HTTP client for the ninkik API, verifying its certificate against NINKIK_API_CA_FILE when set."""
+    key = ("http", settings.api_url, settings.api_ca_file)
     if key not in _cache:
         timeout = httpx.Timeout(settings.http_timeout_seconds, connect=min(5.0, settings.http_timeout_seconds))
-        _cache[key] = httpx.Client(timeout=timeout, headers={"User-Agent": "ninkik-tasks"})
+        verify: ssl.SSLContext | bool = True
+        if settings.api_ca_file:
+            verify = ssl.create_default_context(cafile=str(settings.api_ca_file))
+        _cache[key] = httpx.Client(timeout=timeout, headers={"User-Agent": "ninkik-tasks"}, verify=verify)
     client: httpx.Client = _cache[key]
     return client

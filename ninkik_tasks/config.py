@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     repositories: CsvList = Field(default_factory=list)
     tenant_cache_seconds: int = 300
     http_timeout_seconds: float = 10.0
+    # ninkik's certificate is verified against this CA file instead of httpx's bundle (certifi): a private CA.
+    # Apart from NINKIK_TLS_CA_FILE, which replaces the trust store of the broker and Redis (public CAs on AWS).
+    api_ca_file: Path | None = None
 
     # Ingest
     # SQS's long poll (0-20 s): how long one ReceiveMessage waits for messages; the call's read timeout is 5 s more.

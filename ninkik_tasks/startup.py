@@ -39,6 +39,8 @@ def validate(settings: Settings) -> None:
         load_tenants_file(settings.tenants_file)
     if settings.tls_ca_file and not settings.tls_ca_file.is_file():
         raise ConfigError(f"NINKIK_TLS_CA_FILE {settings.tls_ca_file} is not a file: set it to the CA's PEM file")
+    if settings.api_ca_file and not settings.api_ca_file.is_file():
+        raise ConfigError(f"NINKIK_API_CA_FILE {settings.api_ca_file} is not a file: set it to the CA's PEM file")
 
 
 def api_url_mistake(url: str) -> str | None:

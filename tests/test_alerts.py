@@ -154,3 +154,22 @@ def test_prometheus_loads_the_rules_through_the_link(tmp_path: Path) -> None:
         assert files == {str(LINK)}
     finally:
         proc.stop()
+
+
+def test_every_alert_has_its_kubernetes_or_managed_service_steps() -> None:
+    """Beside compose's: kubectl for the chart's pods and autoscaler, the aws CLI for Amazon MQ and ElastiCache
+    (the image has no redis-cli, Amazon MQ no rabbitmqctl)."""
+    text = RUNBOOK.read_text()
+    sections = dict(re.findall(r"^### (Ninkik\w+)\n(.*?)(?=^#{2,3} )", text, re.M | re.S))
+    assert set(sections) == {rule["alert"] for rule in alerts()}
+    for name, section in sections.items():
+        steps = re.findall(
+            r"^\*\*(?:Kubernetes|Amazon MQ|ElastiCache):\*\* (.*?)(?=\n\n|\n\*\*|\Z)", section, re.M | re.S
+        )
+        assert len(steps) == 1, f"{name}: no Kubernetes, Amazon MQ or ElastiCache steps"
+        assert "docker compose" not in steps[0] and "rabbitmqctl" not in steps[0], name
+        if "redis-cli" in steps[0]:
+            assert "no `redis-cli`" in steps[0], f"{name}: the image has no redis-cli"
+    assert "aws mq reboot-broker" in sections["NinkikBrokerDown"]
+    assert "aws elasticache describe-events" in sections["NinkikRedisUnreachable"]
+    assert "OOMKilled" in sections["NinkikDeadLetters"] and "scaledobject/" in sections["NinkikWorkWaitingLong"]

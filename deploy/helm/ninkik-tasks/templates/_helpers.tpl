@@ -72,10 +72,16 @@ checkov.io/skip3: CKV_K8S_15=Release tags never move, so IfNotPresent pulls the 
 envFrom:
   - configMapRef:
       name: {{ include "ninkik-tasks.fullname" . }}
+  {{- with .Values.extraEnvFrom }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 env:
   {{- with .Values.aws.region }}
   - name: AWS_REGION
     value: {{ . | quote }}
+  {{- end }}
+  {{- with .Values.extraEnv }}
+  {{- toYaml . | nindent 2 }}
   {{- end }}
   {{- range $var, $key := dict "NINKIK_BROKER_URL" $s.keys.brokerUrl "NINKIK_RESULT_BACKEND" $s.keys.resultBackend "NINKIK_REDIS_URL" $s.keys.redisUrl "NINKIK_API_TOKEN" $s.keys.apiToken "NINKIK_BROKER_MANAGEMENT_URL" $s.keys.brokerManagementUrl }}
   {{- if $key }}
@@ -106,9 +112,14 @@ env:
 {{- end }}
 {{- end -}}
 
-{{/* Exec probes: `ninkik-tasks health <process>` for liveness, the same with --ready for readiness. */}}
+{{/* Exec probes (docs/health.md): `ninkik-tasks health <process>` for startup and liveness, the same with --ready
+for readiness. */}}
 {{- define "ninkik-tasks.healthProbes" -}}
 {{- if .root.Values.probes.enabled -}}
+startupProbe:
+  exec:
+    command: [ninkik-tasks, health, {{ .process }}]
+  {{- toYaml .root.Values.probes.startup | nindent 2 }}
 livenessProbe:
   exec:
     command: [ninkik-tasks, health, {{ .process }}]
@@ -120,8 +131,26 @@ readinessProbe:
 {{- end -}}
 {{- end -}}
 
-{{/* The pod spec's common part. */}}
+{{/* A pod template's metadata: .root, .name (the component), .values (its values). The selector labels, then the
+component's podLabels, the global podLabels and commonLabels (the first of these to name a label wins); the config's
+checksum and the pod annotations (the component's win over the global ones). */}}
+{{- define "ninkik-tasks.podMetadata" -}}
+{{- $root := .root -}}
+{{- $labels := merge (fromYaml (include "ninkik-tasks.selectorLabels" .)) (.values.podLabels | default dict) ($root.Values.podLabels | default dict) ($root.Values.commonLabels | default dict) -}}
+{{- $annotations := merge (dict) (.values.podAnnotations | default dict) ($root.Values.podAnnotations | default dict) -}}
+labels:
+  {{- toYaml $labels | nindent 2 }}
+annotations:
+  checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+  {{- with $annotations }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end -}}
+
+{{/* The pod spec's common part: .root, .values (the component's values). */}}
 {{- define "ninkik-tasks.podCommon" -}}
+{{- $root := .root -}}
+{{- with .root -}}
 serviceAccountName: {{ include "ninkik-tasks.serviceAccountName" . }}
 # No pod talks to the Kubernetes API; IRSA and EKS Pod Identity mount their own AWS token.
 automountServiceAccountToken: false
@@ -133,23 +162,36 @@ imagePullSecrets:
   - name: {{ . }}
   {{- end }}
 {{- end }}
+{{- end }}
+{{- with (default $root.Values.priorityClassName .values.priorityClassName) }}
+priorityClassName: {{ . }}
+{{- end }}
 {{- end -}}
 
+{{/* Scheduling of a component's pods: .root, .name, .values. A spread constraint without a labelSelector gets the
+component's selector labels (values cannot name the release). */}}
 {{- define "ninkik-tasks.scheduling" -}}
-{{- with .nodeSelector }}
+{{- $v := .values -}}
+{{- with $v.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .tolerations }}
+{{- with $v.tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .affinity }}
+{{- with $v.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .topologySpreadConstraints }}
+{{- with $v.topologySpreadConstraints }}
 topologySpreadConstraints:
-  {{- toYaml . | nindent 2 }}
+  {{- range . }}
+  {{- $constraint := deepCopy . }}
+  {{- if not (hasKey $constraint "labelSelector") }}
+  {{- $_ := set $constraint "labelSelector" (dict "matchLabels" (fromYaml (include "ninkik-tasks.selectorLabels" $))) }}
+  {{- end }}
+  - {{- toYaml $constraint | nindent 4 }}
+  {{- end }}
 {{- end }}
 {{- end -}}

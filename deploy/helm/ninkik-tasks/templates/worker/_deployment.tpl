@@ -1,8 +1,9 @@
-{{/* A Celery worker Deployment: .root, .name (worker or worker-control), .values, .replicas (nil: the autoscaler's). */}}
+{{/* A Celery worker Deployment: .root, .name (worker or worker-control), .values, .replicas (nil: the autoscaler's),
+.strategy (empty: RollingUpdate). */}}
 {{- define "ninkik-tasks.workerDeployment" -}}
 {{- $root := .root -}}
 {{- $v := .values -}}
-{{- $c := dict "root" $root "name" .name -}}
+{{- $c := dict "root" $root "name" .name "values" $v -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -17,20 +18,21 @@ spec:
   {{- if not (kindIs "invalid" .replicas) }}
   replicas: {{ .replicas }}
   {{- end }}
+  {{- with .strategy }}
+  strategy:
+    type: {{ . }}
+    # Removes the rollingUpdate the API server filled in while the Deployment was RollingUpdate: an upgrade from a
+    # chart without this strategy is refused otherwise ("may not be specified when strategy type is 'Recreate'").
+    rollingUpdate: null
+  {{- end }}
   selector:
     matchLabels:
       {{- include "ninkik-tasks.selectorLabels" $c | nindent 6 }}
   template:
     metadata:
-      labels:
-        {{- include "ninkik-tasks.selectorLabels" $c | nindent 8 }}
-      annotations:
-        checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
-        {{- with $root.Values.podAnnotations }}
-        {{- toYaml . | nindent 8 }}
-        {{- end }}
+      {{- include "ninkik-tasks.podMetadata" $c | nindent 6 }}
     spec:
-      {{- include "ninkik-tasks.podCommon" $root | nindent 6 }}
+      {{- include "ninkik-tasks.podCommon" $c | nindent 6 }}
       # A stopping worker finishes what it runs (warm shutdown) within this; docs/health.md.
       terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
       containers:
@@ -55,5 +57,5 @@ spec:
             {{- include "ninkik-tasks.tmpMount" $root | nindent 12 }}
       volumes:
         {{- include "ninkik-tasks.tmpVolume" $root | nindent 8 }}
-      {{- include "ninkik-tasks.scheduling" $v | nindent 6 }}
+      {{- include "ninkik-tasks.scheduling" $c | nindent 6 }}
 {{- end -}}
