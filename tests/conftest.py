@@ -68,6 +68,49 @@ def guide_policy(kind: str) -> str:
     )  # broker/result DBs for pipelines of their own; 0-2 are the shared ones
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--quick",
+        action="store_true",
+        help="only the tests that start no server (the inner loop, under a minute); CI runs them all",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "servers: starts servers without the stack fixture (left out by --quick)")
+    # Each test worker (pytest-xdist: gw0, gw1 ...) picks its servers' ports from a block of its own, below the
+    # kernel's ephemeral range (32768-60999), so that no worker, and no outgoing connection, takes another's.
+    number = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    os.environ[local.PORTS_ENV] = f"{10000 + 1000 * number}-{10999 + 1000 * number}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (its loadgroup names the items by them)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests of a module that share a module-scoped fixture run on one worker (the fixture is made once, and
+    scenarios that follow each other run in order); --quick keeps the tests that start no server."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info else ()
+        if any(d[-1].scope == "module" for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
+    if config.getoption("quick"):
+        slow = [i for i in items if "stack" in getattr(i, "fixturenames", ()) or i.get_closest_marker("servers")]
+        config.hook.pytest_deselected(items=slow)
+        left_out = set(map(id, slow))
+        items[:] = [i for i in items if id(i) not in left_out]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail at once where pytest-xdist no longer groups (it names grouped tests `id@group`: pytest-xdist#1386)."""
+    if getattr(session.config.option, "loadgroup", False):
+        grouped = [i for i in session.items if i.get_closest_marker("xdist_group")]
+        if grouped and "@" not in grouped[0].nodeid:
+            raise pytest.UsageError(
+                "pytest-xdist's --dist loadgroup does not group with this pytest (pytest-xdist#1386): "
+                "module fixtures would be made on every worker; install the versions pyproject.toml pins"
+            )
+
+
 @dataclass
 class Stack:
     """The long-lived servers of the session."""
@@ -111,6 +154,7 @@ class Stack:
             "NINKIK_HTTP_TIMEOUT_SECONDS": "2",
             "NINKIK_TENANT_CACHE_SECONDS": "2",
             "NINKIK_METRICS_PORT": "0",
+            "NINKIK_HEALTH_DIR": str(self.work / "health"),  # this test worker's own (the default is shared)
             "PYTHONUNBUFFERED": "1",
         }
         base.update(overrides)

@@ -7,10 +7,11 @@
         hosts.cut("worker-1")            # its link goes down: packets are dropped, connections hang
         hosts.mend("worker-1")
 
-Every host is a namespace of its own (`ip netns`), named with a per-run prefix; the services' host holds
-the bridge, so nothing is added to the machine's own namespace and no address outside these namespaces is
-ever a target. Namespaces are deleted when the block ends, at interpreter exit, and (left by a killed run)
-when the next run starts. Needs root and iproute2 (`ip`).
+Every host is a namespace of its own (`ip netns`), named with a per-run prefix that starts with the creating
+process's pid; the services' host holds the bridge, so nothing is added to the machine's own namespace and no
+address outside these namespaces is ever a target: test workers running side by side (pytest-xdist) each have
+hosts of their own on the same subnet. Namespaces are deleted when the block ends, at interpreter exit, and
+(left by a killed run, whose process is gone) when the next block starts. Needs root and iproute2 (`ip`).
 """
 
 from __future__ import annotations
@@ -62,10 +63,18 @@ def _delete(ns: str) -> None:
     subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
 
 
+def _creator(ns: str) -> int | None:
+    """The pid of the process that made a namespace of these tests (the first part of its run prefix)."""
+    head = ns.removeprefix(PREFIX).split("x", 1)[0]
+    return int(head) if ns.startswith(PREFIX) and head.isdigit() else None
+
+
 def remove_leftovers() -> None:
-    """Delete the namespaces an interrupted run left behind."""
+    """Delete the namespaces an interrupted run left behind: those whose creator is gone (another test worker's
+    are in use)."""
     for ns in _namespaces():
-        if ns.startswith(PREFIX):
+        pid = _creator(ns)
+        if ns.startswith(PREFIX) and (pid is None or not Path(f"/proc/{pid}").exists()):
             _delete(ns)
 
 
@@ -75,7 +84,7 @@ class Hosts:
     SERVICES = "services"
 
     def __init__(self, names: list[str]) -> None:
-        self.run = uuid.uuid4().hex[:4]
+        self.run = f"{os.getpid()}x{uuid.uuid4().hex[:4]}"
         self.names = [self.SERVICES, *names]
         self._made: list[str] = []
         self.second_address = f"{SUBNET}.200"

@@ -20,6 +20,9 @@ from conftest import CI
 from ninkik_tasks import local
 from ninkik_tasks.local.dev import demo_images
 
+# Each test runs a whole dev stack (ports it picks itself, Flower's 5555 when free): one at a time, on one worker.
+pytestmark = [pytest.mark.servers, pytest.mark.xdist_group("dev")]
+
 
 def _readme_second_shell() -> list[str]:
     """The lines of the README's fenced sh block under its "second shell" heading."""

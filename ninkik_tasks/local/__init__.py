@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,12 +31,24 @@ from .emulated import push_image as push_image
 from .emulated import scan_event as scan_event
 from .emulated import set_scan_result as set_scan_result
 
+PORTS_ENV = "NINKIK_LOCAL_PORTS"  # "first-last": free_port picks from these only (the tests' workers: one block each)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on `host` right now: any (the kernel's choice), or one of NINKIK_LOCAL_PORTS when set, so
+    that processes started side by side (test workers) never pick each other's ports, nor an outgoing
+    connection's (the kernel's ephemeral range)."""
+    block = os.environ.get(PORTS_ENV)
+    if not block:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+    first, last = (int(p) for p in block.split("-"))
+    for port in random.sample(range(first, last + 1), last + 1 - first):  # random: the block's other processes
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind((host, port))
+            return port
+    raise RuntimeError(f"no free port in {PORTS_ENV}={block}")
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
