@@ -116,9 +116,17 @@ def digest_of(member: str) -> str:
 class Gathering:
     """The images waiting to be described, per repository, and their descriptions until their chains take them."""
 
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str,
+        claim_seconds: float = CLAIM_SECONDS,
+        hold_seconds: float = HOLD_SECONDS,
+    ) -> None:
         self.r = client
         self.namespace = namespace
+        self.claim_seconds = claim_seconds  # CLAIM_SECONDS, HOLD_SECONDS: shorter in tests
+        self.hold_seconds = hold_seconds
         self._turn = client.register_script(_TURN)
 
     def _key(self, kind: str, where: Where) -> str:
@@ -138,7 +146,7 @@ class Gathering:
         """Take the image's description if it is there; else claim a batch of up to `most` waiting images of the
         repository, this one among them, unless another worker is describing it."""
         keys = [self._key("pending", where), self._key("claimed", where), self._description_key(where, member)]
-        answer = cast(list[str], self._turn(keys=keys, args=[member, most, CLAIM_SECONDS, KEEP_SECONDS]))
+        answer = cast(list[str], self._turn(keys=keys, args=[member, most, self.claim_seconds, KEEP_SECONDS]))
         if answer[0] == "description":
             return Turn(description=str(answer[1]))
         if answer[0] == "claim":
@@ -189,7 +197,7 @@ def gathered_image(gathering: Gathering, ecr: ECRClient, pushed: ImagePushed) ->
     waiting to be; PermanentError if it is gone. While another worker's call holds the image, the step waits for
     its answer (HOLD_SECONDS at most, as the ECR budget's own wait does), then DescriptionPending."""
     where, mine = where_of(pushed), member(pushed.digest, pushed.event_id)
-    deadline = time.monotonic() + HOLD_SECONDS
+    deadline = time.monotonic() + gathering.hold_seconds
     while True:
         turn = gathering.turn(where, mine)
         if turn.description == SOLO:

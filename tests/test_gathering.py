@@ -10,7 +10,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,7 +107,11 @@ def ecr() -> Iterator[Any]:
 @pytest.fixture
 def waiting(stack: Stack) -> Gathering:
     """A Gathering of its own on redis-server, the three images registered as their matched chains do."""
-    made = Gathering(stack.records, f"t-{uuid.uuid4().hex[:8]}")
+    return _waiting(stack)
+
+
+def _waiting(stack: Stack, **timings: float) -> Gathering:
+    made = Gathering(stack.records, f"t-{uuid.uuid4().hex[:8]}", **timings)
     for event in _events():
         made.register(where_of(event), member(event.digest, event.event_id))
     return made
@@ -185,26 +189,33 @@ def test_an_image_left_out_of_the_answer_is_described_alone(ecr: Any, waiting: G
     assert gathered_image(waiting, ecr, a).digest == a.digest
 
 
-def test_a_throttled_batch_waits_again_and_a_dead_describer_is_taken_over(
-    ecr: Any, waiting: Gathering, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_throttled_batch_waits_again_and_a_dead_describer_is_taken_over(ecr: Any, stack: Stack) -> None:
+    # A worker that claims a batch is taken for dead after 1 s here (CLAIM_SECONDS), a step waits 0.5 s for it.
+    waiting = _waiting(stack, claim_seconds=1, hold_seconds=0.5)
     a, b, c = _events()
     ecr.stub.add_client_error("describe_images", "ThrottlingException", http_status_code=400)
     with pytest.raises(TransientError):
         gathered_image(waiting, ecr, a)
     assert waiting.waiting(where_of(a)) == 3  # the batch is back, for the next step to describe
-    # A worker claims the batch and dies: the others wait for its answer (here 0.5 s, not HOLD_SECONDS), come
-    # back later, then describe the batch again themselves.
-    monkeypatch.setattr(gathering, "CLAIM_SECONDS", 1)
-    monkeypatch.setattr(gathering, "HOLD_SECONDS", 0.5)
+    # A worker claims the batch and dies: the others wait for its answer (hold_seconds), come back later, then,
+    # once its claim is older than claim_seconds, describe the batch again themselves.
+    claimed = time.monotonic()
     assert waiting.turn(where_of(a), member(a.digest, a.event_id)).batch is not None
     with pytest.raises(DescriptionPending):
         gathered_image(waiting, ecr, b)
-    time.sleep(0.6)
     ecr.stub.add_response("describe_images", _details(DIGESTS), _params(DIGESTS))
-    assert gathered_image(waiting, ecr, b).digest == b.digest  # the dead worker's batch, all of it
+    taken = wait_for(lambda: _unless_pending(lambda: gathered_image(waiting, ecr, b)), 10, "the claim to be taken over")
+    assert time.monotonic() - claimed >= 1  # not before the claim was a second old
+    assert taken.digest == b.digest  # the dead worker's batch, all of it
     assert gathered_image(waiting, ecr, c).digest == c.digest
     assert gathered_image(waiting, ecr, a).digest == a.digest
+
+
+def _unless_pending(step: Callable[[], Image]) -> Image | None:
+    try:
+        return step()
+    except DescriptionPending:
+        return None
 
 
 def test_a_step_waits_for_the_call_another_worker_makes_for_its_image(ecr: Any, waiting: Gathering) -> None:
