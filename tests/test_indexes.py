@@ -23,7 +23,7 @@ from faultproxy import FaultProxy
 from iamproxy import IamProxy
 
 from ninkik_tasks import backfill as sweeps
-from ninkik_tasks import local, scans
+from ninkik_tasks import local, scans, scanwait
 from ninkik_tasks.artifacts import not_an_image
 from ninkik_tasks.config import Settings
 from ninkik_tasks.errors import PermanentError, ScanNotReady
@@ -285,6 +285,14 @@ def test_a_platforms_scan_complete_event_reads_its_waiting_index_at_once(stack: 
             )
 
         wait_for(lambda: reads(arm) >= 1, 30, "the first read of the platform still scanning")
+        # The event must find the index waiting: its wait is recorded just after that read (under load, later).
+        index_waits = (
+            scanwait.waiting_key("ninkik", local.REGION),
+            scanwait.member(local.ACCOUNT, REPOSITORY, made.index),
+        )
+        wait_for(
+            lambda: stack.records.zscore(*index_waits) is not None, 30, "the index to wait for its platforms' scans"
+        )
         proxy.scanning[arm] = 0  # the scan finishes and says so
         stack.send(queue_url, live("ecr-image-scan.json", REPOSITORY, arm))
         [received] = wait_for(lambda: stack.received_for(made.index), 60, "the index's report, read at the event")
