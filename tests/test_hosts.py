@@ -31,6 +31,7 @@ from ninkik_tasks.local.standin import Standin
 
 pytestmark = [
     pytest.mark.reliability,
+    pytest.mark.servers,  # a stack of its own, across network namespaces
     pytest.mark.skipif(available() is not None and not CI, reason=available() or ""),  # CI skips nothing
 ]
 REPOSITORY = f"{TENANT_A}/shop"
