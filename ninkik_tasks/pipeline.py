@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import backfill as sweeps
 from . import brokers, gathering, logs
 from .artifacts import IN_INDEX, SKIP_REASONS
-from .celery_app import AWS_QUEUE, CONTROL_QUEUE, NINKIK_QUEUE, app
+from .celery_app import AWS_QUEUE, CHAIN_TASKS, CONTROL_QUEUE, NINKIK_QUEUE, app
 from .config import get_settings
 from .errors import PermanentError, ScanNotReady, SweepStopped, TransientError
 from .events import ImagePushed
@@ -55,7 +55,7 @@ SKIPS = {"repository_format", "unknown_tenant", "unknown_product", "image_gone",
 
 @setup_logging.connect
 def _configure_logging(**_: Any) -> None:
-    logs.configure(get_settings())
+    logs.configure(get_settings(), quiet_tasks=CHAIN_TASKS)  # the chain's own lines say what happened
 
 
 def _svc() -> Services:

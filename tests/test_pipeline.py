@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 from conftest import PRODUCT_A1, PRODUCT_A2, PRODUCT_B1, TENANT_A, TENANT_B, TOKEN, Pipeline, Stack, ingest
@@ -11,7 +12,7 @@ from ninkik_tasks import local
 from ninkik_tasks.local import wait_for
 
 
-def test_events_for_several_tenants_become_one_post_each(pipeline: Pipeline) -> None:
+def test_events_for_several_tenants_become_one_post_each(pipeline: Pipeline, worker: local.Proc) -> None:
     stack = pipeline.stack
     images = {
         # product by UUID, tagged, basic findings
@@ -68,6 +69,10 @@ def test_events_for_several_tenants_become_one_post_each(pipeline: Pipeline) -> 
     keys = [key for _, key in stack.standin.attempts]
     assert len(set(keys)) == len(keys)
     assert all(stack.received_for(d)[0].key != TOKEN for d in digests.values())
+    # The worker's log: one line per image's outcome; Celery's own per task (received, succeeded) only at DEBUG.
+    notified = {d: rf"notified \(.*digest={d}" for d in digests.values()}
+    wait_for(lambda: all(re.search(line, worker.output()) for line in notified.values()), 10, "the notified lines")
+    assert not re.search(r"Task ninkik\.(match_tenant|describe_image|fetch_scan_findings|notify)\[", worker.output())
 
 
 def test_bad_input_is_recorded_and_never_posted(pipeline: Pipeline) -> None:
