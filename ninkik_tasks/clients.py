@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import boto3
@@ -34,6 +34,7 @@ AWS_CONFIG = Config(
 log = logging.getLogger(__name__)
 
 _cache: dict[Any, Any] = {}
+T = TypeVar("T")
 
 
 def _reset_after_fork() -> None:
@@ -41,6 +42,14 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def per_process(key: Hashable, make: Callable[[], T]) -> T:
+    """What `make` returns, made once per process under `key` (a forked child makes its own)."""
+    if key not in _cache:
+        _cache[key] = make()
+    made: T = _cache[key]
+    return made
 
 
 def ecr(

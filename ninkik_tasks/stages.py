@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -52,23 +53,24 @@ def ecr_limit_key(namespace: str, region: str) -> str:
 
 @dataclass
 class Services:
-    """What the stages need, made once per process."""
+    """What the stages need, made once per process (services()), each part on first use."""
 
     settings: Settings
     redis: redis.Redis
     http: httpx.Client
+    _ecr: dict[tuple[str, bool], ECRClient] = field(default_factory=dict, repr=False)
 
-    @property
+    @cached_property
     def records(self) -> Records:
         """Idempotency records."""
         return Records(self.redis, self.settings.redis_namespace)
 
-    @property
+    @cached_property
     def stats(self) -> PipelineStats:
         """Cluster-wide outcome counters (exported by ingest's /metrics)."""
         return PipelineStats(self.redis, self.settings.redis_namespace)
 
-    @property
+    @cached_property
     def scan_waits(self) -> ScanWaits:
         """The images waiting for their scan, and how often each may be read."""
         s = self.settings
@@ -76,17 +78,17 @@ class Services:
             self.redis, s.redis_namespace, s.scan_poll_seconds, s.ecr_calls_per_second, s.scan_safety_poll_seconds
         )
 
-    @property
+    @cached_property
     def claims(self) -> Claims:
         """Which index lists a manifest (and where ecr:BatchGetImage is refused)."""
         return Claims(self.redis, self.settings.redis_namespace)
 
-    @property
+    @cached_property
     def gathering(self) -> Gathering:
         """The images waiting to be described together, per repository."""
         return Gathering(self.redis, self.settings.redis_namespace)
 
-    @property
+    @cached_property
     def failures(self) -> Journal:
         """Where chains that ended without a notification are recorded."""
         return failures(self.redis, self.settings.redis_namespace)
@@ -98,6 +100,9 @@ class Services:
         slot (RateLimited otherwise: read at its next turn), so a burst of new pushes' first reads and
         DescribeImages never queues behind the waits, which take at most half of the budget anyway.
         """
+        made = self._ecr.get((region, rereading))
+        if made is not None:
+            return made
         s = self.settings
         limiter = None
         if s.ecr_calls_per_second > 0:
@@ -105,14 +110,20 @@ class Services:
             key = ecr_limit_key(s.redis_namespace, region)
             limiter = RateLimiter(self.redis, key, s.ecr_calls_per_second, max_wait=max_wait)
         stats = self.stats
-        return clients.ecr(
+        made = clients.ecr(
             region, limiter, lane="reread" if rereading else "", count=lambda: stats.incr("ecr_call", region)
         )
+        self._ecr[(region, rereading)] = made
+        return made
 
     def directory(self) -> Directory:
-        """The tenant directory (API or file)."""
+        """The tenant directory (API or file); ConfigError if neither is configured."""
+        self.settings.require_tenant_directory()
+        return self._directory
+
+    @cached_property
+    def _directory(self) -> Directory:
         s = self.settings
-        s.require_tenant_directory()
         return Directory(
             self.redis,
             s.redis_namespace,
@@ -125,7 +136,12 @@ class Services:
 
 
 def services(settings: Settings) -> Services:
-    """This process's services."""
+    """This process's services for `settings`, made once (a forked child makes its own, with its own clients)."""
+    made = clients.per_process(("services", id(settings)), lambda: _services(settings))
+    return made if made.settings is settings else _services(settings)  # another Settings at a freed one's address
+
+
+def _services(settings: Settings) -> Services:
     return Services(settings, clients.redis_client(settings), clients.http(settings))
 
 
