@@ -63,7 +63,7 @@ def ingest() -> None:
     from .config import get_settings
     from .idempotency import Records
     from .ingest import Ingest
-    from .pipeline import start
+    from .pipeline import start_all
     from .records import quarantine
 
     settings = get_settings()
@@ -82,7 +82,7 @@ def ingest() -> None:
         sqs=clients.sqs(settings),
         records=Records(redis, settings.redis_namespace),
         quarantine=quarantine(redis, settings.redis_namespace),
-        start=start,
+        start=start_all,
     ).run()
 
 

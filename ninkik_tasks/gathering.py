@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 import redis
@@ -29,7 +30,7 @@ import redis
 from .ecr import MAX_IMAGE_IDS, describe_image, describe_images
 from .errors import PermanentError, TransientError
 from .findings import Image
-from .tenants import split
+from .tenants import REPOSITORY
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
@@ -127,11 +128,18 @@ class Gathering:
     def _description_key(self, where: Where, member: str) -> str:
         return f"{self.namespace}:described:{where.region}:{where.account}/{where.repository}:{member}"
 
-    def register(self, where: Where, member: str) -> None:
-        """The image waits to be described with the others of its repository."""
+    def register(self, images: Iterable[tuple[Where, str]]) -> None:
+        """Each image (its repository, its member) waits to be described with the others of its repository; one
+        round trip for all."""
+        now, by_repository = time.time(), defaultdict[Where, dict[str, float]](dict)
+        for where, m in images:
+            by_repository[where][m] = now
+        if not by_repository:
+            return
         pipe = self.r.pipeline(transaction=False)
-        pipe.zadd(self._key("pending", where), {member: time.time()}, nx=True)
-        pipe.expire(self._key("pending", where), KEEP_SECONDS)
+        for where, members in by_repository.items():
+            pipe.zadd(self._key("pending", where), members, nx=True)
+            pipe.expire(self._key("pending", where), KEEP_SECONDS)
         pipe.execute()
 
     def turn(self, where: Where, member: str, most: int = MAX_IMAGE_IDS) -> Turn:
@@ -166,17 +174,16 @@ class Gathering:
         return int(self.r.zcard(self._key("pending", where)))
 
 
-def register(gathering: Gathering, pushed: ImagePushed) -> None:
-    """As its chain starts, a pushed image begins to wait to be described with the others of its repository; not
-    an image of a repository that is not named like a ninkik one (its chain ends before any AWS call), nor one of
-    a scan-complete event (its chain takes up the waiting chain's description), nor one a sweep's DescribeImages
-    page described (ImagePushed.listed)."""
-    try:
-        split(pushed.repository)
-    except PermanentError:
-        return
-    if not pushed.scan_finished and pushed.listed is None:
-        gathering.register(where_of(pushed), member(pushed.digest, pushed.event_id))
+def register(gathering: Gathering, pushes: Iterable[ImagePushed]) -> None:
+    """As their chains start, pushed images begin to wait to be described with the others of their repository
+    (one round trip for all); not an image of a repository that is not named like a ninkik one (its chain ends
+    before any AWS call), nor one of a scan-complete event (its chain takes up the waiting chain's description),
+    nor one a sweep's DescribeImages page described (ImagePushed.listed)."""
+    gathering.register(
+        (where_of(p), member(p.digest, p.event_id))
+        for p in pushes
+        if not p.scan_finished and p.listed is None and REPOSITORY.fullmatch(p.repository)
+    )
 
 
 def where_of(pushed: ImagePushed) -> Where:

@@ -1,4 +1,4 @@
-"""The Celery tasks of the chain, and `start(event)` that queues one chain per pushed image."""
+"""The Celery tasks of the chain, and `start(event)` that queues one chain per pushed image (`start_all`: several)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from . import backfill as sweeps
 from . import brokers, gathering, logs
 from .artifacts import IN_INDEX, SKIP_REASONS
 from .celery_app import AWS_QUEUE, CHAIN_TASKS, CONTROL_QUEUE, NINKIK_QUEUE, app
-from .config import get_settings
+from .config import Settings, get_settings
 from .errors import PermanentError, ScanNotReady, SweepStopped, TransientError
 from .events import ImagePushed
 from .filters import validate
@@ -223,24 +223,28 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
 
 def start(pushed: ImagePushed) -> AsyncResult:
     """Queue the chain for one pushed image."""
-    describing = describe_image.s()
+    return start_all([pushed])[0]
+
+
+def start_all(pushes: list[ImagePushed]) -> list[AsyncResult]:
+    """Queue the chains for several pushed images (a batch of ingest's), in order; their images begin to wait to be
+    described with their repositories' others in one Redis round trip."""
     s = get_settings()
-    first_read = s.scan_first_read_seconds
-    if pushed.source == "push" and first_read > 0 and not pushed.scan_finished:
+    gathering.register(_svc().gathering, pushes)  # from now on each waits to be described with its repository's
+    return [_chain(s, pushed).apply_async(add_to_parent=False) for pushed in pushes]  # no growing child list
+
+
+def _chain(s: Settings, pushed: ImagePushed) -> chain:
+    describing = describe_image.s()
+    if pushed.source == "push" and s.scan_first_read_seconds > 0 and not pushed.scan_finished:
         # A scan started by the push is not done a few milliseconds later: the first read would only spend
         # the ECR budget. The image is described just before it, with the other pushes to its repository
         # accepted meanwhile, in one call (gathering.py). Sweeps read at once: their images were pushed long ago.
-        describing = describing.set(countdown=first_read)
+        describing = describing.set(countdown=s.scan_first_read_seconds)
     match = match_tenant.s(pushed.model_dump(mode="json"))
     if pushed.finding_refresh:
         match = match.set(countdown=s.finding_refresh_seconds)  # the burst's later events: read by this chain
-    gathering.register(_svc().gathering, pushed)  # from now on it waits to be described with its repository's
-    return chain(
-        match,
-        describing,
-        fetch_scan_findings.s(),
-        notify.s(),
-    ).apply_async(add_to_parent=False)  # from inside a sweep task: no growing list of child results
+    return chain(match, describing, fetch_scan_findings.s(), notify.s())
 
 
 # Sweeps over the registries (domain in backfill.py), acknowledged once done on RabbitMQ (on the Redis broker,

@@ -108,8 +108,7 @@ def ecr() -> Iterator[Any]:
 def waiting(stack: Stack) -> Gathering:
     """A Gathering of its own on redis-server, the three images registered as their matched chains do."""
     made = Gathering(stack.records, f"t-{uuid.uuid4().hex[:8]}")
-    for event in _events():
-        made.register(where_of(event), member(event.digest, event.event_id))
+    made.register((where_of(event), member(event.digest, event.event_id)) for event in _events())
     return made
 
 
@@ -237,8 +236,8 @@ def test_only_pushes_to_ninkik_repositories_wait_to_be_described(stack: Stack) -
         pushed.model_copy(update={"scan_finished": True}),
         pushed.model_copy(update={"source": "rescan", "listed": listed}),
     ):
-        gathering.register(waits, event)
+        gathering.register(waits, [event])
         assert waits.waiting(where_of(event)) == 0
-    gathering.register(waits, pushed)
-    gathering.register(waits, pushed)  # ingest starting its chain again (redelivered before it was marked)
+    gathering.register(waits, [pushed])
+    gathering.register(waits, [pushed])  # ingest starting its chain again (redelivered before it was marked)
     assert waits.waiting(where_of(pushed)) == 1
