@@ -78,25 +78,23 @@ class PipelineStats:
         self.namespace = namespace
         self.key = f"{namespace}:stats"
 
-    def incr(self, kind: str, *labels: str) -> None:
-        """Count one outcome, e.g. incr("notified", "COMPLETE") or incr("failure", "notify", "http_400")."""
-        try:
-            self.r.hincrby(self.key, ":".join((kind, *labels)), 1)
-        except redis.RedisError:  # counting must never fail the work it counts
-            log.debug("could not count %s %s", kind, labels)
-
-    def observe_latency(self, seconds: float) -> None:
-        """Count one push's time from ECR's push to ninkik's acceptance (a cumulative histogram in the hash)."""
+    def incr(self, kind: str, *labels: str, latency: float | None = None) -> None:
+        """Count one outcome, e.g. incr("notified", "COMPLETE") or incr("failure", "notify", "http_400"); with
+        `latency`, also one push's seconds from ECR's push to ninkik's acceptance (the histogram), in the same
+        round trip."""
         try:
             pipe = self.r.pipeline(transaction=False)
-            for bound in LATENCY_BUCKETS:
-                if seconds <= bound:
-                    pipe.hincrby(self.key, f"latency_bucket:{bound:g}", 1)
-            pipe.hincrby(self.key, "latency_count", 1)
-            pipe.hincrbyfloat(self.key, "latency_sum", max(seconds, 0.0))
+            pipe.hincrby(self.key, ":".join((kind, *labels)), 1)
+            if latency is not None:
+                # Only the bucket it falls in: the collector adds them up (cumulative, as Prometheus wants them).
+                bound = next((b for b in LATENCY_BUCKETS if latency <= b), None)
+                if bound is not None:
+                    pipe.hincrby(self.key, f"latency_in:{bound:g}", 1)
+                pipe.hincrby(self.key, "latency_count", 1)
+                pipe.hincrbyfloat(self.key, "latency_sum", max(latency, 0.0))
             pipe.execute()
-        except redis.RedisError:
-            log.debug("could not count a latency of %.1fs", seconds)
+        except redis.RedisError:  # counting must never fail the work it counts
+            log.debug("could not count %s %s", kind, labels)
 
     def read(self) -> dict[str, float]:
         """Every counter."""
@@ -147,7 +145,11 @@ class PipelineCollector(Collector):
                 if parts[0] == kind and len(parts) == len(labels) + 1:
                     family.add_metric(parts[1:], value)
             yield family
-        buckets = [(f"{b:g}", values.get(f"latency_bucket:{b:g}", 0.0)) for b in LATENCY_BUCKETS]
+        buckets, below = [], 0.0
+        for b in LATENCY_BUCKETS:
+            below += values.get(f"latency_in:{b:g}", 0.0)
+            # latency_bucket: the cumulative counts workers wrote before 2026-12 (every bucket at or above).
+            buckets.append((f"{b:g}", below + values.get(f"latency_bucket:{b:g}", 0.0)))
         count = values.get("latency_count", 0.0)
         latency = HistogramMetricFamily(
             "ninkik_pipeline_push_to_notify_seconds", "From ECR's push to ninkik's acceptance of the report (pushes)"

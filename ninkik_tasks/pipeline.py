@@ -213,9 +213,9 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
     outcome = _run(self, "notify", m.event, m.match, lambda: notify_step(_svc(), m, self.request.id), first_try)
     log.info("%s (%s, scan %s): %s task=%s", outcome, m.key[:12], m.status, describe(m.event, m.match), self.request.id)
     if outcome == "notified":
-        _svc().stats.incr("notified", m.status)
-        if m.event.source == "push":  # the event's time is the push; sweeps find images pushed long ago
-            _svc().stats.observe_latency(time.time() - m.event.time.timestamp())
+        # The event's time is the push's; sweeps find images pushed long ago.
+        latency = time.time() - m.event.time.timestamp() if m.event.source == "push" else None
+        _svc().stats.incr("notified", m.status, latency=latency)
     else:
         _svc().stats.incr("already_sent", str(outcome))
     return {"outcome": outcome, "key": m.key, "scan_status": m.status}

@@ -197,8 +197,8 @@ def describe_step(svc: Services, msg: Matched) -> Described:
     if missing:
         image = image.model_copy(update=missing)
     claims = svc.claims
-    readable = not claims.unreadable(e.region, image.registry_id)
-    if image.artifact_media_type is None and image.manifest_media_type == OCI_MANIFEST and readable:
+    oci = image.artifact_media_type is None and image.manifest_media_type == OCI_MANIFEST
+    if oci and not claims.unreadable(e.region, image.registry_id):
         # An OCI manifest whose config type nobody said (AWS says it; moto does not): the manifest says it.
         try:
             config = config_media_type(read_manifest(ecr, image))
@@ -240,14 +240,20 @@ def notify_step(svc: Services, msg: Scanned, owner: str) -> str:
         status = send(svc.http, images_url(s.api_url, msg.match), s.api_token.get_secret_value(), msg.key, body)
         sent_ttl = s.sent_record_seconds
     finally:
-        records.end_send(msg.key, owner, sent_ttl)
-    remember_reported(svc, msg)
+        records.end_send(msg.key, owner, sent_ttl, reported(msg) if sent_ttl else None)
     return "notified" if status != 409 else "already_had_it"
 
 
+def reported(msg: Scanned) -> tuple[str, str] | None:
+    """(image, stamp) once ninkik has this report: a rescan whose listing shows the same stamp leaves the image
+    alone (Records.remember_reported)."""
+    if msg.stamp is None:
+        return None
+    e = msg.event
+    return image_id(e.account, e.region, e.repository, e.digest), msg.stamp
+
+
 def remember_reported(svc: Services, msg: Scanned) -> None:
-    """ninkik has this report: a rescan whose listing shows the same stamp leaves the image alone."""
-    if msg.stamp is not None:
-        e = msg.event
-        image = image_id(e.account, e.region, e.repository, e.digest)
-        svc.records.remember_reported(image, msg.stamp, svc.settings.sent_record_seconds)
+    """ninkik has this report, sent by another chain (reported)."""
+    if (known := reported(msg)) is not None:
+        svc.records.remember_reported(*known, svc.settings.sent_record_seconds)

@@ -10,6 +10,7 @@ from conftest import PRODUCT_A1, PRODUCT_A2, PRODUCT_B1, TENANT_A, TENANT_B, TOK
 
 from ninkik_tasks import local
 from ninkik_tasks.local import wait_for
+from ninkik_tasks.metrics import LATENCY_BUCKETS
 
 
 def test_events_for_several_tenants_become_one_post_each(pipeline: Pipeline, worker: local.Proc) -> None:
@@ -181,5 +182,10 @@ def test_ingest_metrics_move_after_a_run(stack: Stack, worker: local.Proc) -> No
         assert sample("ninkik_ingest_poll_seconds_count") >= 1
         # Pipeline outcomes are counted in Redis by the workers, across all of them.
         assert sample("ninkik_pipeline_notified_total", 'scan_status="COMPLETE"') >= 1
+        # Push to notification: a cumulative histogram, every push in +Inf, each bucket at least the one before.
+        pushes = sample("ninkik_pipeline_push_to_notify_seconds_count")
+        assert pushes >= 1 and sample("ninkik_pipeline_push_to_notify_seconds_bucket", 'le="+Inf"') == pushes
+        buckets = [sample("ninkik_pipeline_push_to_notify_seconds_bucket", f'le="{b:g}"') for b in LATENCY_BUCKETS]
+        assert buckets == sorted(buckets) and 1 <= buckets[-1] <= pushes  # this one took under an hour
     finally:
         proc.stop()
