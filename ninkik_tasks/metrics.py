@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import collections
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -77,30 +80,65 @@ class PipelineStats:
         self.r = client
         self.namespace = namespace
         self.key = f"{namespace}:stats"
+        self._pending: collections.Counter[str] = collections.Counter()  # soon(): not written yet
+        self._flushing: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._at_exit = False
 
     def incr(self, kind: str, *labels: str, latency: float | None = None) -> None:
         """Count one outcome, e.g. incr("notified", "COMPLETE") or incr("failure", "notify", "http_400"); with
         `latency`, also one push's seconds from ECR's push to ninkik's acceptance (the histogram), in the same
         round trip."""
+        counts = {":".join((kind, *labels)): 1}
+        if latency is not None:
+            # Only the bucket it falls in: the collector adds them up (cumulative, as Prometheus wants them).
+            bound = next((b for b in LATENCY_BUCKETS if latency <= b), None)
+            if bound is not None:
+                counts[f"latency_in:{bound:g}"] = 1
+            counts["latency_count"] = 1
+        self._write(counts, max(latency, 0.0) if latency is not None else None)
+
+    def soon(self, kind: str, *labels: str) -> None:
+        """Count one frequent event (an ECR call): written with this process's next incr, or FLUSH_SECONDS later at
+        most, so that many share a round trip."""
+        with self._lock:
+            self._pending[":".join((kind, *labels))] += 1
+            if self._flushing is None:
+                self._flushing = threading.Timer(FLUSH_SECONDS, self.flush)
+                self._flushing.daemon = True
+                self._flushing.start()
+            if not self._at_exit:
+                self._at_exit = True
+                atexit.register(self.flush)
+
+    def flush(self) -> None:
+        """Write the counts soon() holds (its timer's call, and at exit)."""
+        with self._lock:
+            self._flushing = None
+        self._write({})
+
+    def _write(self, counts: dict[str, int], latency: float | None = None) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, collections.Counter()
+        pending.update(counts)
+        if not pending:
+            return
         try:
             pipe = self.r.pipeline(transaction=False)
-            pipe.hincrby(self.key, ":".join((kind, *labels)), 1)
+            for field, n in pending.items():
+                pipe.hincrby(self.key, field, n)
             if latency is not None:
-                # Only the bucket it falls in: the collector adds them up (cumulative, as Prometheus wants them).
-                bound = next((b for b in LATENCY_BUCKETS if latency <= b), None)
-                if bound is not None:
-                    pipe.hincrby(self.key, f"latency_in:{bound:g}", 1)
-                pipe.hincrby(self.key, "latency_count", 1)
-                pipe.hincrbyfloat(self.key, "latency_sum", max(latency, 0.0))
+                pipe.hincrbyfloat(self.key, "latency_sum", latency)
             pipe.execute()
         except redis.RedisError:  # counting must never fail the work it counts
-            log.debug("could not count %s %s", kind, labels)
+            log.debug("could not count %s", dict(pending))
 
     def read(self) -> dict[str, float]:
         """Every counter."""
         return {str(k): float(v) for k, v in self.r.hgetall(self.key).items()}
 
 
+FLUSH_SECONDS = 1.0  # the longest a count of PipelineStats.soon waits in its process to share a round trip
 # Push to notification, in seconds: a scan takes seconds to minutes, NINKIK_SCAN_WAIT_SECONDS bounds the wait.
 LATENCY_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 

@@ -111,7 +111,7 @@ class Services:
             limiter = RateLimiter(self.redis, key, s.ecr_calls_per_second, max_wait=max_wait)
         stats = self.stats
         made = clients.ecr(
-            region, limiter, lane="reread" if rereading else "", count=lambda: stats.incr("ecr_call", region)
+            region, limiter, lane="reread" if rereading else "", count=lambda: stats.soon("ecr_call", region)
         )
         self._ecr[(region, rereading)] = made
         return made
