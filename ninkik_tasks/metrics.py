@@ -5,8 +5,10 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -81,54 +83,50 @@ class PipelineStats:
         self.namespace = namespace
         self.key = f"{namespace}:stats"
         self._pending: collections.Counter[str] = collections.Counter()  # soon(): not written yet
+        self._latency_sum = 0.0
         self._flushing: threading.Timer | None = None
         self._lock = threading.Lock()
-        self._at_exit = False
 
-    def incr(self, kind: str, *labels: str, latency: float | None = None) -> None:
-        """Count one outcome, e.g. incr("notified", "COMPLETE") or incr("failure", "notify", "http_400"); with
-        `latency`, also one push's seconds from ECR's push to ninkik's acceptance (the histogram), in the same
-        round trip."""
-        counts = {":".join((kind, *labels)): 1}
-        if latency is not None:
-            # Only the bucket it falls in: the collector adds them up (cumulative, as Prometheus wants them).
-            bound = next((b for b in LATENCY_BUCKETS if latency <= b), None)
-            if bound is not None:
-                counts[f"latency_in:{bound:g}"] = 1
-            counts["latency_count"] = 1
-        self._write(counts, max(latency, 0.0) if latency is not None else None)
+    def incr(self, kind: str, *labels: str) -> None:
+        """Count one outcome now, e.g. incr("failure", "notify", "http_400") (with what soon() holds)."""
+        self.soon(kind, *labels)
+        self.flush()
 
-    def soon(self, kind: str, *labels: str) -> None:
-        """Count one frequent event (an ECR call): written with this process's next incr, or FLUSH_SECONDS later at
-        most, so that many share a round trip."""
+    def soon(self, kind: str, *labels: str, latency: float | None = None) -> None:
+        """Count one frequent outcome (an ECR call, a report notified): written with this process's next incr, or
+        FLUSH_SECONDS later at most, so that many share a round trip. With `latency`, also one push's seconds
+        from ECR's push to ninkik's acceptance (the histogram)."""
         with self._lock:
             self._pending[":".join((kind, *labels))] += 1
+            if latency is not None:
+                # Only the bucket it falls in: the collector adds them up (cumulative, as Prometheus wants them).
+                bound = next((b for b in LATENCY_BUCKETS if latency <= b), None)
+                if bound is not None:
+                    self._pending[f"latency_in:{bound:g}"] += 1
+                self._pending["latency_count"] += 1
+                self._latency_sum += max(latency, 0.0)
             if self._flushing is None:
                 self._flushing = threading.Timer(FLUSH_SECONDS, self.flush)
                 self._flushing.daemon = True
                 self._flushing.start()
-            if not self._at_exit:
-                self._at_exit = True
-                atexit.register(self.flush)
+                _holding.add(self)
 
     def flush(self) -> None:
-        """Write the counts soon() holds (its timer's call, and at exit)."""
+        """Write what soon() holds, in one round trip."""
         with self._lock:
+            pending, latency_sum = self._pending, self._latency_sum
+            self._pending, self._latency_sum = collections.Counter(), 0.0
+            if self._flushing is not None and self._flushing is not threading.current_thread():
+                self._flushing.cancel()
             self._flushing = None
-        self._write({})
-
-    def _write(self, counts: dict[str, int], latency: float | None = None) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, collections.Counter()
-        pending.update(counts)
         if not pending:
             return
         try:
             pipe = self.r.pipeline(transaction=False)
             for field, n in pending.items():
                 pipe.hincrby(self.key, field, n)
-            if latency is not None:
-                pipe.hincrbyfloat(self.key, "latency_sum", latency)
+            if latency_sum:
+                pipe.hincrbyfloat(self.key, "latency_sum", latency_sum)
             pipe.execute()
         except redis.RedisError:  # counting must never fail the work it counts
             log.debug("could not count %s", dict(pending))
@@ -136,6 +134,32 @@ class PipelineStats:
     def read(self) -> dict[str, float]:
         """Every counter."""
         return {str(k): float(v) for k, v in self.r.hgetall(self.key).items()}
+
+    def _forget(self) -> None:
+        # In a forked child: the counts held are the parent's to write, its timer and lock's holder are not here.
+        self._pending, self._latency_sum = collections.Counter(), 0.0
+        self._flushing, self._lock = None, threading.Lock()
+
+
+# This process's PipelineStats that held counts: a process that ends normally writes them (atexit; a prefork pool's
+# child ends with os._exit and writes them on Celery's worker_process_shutdown: celery_app.py).
+_holding: weakref.WeakSet[PipelineStats] = weakref.WeakSet()
+
+
+def flush_held() -> None:
+    """Write the counts every PipelineStats of this process holds (PipelineStats.soon), each in one round trip."""
+    for stats in list(_holding):
+        stats.flush()
+
+
+def _forget_after_fork() -> None:
+    for stats in list(_holding):
+        stats._forget()
+    _holding.clear()
+
+
+atexit.register(flush_held)
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 FLUSH_SECONDS = 1.0  # the longest a count of PipelineStats.soon waits in its process to share a round trip

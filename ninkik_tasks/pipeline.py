@@ -215,9 +215,9 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
     if outcome == "notified":
         # The event's time is the push's; sweeps find images pushed long ago.
         latency = time.time() - m.event.time.timestamp() if m.event.source == "push" else None
-        _svc().stats.incr("notified", m.status, latency=latency)
+        _svc().stats.soon("notified", m.status, latency=latency)
     else:
-        _svc().stats.incr("already_sent", str(outcome))
+        _svc().stats.incr("already_sent", str(outcome))  # rare: a report sent before
     return {"outcome": outcome, "key": m.key, "scan_status": m.status}
 
 

@@ -181,8 +181,8 @@ def test_ingest_metrics_move_after_a_run(stack: Stack, worker: local.Proc) -> No
         assert sample("ninkik_ingest_delete_enabled") == 1
         assert sample("ninkik_ingest_poll_seconds_count") >= 1
         # Pipeline outcomes are counted in Redis by the workers, across all of them.
-        assert sample("ninkik_pipeline_notified_total", 'scan_status="COMPLETE"') >= 1
-        # ECR calls, counted by each worker process and written a second later at most.
+        notified = 'scan_status="COMPLETE"'  # counted by each worker process, written a second later at most
+        wait_for(lambda: sample("ninkik_pipeline_notified_total", notified) >= 1, 10, "the notification counted")
         ecr_calls = 'region="' + local.REGION + '"'
         wait_for(lambda: sample("ninkik_ecr_calls_total", ecr_calls) >= 2, 10, "DescribeImages and the scan counted")
         # Push to notification: a cumulative histogram, every push in +Inf, each bucket at least the one before.
