@@ -119,8 +119,12 @@ def image_scan(svc: Services, msg: Described, now: datetime) -> Scan:
         else:
             if finished:
                 svc.scan_waits.read_after_event(region, member, scan.model_dump_json())
+    # The image's wait or hold ends here if it had one (an event's chain ends the wait of the chain it reads for);
+    # a first read that found the scan final never waited: nothing to end.
+    waited = held is not None or msg.event.scan_finished or turn.due is not None
     if untagged and scan.status == "UNSUPPORTED_IMAGE":
-        svc.scan_waits.done(region, member)
+        if waited:
+            svc.scan_waits.done(region, member)
         raise PermanentError(
             LIKELY_ATTESTATION, "untagged, in no index known, and its scan is UNSUPPORTED_IMAGE: likely an attestation"
         )
@@ -130,7 +134,8 @@ def image_scan(svc: Services, msg: Described, now: datetime) -> Scan:
         svc.stats.incr("held", "untagged")
         log.info("untagged image held %.1fs for an index that lists it: %s", hold, describe(msg.event, msg.match))
         raise ScanNotReady("held for an index that lists it", remaining=hold, next_read=hold)
-    svc.scan_waits.done(region, member)  # its wait, or its hold, is over
+    if waited:
+        svc.scan_waits.done(region, member)
     return scan
 
 
