@@ -174,6 +174,12 @@ class Ingest:
         log.info("stopped: %s", dict(self.counts))
 
     def _start(self) -> None:
+        endpoint = self.sqs.meta.endpoint_url
+        mismatch = queue_endpoint_mismatch(self.queue_url, endpoint)
+        if mismatch:
+            # Every call would go where the queue is not: an emulator's queue on AWS is never reached (retried for
+            # ever as an outage), AWS's queue on an emulator does not exist there. `check`'s line, exit 2.
+            raise ConfigError(mismatch)
         self._waiting = True
         try:
             if self._stopping:
@@ -181,10 +187,6 @@ class Ingest:
             attributes = self.check_queue()
         finally:
             self._waiting = False
-        endpoint = self.sqs.meta.endpoint_url
-        mismatch = queue_endpoint_mismatch(self.queue_url, endpoint)
-        if mismatch:
-            log.error("%s", mismatch)
         log.info(
             "polling %s through %s (retention %ss, visibility timeout %ss)",
             self.queue_url,
