@@ -260,6 +260,8 @@ def against_floor(r: Result, floors: list[FloorResult], celery: CeleryFloorResul
         if f.error:
             s.rows.append([label, f.error])
             continue
+        if f.retries:
+            s.notes.append(f"{label}: {f.retries} POSTs sent again after a connection error (as the chain would).")
         s.rows.append(
             [
                 label,

@@ -591,6 +591,7 @@ class FloorResult:
     seconds: float = 0.0
     cpu: float = 0.0  # the loop's own process
     emulator_cpu: float = 0.0
+    retries: int = 0  # POSTs sent again after a TransientError (as the chain would retry them)
     error: str | None = None
 
     @property
@@ -621,6 +622,7 @@ def floor(threads: int, count: int, load: Load, delay: float = 0.0) -> FloorResu
             return result
         figures = json.loads(done.stdout.strip().splitlines()[-1])
         result.images, result.seconds, result.cpu = figures["images"], figures["seconds"], figures["cpu"]
+        result.retries = figures.get("retries", 0)
         result.emulator_cpu = sum(emulator.cpu_times()[:2]) - before  # includes the warm-up image
         if len(standin.received) != count + 1:
             result.error = f"the stand-in received {len(standin.received)} of {count + 1} POSTs"
