@@ -156,6 +156,31 @@ def _not_found(stub: Stubber, digests: list[str]) -> None:
     stub.add_client_error("describe_images", "ImageNotFoundException", message, 400, expected_params=_params(digests))
 
 
+def test_the_step_that_describes_a_batch_keeps_its_own_image_and_leaves_the_others_theirs(
+    ecr: Any, waiting: Gathering
+) -> None:
+    """The claiming step's own description is its answer at once: nothing kept in Redis for it to take back (two
+    round trips per batch); each other image's is kept for its chain, and no image stays claimed."""
+    a, b, c = _events()
+    ecr.stub.add_response("describe_images", _details(DIGESTS), _params(DIGESTS))
+    turns: list[Any] = []
+    turn = waiting.turn
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        turns.append(turn(*args, **kwargs))
+        return turns[-1]
+
+    waiting.turn = counted  # type: ignore[method-assign]
+    assert gathered_image(waiting, ecr, b).tags == ["v1"]
+    assert len(turns) == 1 and turns[0].batch is not None  # one turn: it claimed the batch, and kept its own
+    where = where_of(b)
+    kept = {e.digest: waiting.r.get(waiting._description_key(where, member(e.digest, e.event_id))) for e in (a, b, c)}
+    assert kept[b.digest] is None and kept[a.digest] and kept[c.digest]
+    assert waiting.r.zcard(waiting._key("claimed", where)) == 0 and waiting.waiting(where) == 0
+    assert gathered_image(waiting, ecr, a).tags == ["v0"]  # no call: taken from Redis
+    assert gathered_image(waiting, ecr, c).tags == ["v2"]
+
+
 def test_a_call_refused_for_one_gone_image_falls_back_to_one_call_per_image(ecr: Any, waiting: Gathering) -> None:
     """moto, and AWS for all its reference says, refuses the whole call when one of the ids is gone: each image
     then gets a call of its own, and only the gone one ends its chain."""
