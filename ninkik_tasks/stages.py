@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import redis
@@ -191,6 +190,8 @@ def describe_step(svc: Services, msg: Matched) -> Described:
         return Described.model_validate_json(parked)
     ecr = svc.ecr(e.region)
     image = e.listed or gathered_image(svc.gathering, ecr, e)  # a sweep's page described it already
+    if e.listed is not None:
+        e = e.model_copy(update={"listed": None})  # the next steps' messages carry the image once, as `image`
     # DescribeImages leaves out what it does not know (moto: the artifact type); the push event may say it.
     fallback = {"manifest_media_type": e.manifest_media_type, "artifact_media_type": e.artifact_media_type}
     missing = {k: v for k, v in fallback.items() if v and getattr(image, k) is None}
@@ -236,8 +237,8 @@ def notify_step(svc: Services, msg: Scanned, owner: str) -> str:
     try:
         if start.report is None:
             raise PermanentError("report_expired", "the report expired before it could be sent")
-        body: dict[str, Any] = json.loads(start.report)
-        status = send(svc.http, images_url(s.api_url, msg.match), s.api_token.get_secret_value(), msg.key, body)
+        # The body as the scan step stored it (JSON): sent as it is.
+        status = send(svc.http, images_url(s.api_url, msg.match), s.api_token.get_secret_value(), msg.key, start.report)
         sent_ttl = s.sent_record_seconds
     finally:
         records.end_send(msg.key, owner, sent_ttl, reported(msg) if sent_ttl else None)
