@@ -192,3 +192,29 @@ def test_ingest_metrics_move_after_a_run(stack: Stack, worker: local.Proc) -> No
         assert buckets == sorted(buckets) and 1 <= buckets[-1] <= pushes  # this one took under an hour
     finally:
         proc.stop()
+
+
+def test_each_step_shows_its_image_where_celery_would_repr_its_message() -> None:
+    """Flower, the task events and Celery's log lines show each step's arguments as the image they concern; a step's
+    result (the next step's message) is shown cut at 256 characters. Celery computed those reprs at every publish
+    and every step: 0.05-0.2 ms each, eight per image (bench/RESULTS.md)."""
+    from datetime import UTC, datetime
+
+    from ninkik_tasks import pipeline
+    from ninkik_tasks.config import Settings
+    from ninkik_tasks.events import ImagePushed
+    from ninkik_tasks.stages import describe
+
+    pushed = ImagePushed(
+        event_id="e-1",
+        account=local.ACCOUNT,
+        region=local.REGION,
+        repository=f"{TENANT_A}/shop",
+        digest="sha256:" + "a" * 64,
+        time=datetime(2026, 12, 5, tzinfo=UTC),
+    )
+    steps = pipeline._chain(Settings(), pushed).tasks
+    assert [step.options["argsrepr"] for step in steps] == [describe(pushed)] * 4
+    assert "digest=sha256:" + "a" * 64 in describe(pushed) and f"repository={TENANT_A}/shop" in describe(pushed)
+    shown = [step.type.resultrepr_maxsize for step in steps]
+    assert shown[:3] == [256] * 3 and shown[3] >= 1024  # notify's result is small: shown whole
