@@ -56,6 +56,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ninkik_tasks import local
+from ninkik_tasks.console import console as make_console
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -493,7 +494,7 @@ def main() -> int:
     load = Load(args.events, args.warmup, args.window, args.stall, Path(args.work) if args.work else None, args.profile)
     scenarios = set(args.scenarios.split(","))
     delay = args.delay_ms / 1000
-    console = Console() if sys.stdout.isatty() else Console(width=150)
+    console = make_console()  # a log of the run keeps its lines whole (the command, paths)
     # Ctrl-C and SIGTERM unwind through every run's ExitStack, which stops what the run started.
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (`&`)
