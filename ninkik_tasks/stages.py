@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -58,6 +59,8 @@ class Services:
     redis: redis.Redis
     http: httpx.Client
     _ecr: dict[tuple[str, bool], ECRClient] = field(default_factory=dict, repr=False)
+    # The pool's threads ask for the region's client at once on a worker's first burst: one of them makes it.
+    _making: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property
     def records(self) -> Records:
@@ -102,18 +105,22 @@ class Services:
         made = self._ecr.get((region, rereading))
         if made is not None:
             return made
-        s = self.settings
-        limiter = None
-        if s.ecr_calls_per_second > 0:
-            max_wait = REREAD_MAX_WAIT if rereading else FIRST_MAX_WAIT
-            key = ecr_limit_key(s.redis_namespace, region)
-            limiter = RateLimiter(self.redis, key, s.ecr_calls_per_second, max_wait=max_wait)
-        stats = self.stats
-        made = clients.ecr(
-            region, limiter, lane="reread" if rereading else "", count=lambda: stats.soon("ecr_call", region)
-        )
-        self._ecr[(region, rereading)] = made
-        return made
+        with self._making:
+            made = self._ecr.get((region, rereading))
+            if made is not None:
+                return made
+            s = self.settings
+            limiter = None
+            if s.ecr_calls_per_second > 0:
+                max_wait = REREAD_MAX_WAIT if rereading else FIRST_MAX_WAIT
+                key = ecr_limit_key(s.redis_namespace, region)
+                limiter = RateLimiter(self.redis, key, s.ecr_calls_per_second, max_wait=max_wait)
+            stats = self.stats
+            made = clients.ecr(
+                region, limiter, lane="reread" if rereading else "", count=lambda: stats.soon("ecr_call", region)
+            )
+            self._ecr[(region, rereading)] = made
+            return made
 
     def directory(self) -> Directory:
         """The tenant directory (API or file); ConfigError if neither is configured."""
