@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -342,20 +341,20 @@ def test_unreachable_endpoint_is_transient() -> None:
 
 
 def test_a_workers_threads_share_one_client_per_region(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pool's threads, all asking at a worker's first burst, get one client (each was making its own: 16 boto3
-    clients, 0.1 s of CPU each, and as many log lines)."""
+    """The pool's threads, all asking at a worker's first burst, get one Services and one client (each was making
+    its own: up to 16 boto3 clients, 0.1 s of CPU each, and as many log lines)."""
     from ninkik_tasks import clients
     from ninkik_tasks.config import Settings
-    from ninkik_tasks.stages import Services
+    from ninkik_tasks.stages import services
 
     monkeypatch.setattr(clients, "_cache", {})  # this process's clients: none yet
-    svc = Services(Settings(ecr_calls_per_second=0), stack.records, httpx.Client())
+    settings = Settings(redis_url=f"{stack.redis_url}/2", ecr_calls_per_second=0)
     start = threading.Barrier(16)
     got: list[Any] = []
 
     def ask() -> None:
         start.wait()
-        got.append(svc.ecr("eu-west-1"))
+        got.append(services(settings).ecr("eu-west-1"))
 
     threads = [threading.Thread(target=ask) for _ in range(16)]
     for thread in threads:
