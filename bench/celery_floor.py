@@ -6,7 +6,8 @@ concurrency and events (-E) that workers/entrypoint.sh uses. Run by bench/pipeli
 
     python bench/celery_floor.py --pool threads --concurrency 16 --chains 2000
 
-prints {"chains", "seconds", "publish_cpu", "worker_cpu"} as one JSON line.
+prints {"chains", "seconds", "publish_cpu", "worker_cpu", "redis_commands"} as one JSON line (the last counts the
+wait for the chains' end too: a few polls).
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ BENCH = Path(__file__).resolve().parent
 def cpu(proc: psutil.Process) -> float:
     total = float(sum(proc.cpu_times()[:2]))
     return total + sum(sum(child.cpu_times()[:2]) for child in proc.children(recursive=True))
+
+
+def redis_calls(server: redis.Redis) -> int:
+    """Commands redis-server has answered so far, all clients and databases (INFO commandstats)."""
+    return sum(int(v["calls"]) for v in server.info("commandstats").values())
 
 
 def main() -> None:
@@ -73,15 +79,23 @@ def main() -> None:
         local.wait_for(lambda: int(counter.get(noop.DONE_KEY) or 0) >= 20, 60, "the warm-up chains")
         me, pool = psutil.Process(), psutil.Process(worker.pid)
         mine, theirs, began = sum(me.cpu_times()[:2]), cpu(pool), time.monotonic()
+        calls = redis_calls(counter)
         run(args.chains)
         publish_cpu = sum(me.cpu_times()[:2]) - mine
         want = 20 + args.chains
         local.wait_for(lambda: int(counter.get(noop.DONE_KEY) or 0) >= want, args.timeout, "the chains")
         seconds, worker_cpu = time.monotonic() - began, cpu(pool) - theirs
+        commands = redis_calls(counter) - calls
     finally:
         worker.stop()
         redis_proc.stop()
-    figures = {"chains": args.chains, "seconds": seconds, "publish_cpu": publish_cpu, "worker_cpu": worker_cpu}
+    figures = {
+        "chains": args.chains,
+        "seconds": seconds,
+        "publish_cpu": publish_cpu,
+        "worker_cpu": worker_cpu,
+        "redis_commands": commands,
+    }
     print(json.dumps(figures))
 
 

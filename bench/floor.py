@@ -6,7 +6,8 @@ Run as its own process by bench/pipeline.py so that its CPU is counted apart fro
 
     python bench/floor.py --aws-url URL --api-url URL --token T --tenants FILE --images FILE --threads N
 
-prints {"seconds": wall, "cpu": user + system CPU seconds of this process, "images": n} as one JSON line.
+prints {"seconds": wall, "cpu": user + system CPU seconds of this process, "images": n, "retries": POSTs sent
+again after a TransientError} as one JSON line.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import boto3
 import httpx
 
 from ninkik_tasks import ecr, local
+from ninkik_tasks.errors import TransientError
 from ninkik_tasks.findings import Report
 from ninkik_tasks.notify import idempotency_key, images_url, render, send
 from ninkik_tasks.tenants import Match
@@ -45,6 +47,7 @@ def main() -> None:
     session = boto3.session.Session(aws_access_key_id="bench", aws_secret_access_key="bench", region_name=local.REGION)
     client: Any = session.client("ecr", endpoint_url=args.aws_url)  # boto3 clients are thread-safe
     http = httpx.Client(timeout=10, limits=httpx.Limits(max_connections=max(args.threads, 1)))
+    retries: list[str] = []
 
     def one(item: list[str]) -> None:
         repository, digest = item
@@ -52,7 +55,15 @@ def main() -> None:
         match = Match(tenant=tenant_uuid, product=products[name], product_name=name, component="")
         image = ecr.describe_image(client, local.ACCOUNT, local.REGION, repository, digest)
         report = Report(image=image, scan=ecr.scan_findings(client, image))
-        send(http, images_url(args.api_url, match), args.token, idempotency_key(match, report), render(report, "push"))
+        body, url, key = render(report, "push"), images_url(args.api_url, match), idempotency_key(match, report)
+        for attempt in range(3):  # as the chain retries a TransientError (a connection the loaded machine reset)
+            try:
+                send(http, url, args.token, key, body)
+                return
+            except TransientError:
+                if attempt == 2:
+                    raise
+                retries.append(key)
 
     one(images[0])  # warm-up: clients, connections, imports
     cpu, began = cpu_seconds(), time.monotonic()
@@ -62,7 +73,8 @@ def main() -> None:
     else:
         for item in images[1:]:
             one(item)
-    print(json.dumps({"seconds": time.monotonic() - began, "cpu": cpu_seconds() - cpu, "images": len(images) - 1}))
+    figures = {"seconds": time.monotonic() - began, "cpu": cpu_seconds() - cpu, "images": len(images) - 1}
+    print(json.dumps({**figures, "retries": len(retries)}))
 
 
 if __name__ == "__main__":

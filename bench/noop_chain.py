@@ -4,6 +4,10 @@ Same app configuration (ninkik_tasks.celery_app.celery_config), the same task na
 (the first three store no result); the first task gets a push event as the real chain does, each task
 passes its argument on (the real steps add the match, the image and the report's key), and the last
 counts itself in Redis. bench/celery_floor.py runs a worker on this module.
+
+These tasks' arguments and results are shown as Celery does by default: a repr of each message, computed at every
+publish and every step. The pipeline's tasks name their image instead and cut their results' repr at 256 characters
+(pipeline.py): that part of Celery's work is still done here and no longer by the pipeline.
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import profile_top
 import psutil
+import results
 from pipeline_run import (
     CeleryFloorResult,
     FloorResult,
@@ -55,10 +57,11 @@ from rich.console import Console
 from rich.table import Table
 
 from ninkik_tasks import local
+from ninkik_tasks.console import console as make_console
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-RESULTS = BENCH / "RESULTS.md"
+RESULTS = results.RESULTS
 ENTRYPOINT = ROOT / "workers" / "entrypoint.sh"
 EMULATOR = "moto 5.2.5 server (slow: ~200-300 ECR calls/s here)"
 FAST = "bench/fast_aws.py (canned answers, real HTTP)"
@@ -85,6 +88,7 @@ class Section:
     columns: list[str]
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    current: list[tuple[str, str]] = field(default_factory=list)  # (row, figure) for RESULTS.md's table of them
 
 
 def end_to_end(r: Result, number: str = "1") -> Section:
@@ -104,6 +108,7 @@ def end_to_end(r: Result, number: str = "1") -> Section:
         ["CPU ms per event: workers (main + pool processes)", per_event(r, "workers")],
         ["CPU ms per event: emulator / redis-server", f"{per_event(r, 'emulator')} / {per_event(r, 'redis')}"],
         ["CPU ms per event: this script (feeder, ninkik stand-in)", per_event(r, "bench")],
+        ["Redis commands per event (all clients: broker, results, records)", redis_per_event(r)],
         ["machine CPU busy, all cores (of which processes not ours)", f"{r.busy:.0%} ({r.others:.0%})"],
         ["retries / failures / POSTs not answered 201 (duplicates)", r.anomalies],
         ["peak RSS MiB: ingest", mib(r.rss.get("ingest"))],
@@ -115,6 +120,16 @@ def end_to_end(r: Result, number: str = "1") -> Section:
         ["peak RSS MiB: emulator / redis-server", f"{mib(r.rss.get('emulator'))} / {mib(r.rss.get('redis'))}"],
     ]
     s.notes.append("Latency: from the bench's SendMessageBatch call to the stand-in receiving the POST.")
+    where = f"{number}. End-to-end on {'moto' if r.setup.emulator == 'moto' else 'the fast stand-in'} ({r.setup.label})"
+    s.current += [
+        (f"{where}: events/s", f"{r.rate:.1f}"),
+        (f"{where}: latency ms p50 / p95 / p99, paced", f"{ms(r.paced_latency)} at {r.paced_rate:.0f} events/s"),
+        (
+            f"{where}: CPU ms per event, ingest + workers",
+            f"{ours(r) * 1000:.1f} ({per_event(r, 'ingest')} + {per_event(r, 'workers')})",
+        ),
+        (f"{where}: Redis commands per event", redis_per_event(r).split(" (")[0]),
+    ]
     return s
 
 
@@ -146,6 +161,15 @@ def brokers_section(results: list[Result]) -> Section:
         "Same machine, same emulator, same worker; on RabbitMQ Redis still holds results, records and the limiter. "
         "RabbitMQ's figures include publisher confirms and quorum-queue writes to disk."
     )
+    if not any(r.error for r in results):
+        names = " / ".join(r.setup.broker for r in results)
+        s.current += [
+            (f"7. Brokers on moto, {names}: events/s", " / ".join(f"{r.rate:.1f}" for r in results)),
+            (
+                f"7. Brokers on moto, {names}: workers' CPU ms per event",
+                " / ".join(per_event(r, "workers") for r in results),
+            ),
+        ]
     return s
 
 
@@ -168,6 +192,13 @@ def pools(pairs: list[tuple[Result, Result]], delay_ms: float) -> Section:
         if zero.error or slow.error:
             s.rows.append([zero.setup.label, zero.error or f"{zero.rate:.1f}", slow.error or f"{slow.rate:.1f}"])
             continue
+        if zero.rate:
+            s.current.append(
+                (
+                    f"2. {delay_ms:.0f} ms per call on moto, {zero.setup.label}: events/s at 0 / {delay_ms:.0f} ms",
+                    f"{zero.rate:.1f} / {slow.rate:.1f} ({slow.rate / zero.rate:.0%} kept)",
+                )
+            )
         s.rows.append(
             [
                 zero.setup.label,
@@ -206,6 +237,15 @@ def scaling(results: list[Result], delay_ms: float) -> Section:
         ],
     )
     base = next((r.rate for r in results if not r.error), 0.0)
+    if results and not any(r.error for r in results):
+        counts = " / ".join(str(r.setup.workers) for r in results)
+        s.current.append(
+            (
+                f"3. Scaling on moto, {delay_ms:.0f} ms per call, {results[0].setup.pool} "
+                f"x{results[0].setup.concurrency}: events/s with {counts} worker processes",
+                " / ".join(f"{r.rate:.1f}" for r in results),
+            )
+        )
     for r in results:
         if r.error:
             s.rows.append([str(r.setup.workers), r.setup.label, r.error, "", ""])
@@ -225,6 +265,15 @@ def scaling(results: list[Result], delay_ms: float) -> Section:
     return s
 
 
+def redis_per_event(r: Result) -> str:
+    """Commands per event, then the five most frequent, e.g. `61.2 (evalsha 9.0, ...)`."""
+    if not r.events or not r.redis_commands:
+        return "-"
+    total = sum(r.redis_commands.values()) / r.events
+    top = sorted(r.redis_commands.items(), key=lambda kv: -kv[1])[:6]
+    return f"{total:.1f} (" + ", ".join(f"{name} {calls / r.events:.1f}" for name, calls in top) + ")"
+
+
 def ours(r: Result) -> float:
     """CPU seconds per event of ingest and the workers together."""
     return (r.cpu.get("ingest", 0.0) + r.cpu.get("workers", 0.0)) / r.events if r.events else 0.0
@@ -238,6 +287,7 @@ def against_floor(r: Result, floors: list[FloorResult], celery: CeleryFloorResul
             "events/s",
             "CPU ms/event (ours)",
             "emulator CPU ms/event",
+            "Redis commands/event",
             "throughput / threaded floor",
             "CPU / floor",
         ],
@@ -248,12 +298,21 @@ def against_floor(r: Result, floors: list[FloorResult], celery: CeleryFloorResul
         if f.error:
             s.rows.append([label, f.error])
             continue
+        if f.retries:
+            s.notes.append(f"{label}: {f.retries} POSTs sent again after a connection error (as the chain would).")
+        s.current.append(
+            (
+                f"4. The {label} (fast stand-in): events/s, CPU ms per image",
+                f"{f.rate:.1f}, {f.cpu / f.images * 1000:.2f}",
+            )
+        )
         s.rows.append(
             [
                 label,
                 f"{f.rate:.1f}",
                 f"{f.cpu / f.images * 1000:.2f}",
                 f"{f.emulator_cpu / f.images * 1000:.2f}",
+                "",
                 "",
                 "",
             ]
@@ -271,6 +330,7 @@ def against_floor(r: Result, floors: list[FloorResult], celery: CeleryFloorResul
                     f"{celery.rate:.1f}",
                     f"{celery.cpu_per_chain * 1000:.2f}",
                     "-",
+                    f"{celery.redis_commands / celery.chains:.1f}" if celery.chains else "-",
                     f"{celery.rate / base_rate:.0%}" if base_rate else "-",
                     f"{celery.cpu_per_chain / base_cpu:.1f}x" if base_cpu else "-",
                 ]
@@ -284,6 +344,7 @@ def against_floor(r: Result, floors: list[FloorResult], celery: CeleryFloorResul
                 f"{r.rate:.1f}",
                 f"{ours(r) * 1000:.2f}",
                 per_event(r, "emulator"),
+                f"{sum(r.redis_commands.values()) / r.events:.1f}" if r.events and r.redis_commands else "-",
                 f"{r.rate / base_rate:.0%}" if base_rate else "-",
                 f"{ours(r) / base_cpu:.1f}x" if base_cpu else "-",
             ]
@@ -300,6 +361,13 @@ def against_floor(r: Result, floors: list[FloorResult], celery: CeleryFloorResul
             f"plus the worker's ({(celery.cpu_per_chain - celery.publish_per_chain) * 1000:.2f} ms). "
             "It is what four tasks per image cost before any work."
         )
+        publisher, worker = celery.publish_per_chain * 1000, (celery.cpu_per_chain - celery.publish_per_chain) * 1000
+        s.current.append(
+            (
+                f"4. Celery alone (4 no-op tasks, {celery.pool} x{celery.concurrency}): events/s, CPU ms per chain",
+                f"{celery.rate:.1f}, {publisher + worker:.2f} (publisher {publisher:.2f} + worker {worker:.2f})",
+            )
+        )
     return s
 
 
@@ -315,6 +383,14 @@ def ingest_section(results: list[IngestResult]) -> Section:
             continue
         s.rows.append([label, str(r.messages), f"{r.rate:.0f}", f"{r.cpu / r.messages * 1000:.2f}", mib(r.rss)])
     s.notes.append("From the first ReceiveMessage the stand-in answered to the last chain seen in Redis (5 ms polls).")
+    if results and not any(r.error for r in results):
+        s.current.append(
+            (
+                "5. Ingest alone on the fast stand-in: messages/s, DeleteMessage "
+                + " / ".join("denied" if r.deny_delete else "allowed" for r in results),
+                " / ".join(f"{r.rate:.0f}" for r in results),
+            )
+        )
     return s
 
 
@@ -330,6 +406,9 @@ def backfill_section(images: int) -> tuple[Section, dict[str, float]]:
         s.rows.append(["failed", (done.stdout + done.stderr).strip()[-200:]])
         return s, {}
     s.rows += [["images/s, chains started", rate.group(1)], ["backfill task's peak RSS MiB", peak.group(1)]]
+    s.current.append(
+        (f"6. Backfill of {images} images on moto: images/s, peak RSS MiB", f"{rate.group(1)}, {peak.group(1)}")
+    )
     return s, {"rate": float(rate.group(1)), "rss": float(peak.group(1))}
 
 
@@ -341,12 +420,14 @@ def targets(
     backfill: dict[str, float],
     celery: CeleryFloorResult | None = None,
 ) -> Section:
-    s = Section("Targets (issue 6; 2 cores)", ["target", "measured", "met"])
+    s = Section("Targets (issues 6 and 31; 2 cores)", ["target", "measured", "met"])
 
     def add(name: str, value: float | None, fmt: str, ok: bool) -> None:
         s.rows.append(
             [name, "not run" if value is None else fmt.format(value), "-" if value is None else "yes" if ok else "no"]
         )
+        if value is not None:
+            s.current.append((f"Target: {name}", f"{fmt.format(value)}, {'met' if ok else 'not met'}"))
 
     threaded = next((f for f in floors if f.threads and not f.error), None)
     usable = fast is not None and not fast.error
@@ -365,6 +446,18 @@ def targets(
     add("30 ms per call keeps >= 80% of zero-delay events/s (default pool, moto)", kept, "{:.0%}", (kept or 0) >= 0.8)
     add("backfill >= 500 images/s", backfill.get("rate"), "{:.0f}", backfill.get("rate", 0) >= 500)
     add("backfill peak RSS < 200 MB", backfill.get("rss"), "{:.0f} MiB", backfill.get("rss", 1e9) < 190)
+    alone = celery if celery is not None and not celery.error and celery.chains else None
+    if usable and alone is not None and threaded and threaded.images:
+        budget = alone.cpu_per_chain + threaded.cpu / threaded.images
+        mine = ours(fast)  # type: ignore[arg-type]
+        add(
+            "CPU per event <= Celery alone + the floor's (same run)",
+            mine * 1000,
+            f"{{:.1f}} ms of {budget * 1000:.1f} ms",
+            mine <= budget,
+        )
+    kept_rate = fast.rate / alone.rate if usable and fast and alone is not None and alone.rate else None
+    add("end-to-end >= 80% of Celery alone's events/s (same run)", kept_rate, "{:.0%}", (kept_rate or 0) >= 0.8)
     if celery is not None and not celery.error and celery.publish_cpu and threaded and threaded.images:
         floor_cpu = threaded.cpu / threaded.images
         s.notes.append(
@@ -411,9 +504,11 @@ def machine() -> str:
     )
 
 
-def write_results(sections: list[Section], header: str, extra: list[str]) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nNewest sections last.\n"
-    RESULTS.write_text(text.rstrip("\n") + "\n\n" + header + "\n\n" + markdown(sections) + "\n".join(extra) + "\n")
+def write_results(sections: list[Section], header: str, extra: list[str], command: str) -> None:
+    """The sections' rows in RESULTS.md's table of current figures; the run's details appended below."""
+    figures = [figure for s in sections for figure in s.current]
+    details = "\n\n".join([header, markdown(sections).rstrip("\n"), *extra])
+    results.record(figures, command, details)
 
 
 def entrypoint_defaults() -> tuple[str, int]:
@@ -451,14 +546,20 @@ def main() -> int:
     parser.add_argument("--backfill-images", type=int, default=5000, help="images for the backfill (6)")
     parser.add_argument("--stall", type=float, default=60.0, help="give a run up after this long without progress")
     parser.add_argument("--work", default=None, help="directory for logs (default: a new temporary one)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy (pip install py-spy) records ingest and the worker in scenario 4a into this directory; "
+        "the top entries are printed (the run's figures then include py-spy's pauses)",
+    )
     parser.add_argument("--no-write", action="store_true", help=f"do not append to {RESULTS.relative_to(ROOT)}")
     args = parser.parse_args()
     if args.work:
         Path(args.work).mkdir(parents=True, exist_ok=True)
-    load = Load(args.events, args.warmup, args.window, args.stall, Path(args.work) if args.work else None)
+    load = Load(args.events, args.warmup, args.window, args.stall, Path(args.work) if args.work else None, args.profile)
     scenarios = set(args.scenarios.split(","))
     delay = args.delay_ms / 1000
-    console = Console() if sys.stdout.isatty() else Console(width=150)
+    console = make_console()  # a log of the run keeps its lines whole (the command, paths)
     # Ctrl-C and SIGTERM unwind through every run's ExitStack, which stops what the run started.
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (`&`)
@@ -543,14 +644,21 @@ def main() -> int:
     show(console, sections)
     command = shlex.join(sys.orig_argv)
     console.print(f"{elapsed:.0f} s in all; command: {command}")
+    profiles: list[str] = []
+    if args.profile is not None:
+        for name in ("ingest", "worker"):
+            if (args.profile / f"{name}.txt").exists():
+                profiles.append(profile_top.top(args.profile / f"{name}.txt"))
+                console.print(profiles[-1], markup=False)
     if not args.no_write:
         header = (
             f"## Pipeline, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n\n"
             f"Machine: {machine()}.\n\nCommand: `{command}` ({elapsed / 60:.1f} min; "
             f"{args.events} events per run after {args.warmup} not counted, window {args.window})."
         )
-        write_results(sections, header, [])
-        console.print(f"appended to {RESULTS}")
+        extra = ["### Profile of 4a (py-spy, samples holding the GIL)", *profiles] if profiles else []
+        write_results(sections, header, extra, results.relative(command))
+        console.print(f"written to {RESULTS}: its table of current figures, and this run's details")
     return 0
 
 

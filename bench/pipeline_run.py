@@ -12,12 +12,14 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from ninkik_tasks.local.standin import Received, Standin
 
 PROXY = Path(__file__).resolve().parent / "delay_proxy.py"
 FAST_AWS = Path(__file__).resolve().parent / "fast_aws.py"
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
 QUEUES = "ninkik-aws,ninkik-api,ninkik-control"
 TENANT = "7d3c2b1a-0f9e-4d8c-8b7a-6f5e4d3c2b1a"
 PRODUCTS = [f"product-{i}" for i in range(10)]
@@ -79,6 +82,7 @@ class Result:
     cpu: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds in the measured phase
     rss: dict[str, float] = field(default_factory=dict)  # role -> peak resident bytes of one process
     worker_pss: float = 0.0  # bytes, all worker processes, at the end of the measured phase
+    redis_commands: dict[str, int] = field(default_factory=dict)  # command -> calls in the measured phase
     busy: float = 0.0  # share of all cores' time the machine was busy in the measured phase
     others: float = 0.0  # the part of it spent in processes this run did not start
     retries: int = 0  # chain steps retried (ninkik:stats), failures recorded, POSTs answered other than 201
@@ -107,6 +111,7 @@ class Load:
     window: int  # most events sent and not yet notified (keeps the SQS queue shallow)
     stall: float  # seconds without a notification before the run is given up
     work: Path | None = None  # where each run's logs go (a new temporary directory by default)
+    profile: Path | None = None  # py-spy profiles of ingest and the worker in scenario 4a's measured phase
 
 
 # The ninkik side: every accepted POST is timed here
@@ -203,6 +208,12 @@ def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, f
         if role in ("worker", "pool"):
             used["workers"] = used.get("workers", 0.0) + delta
     return used
+
+
+def redis_calls(server: redis.Redis) -> Counter[str]:
+    """Calls of each command redis-server has answered so far (INFO commandstats), all clients and databases."""
+    stats = server.info("commandstats")
+    return Counter({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})
 
 
 def busy(before: Any, after: Any) -> tuple[float, float]:
@@ -302,9 +313,15 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
                 images[load.warmup + load.events :],
             )
             feed(sqs, queue_url, warmup, arrivals, load.window, procs, load.stall)
-            before, machine_before = watch.cpu(), psutil.cpu_times()
-            first, last = feed(sqs, queue_url, measured, arrivals, load.window, procs, load.stall)
+            spying = contextlib.ExitStack()
+            if load.profile is not None and setup.emulator == "fast":
+                spying.enter_context(profiled(load.profile, {"ingest": ingest.pid, "worker": workers[0].pid}))
+            server = redis.Redis.from_url(redis_url)
+            before, machine_before, calls = watch.cpu(), psutil.cpu_times(), redis_calls(server)
+            with spying:
+                first, last = feed(sqs, queue_url, measured, arrivals, load.window, procs, load.stall)
             result.cpu = cpu_used(before, watch.cpu())
+            result.redis_commands = (redis_calls(server) - calls) + Counter()  # the info command's own call: 1
             result.worker_pss = watch.worker_pss()
             busy_seconds, all_seconds = busy(machine_before, psutil.cpu_times())
             ours = sum(v for role, v in result.cpu.items() if role != "workers")  # "workers" = worker + pool
@@ -326,6 +343,33 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
             f"{result.rate:7.1f} events/s  p50 {pct(result.latency, 50) * 1000:6.0f} ms"
         )
     return result
+
+
+@contextlib.contextmanager
+def profiled(directory: Path, pids: dict[str, int]) -> Iterator[None]:
+    """py-spy records each process (name -> pid) into DIRECTORY/<name>.txt (collapsed stacks) until the block ends.
+
+    Only samples holding the GIL: CPU time, not waits. The figures of a profiled run are not comparable with
+    others': py-spy pauses the process at each sample.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    spies = [
+        subprocess.Popen(
+            [PY_SPY, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--function", "--gil"]
+            + ["--output", str(directory / f"{name}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for name, pid in pids.items()
+    ]
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        for spy in spies:
+            spy.wait(30)
 
 
 def bench_env(aws_url: str, redis_url: str, queue_url: str, **extra: str) -> dict[str, str]:
@@ -547,6 +591,7 @@ class FloorResult:
     seconds: float = 0.0
     cpu: float = 0.0  # the loop's own process
     emulator_cpu: float = 0.0
+    retries: int = 0  # POSTs sent again after a TransientError (as the chain would retry them)
     error: str | None = None
 
     @property
@@ -577,6 +622,7 @@ def floor(threads: int, count: int, load: Load, delay: float = 0.0) -> FloorResu
             return result
         figures = json.loads(done.stdout.strip().splitlines()[-1])
         result.images, result.seconds, result.cpu = figures["images"], figures["seconds"], figures["cpu"]
+        result.retries = figures.get("retries", 0)
         result.emulator_cpu = sum(emulator.cpu_times()[:2]) - before  # includes the warm-up image
         if len(standin.received) != count + 1:
             result.error = f"the stand-in received {len(standin.received)} of {count + 1} POSTs"
@@ -592,6 +638,7 @@ class CeleryFloorResult:
     seconds: float = 0.0
     publish_cpu: float = 0.0  # the publisher's CPU seconds (what ingest pays to start the chains)
     worker_cpu: float = 0.0  # the worker's main and pool processes
+    redis_commands: int = 0  # commands redis-server answered (broker, results, events) while the chains ran
     error: str | None = None
 
     @property
@@ -620,4 +667,5 @@ def celery_floor(pool: str, concurrency: int, chains: int, load: Load) -> Celery
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     result.chains, result.seconds = figures["chains"], figures["seconds"]
     result.publish_cpu, result.worker_cpu = figures["publish_cpu"], figures["worker_cpu"]
+    result.redis_commands = figures["redis_commands"]
     return result

@@ -48,7 +48,8 @@ import psutil
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import RESULTS, entrypoint_defaults, machine  # noqa: E402
+import results  # noqa: E402
+from pipeline import entrypoint_defaults, machine  # noqa: E402
 from pipeline_run import PRODUCTS, TENANT, TENANTS, bench_env, start_emulator  # noqa: E402
 
 from ninkik_tasks import local  # noqa: E402
@@ -380,7 +381,19 @@ def main() -> int:
             f"`{' '.join(['.venv/bin/python', *sys.argv])}` on {machine()}; poll {POLL:.0f} s, "
             f"ECR budget {LIMIT} calls/s, one worker as workers/entrypoint.sh runs it, bench/fast_aws.py."
         )
-        RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n\n" + header + "\n\n" + table + "\n")
+        figures = []
+        for run in runs:
+            cells = dict(zip(COLUMNS, run.row(), strict=True))
+            new = cells[COLUMNS[3]]
+            figures.append(
+                (
+                    f"Scan lag: {run.name} ({len(run.scans)} images)",
+                    f"lag after scan p50 / p95 / max {cells[COLUMNS[2]]} s"
+                    + (f"; new pushes' first read / lag, max {new} s" if new else "")
+                    + f"; {cells[COLUMNS[6]]} status reads per 5 s of scanning",
+                )
+            )
+        results.record(figures, " ".join([".venv/bin/python", *sys.argv]), header + "\n\n" + table)
     return 0
 
 

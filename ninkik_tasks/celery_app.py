@@ -137,12 +137,20 @@ def _beat_starts(sender: Any, **_: Any) -> None:
             )
 
 
+def _process_ends(**_: Any) -> None:
+    # A prefork pool's child ends with os._exit (no atexit): the counts it holds are written now.
+    from .metrics import flush_held
+
+    flush_held()
+
+
 def make_app() -> Celery:
     """The app; settings are read on first use, so importing the package never fails or does I/O."""
     app = Celery("ninkik_tasks", include=["ninkik_tasks.pipeline"])
     app.add_defaults(_configuration)
     signals.celeryd_init.connect(_worker_starts, weak=False)
     signals.beat_init.connect(_beat_starts, weak=False)
+    signals.worker_process_shutdown.connect(_process_ends, weak=False)
     # Records RabbitMQ's dead letters (tasks over the delivery limit) as failures; nothing on Redis.
     app.steps["consumer"].add(rabbitmq.DeadLetters)
     app.steps["worker"].add(rabbitmq.Declare)  # every queue exists before delayed delivery binds them

@@ -63,7 +63,7 @@ def ingest() -> None:
     from .config import get_settings
     from .idempotency import Records
     from .ingest import Ingest
-    from .pipeline import start
+    from .pipeline import start_all
     from .records import quarantine
 
     settings = get_settings()
@@ -82,7 +82,7 @@ def ingest() -> None:
         sqs=clients.sqs(settings),
         records=Records(redis, settings.redis_namespace),
         quarantine=quarantine(redis, settings.redis_namespace),
-        start=start,
+        start=start_all,
     ).run()
 
 
@@ -117,8 +117,9 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -
     if not rows:
         click.echo("none")
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from .console import console
 
     # The id is what `replay` and `retry` take: never cut or wrapped; the other columns give way.
     widest = max((len(str(row.get(columns[0], ""))) for row in rows), default=0)
@@ -128,7 +129,7 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(str(row.get(c, ""))[:200] for c in columns))
-    Console().print(table)
+    console().print(table)
 
 
 @main.group()
@@ -258,10 +259,11 @@ def _watch_backfill(result: Any) -> int:
     import signal
     import time
 
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
+    from .console import console as make_console
+
+    console = make_console(stderr=True)
     # Ctrl-C (SIGINT) stops the waiting, also where a shell started this with SIGINT ignored (a job of a script).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import boto3
@@ -35,13 +36,27 @@ AWS_CONFIG = Config(
 log = logging.getLogger(__name__)
 
 _cache: dict[Any, Any] = {}
+_making = threading.RLock()  # per_process: the pool's threads, asking at once, get one
+T = TypeVar("T")
 
 
 def _reset_after_fork() -> None:
+    global _making
     _cache.clear()
+    _making = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def per_process(key: Hashable, make: Callable[[], T]) -> T:
+    """What `make` returns, made once per process under `key` (a forked child makes its own)."""
+    if key not in _cache:
+        with _making:
+            if key not in _cache:
+                _cache[key] = make()
+    made: T = _cache[key]
+    return made
 
 
 def ecr(

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # The kinds of event whose last sighting is recorded (`ninkik-tasks check` prints them).
 PUSH, INSPECTOR_FINDING = "push", "inspector2_finding"
-IMAGE_SCAN, INSPECTOR_SCAN = SCAN_EVENT_KINDS  # those scan waits look for (scanwait.ScanWaits.pace)
+IMAGE_SCAN, INSPECTOR_SCAN = SCAN_EVENT_KINDS  # those scan waits look for (scanwait._PACE)
 KINDS = (PUSH, IMAGE_SCAN, INSPECTOR_SCAN, INSPECTOR_FINDING)
 SEEN_TTL = 30 * 24 * 3600  # an account and region silent this long shows `never` again in `check`
 

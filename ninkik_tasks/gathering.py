@@ -3,7 +3,7 @@
 Every pushed image is registered, as its chain starts (in ingest, or a sweep), in its repository's set of images
 waiting to be described (Redis). Its describe step runs NINKIK_SCAN_FIRST_READ_SECONDS after the push (the first
 scan read could not come sooner anyway), and the first step of a repository to run takes every image waiting there,
-up to 100, its own among them, and describes them all in one call; each image's own step then takes its description
+up to 100, its own among them, and describes them all in one call; each other image's step then takes its description
 from Redis. So the images of one repository accepted within that delay of each other share one call, and waiting for
 them costs no time. Sweeps' chains take their image from the sweep's own DescribeImages page: no call.
 
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 import redis
@@ -29,7 +30,7 @@ import redis
 from .ecr import MAX_IMAGE_IDS, describe_image, describe_images
 from .errors import PermanentError, TransientError
 from .findings import Image
-from .tenants import split
+from .tenants import REPOSITORY
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
@@ -135,11 +136,18 @@ class Gathering:
     def _description_key(self, where: Where, member: str) -> str:
         return f"{self.namespace}:described:{where.region}:{where.account}/{where.repository}:{member}"
 
-    def register(self, where: Where, member: str) -> None:
-        """The image waits to be described with the others of its repository."""
+    def register(self, images: Iterable[tuple[Where, str]]) -> None:
+        """Each image (its repository, its member) waits to be described with the others of its repository; one
+        round trip for all."""
+        now, by_repository = time.time(), defaultdict[Where, dict[str, float]](dict)
+        for where, m in images:
+            by_repository[where][m] = now
+        if not by_repository:
+            return
         pipe = self.r.pipeline(transaction=False)
-        pipe.zadd(self._key("pending", where), {member: time.time()}, nx=True)
-        pipe.expire(self._key("pending", where), KEEP_SECONDS)
+        for where, members in by_repository.items():
+            pipe.zadd(self._key("pending", where), members, nx=True)
+            pipe.expire(self._key("pending", where), KEEP_SECONDS)
         pipe.execute()
 
     def turn(self, where: Where, member: str, most: int = MAX_IMAGE_IDS) -> Turn:
@@ -153,12 +161,13 @@ class Gathering:
             return Turn(batch=[str(m) for m in answer[1:]])
         return Turn()
 
-    def finish(self, where: Where, descriptions: Mapping[str, str]) -> None:
-        """Keep each claimed image's description (or SOLO) for its chain; the claim is over."""
+    def finish(self, where: Where, descriptions: Mapping[str, str], taken: Iterable[str] = ()) -> None:
+        """Keep each claimed image's description (or SOLO) for its chain; the claim is over (also for the images
+        `taken`: the claiming step's own, whose description it keeps)."""
         pipe = self.r.pipeline(transaction=False)
         for m, description in descriptions.items():
             pipe.set(self._description_key(where, m), description, ex=KEEP_SECONDS)
-        pipe.zrem(self._key("claimed", where), *descriptions)
+        pipe.zrem(self._key("claimed", where), *descriptions, *taken)
         pipe.execute()
 
     def release(self, where: Where, batch: list[str]) -> None:
@@ -174,17 +183,16 @@ class Gathering:
         return int(self.r.zcard(self._key("pending", where)))
 
 
-def register(gathering: Gathering, pushed: ImagePushed) -> None:
-    """As its chain starts, a pushed image begins to wait to be described with the others of its repository; not
-    an image of a repository that is not named like a ninkik one (its chain ends before any AWS call), nor one of
-    a scan-complete event (its chain takes up the waiting chain's description), nor one a sweep's DescribeImages
-    page described (ImagePushed.listed)."""
-    try:
-        split(pushed.repository)
-    except PermanentError:
-        return
-    if not pushed.scan_finished and pushed.listed is None:
-        gathering.register(where_of(pushed), member(pushed.digest, pushed.event_id))
+def register(gathering: Gathering, pushes: Iterable[ImagePushed]) -> None:
+    """As their chains start, pushed images begin to wait to be described with the others of their repository
+    (one round trip for all); not an image of a repository that is not named like a ninkik one (its chain ends
+    before any AWS call), nor one of a scan-complete event (its chain takes up the waiting chain's description),
+    nor one a sweep's DescribeImages page described (ImagePushed.listed)."""
+    gathering.register(
+        (where_of(p), member(p.digest, p.event_id))
+        for p in pushes
+        if not p.scan_finished and p.listed is None and REPOSITORY.fullmatch(p.repository)
+    )
 
 
 def where_of(pushed: ImagePushed) -> Where:
@@ -204,17 +212,23 @@ def gathered_image(gathering: Gathering, ecr: ECRClient, pushed: ImagePushed) ->
             return describe_image(ecr, pushed.account, pushed.region, pushed.repository, pushed.digest)
         if turn.description is not None:
             return Image.model_validate_json(turn.description)
-        if turn.batch is not None:  # claimed, this image among them: the next turn takes its description
-            describe_batch(gathering, ecr, where, turn.batch)
-        elif time.monotonic() < deadline:
+        if turn.batch is not None:  # claimed, this image among them: its description is this step's at once
+            own = describe_batch(gathering, ecr, where, turn.batch, mine)
+            if own is None:  # refused or left out: a call of its own says what happened to it
+                return describe_image(ecr, pushed.account, pushed.region, pushed.repository, pushed.digest)
+            return own
+        if time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
         else:
             raise DescriptionPending("being described with other images of its repository", retry_after=WAIT_SECONDS)
 
 
-def describe_batch(gathering: Gathering, ecr: ECRClient, where: Where, batch: list[str]) -> None:
+def describe_batch(
+    gathering: Gathering, ecr: ECRClient, where: Where, batch: list[str], own: str | None = None
+) -> Image | None:
     """One DescribeImages for a claimed batch; each image's description kept for its chain, or SOLO where the call
-    was refused or left the image out. A TransientError puts the batch back to wait."""
+    was refused or left the image out; but the claiming step's `own` image's is returned (None for SOLO), not kept:
+    keeping it and taking it back cost two round trips per batch. A TransientError puts the batch back to wait."""
     digests = sorted({digest_of(m) for m in batch})
     try:
         found = describe_images(ecr, where.account, where.region, where.repository, digests)
@@ -239,6 +253,6 @@ def describe_batch(gathering: Gathering, ecr: ECRClient, where: Where, batch: li
             where.repository,
             where.region,
         )
-    gathering.finish(
-        where, {m: found[d].model_dump_json() if d in found else SOLO for m in batch for d in [digest_of(m)]}
-    )
+    kept = {m: found[d].model_dump_json() if d in found else SOLO for m in batch if m != own for d in [digest_of(m)]}
+    gathering.finish(where, kept, taken=[own] if own in batch else [])
+    return found.get(digest_of(own)) if own in batch else None

@@ -18,9 +18,13 @@ local report = redis.call('GET', KEYS[3])
 if report then return {'ours', report} end
 return {'ours'}
 """
-# KEYS: sent, sending. ARGV: owner, seconds to remember the send (0: it did not happen), now.
+# KEYS: sent, sending, optionally what ninkik has of the image (remember_reported). ARGV: owner, seconds to remember
+# the send (0: it did not happen), now, the report's stamp.
 END_SEND = """
-if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2]) end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2])
+  if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2]) end
+end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 """
 
@@ -83,10 +87,14 @@ class Records:
             return SendStart("ours", answer[1] if len(answer) > 1 else None)
         return SendStart(answer[0])
 
-    def end_send(self, idempotency_key: str, owner: str, sent_ttl: int | None) -> None:
-        """Give the send back (if still ours), first remembering for `sent_ttl` s that ninkik accepted it."""
+    def end_send(
+        self, idempotency_key: str, owner: str, sent_ttl: int | None, reported: tuple[str, str] | None = None
+    ) -> None:
+        """Give the send back (if still ours), first remembering for `sent_ttl` s that ninkik accepted it and, with
+        `reported` (image, stamp), what ninkik now has of the image (as remember_reported)."""
         keys = [self.key("sent", idempotency_key), self.key("sending", idempotency_key)]
-        self._end(keys=keys, args=[owner, sent_ttl or 0, int(time.time())])
+        keys += [self.key("reported", reported[0])] if reported else []
+        self._end(keys=keys, args=[owner, sent_ttl or 0, int(time.time()), reported[1] if reported else ""])
 
     # What ninkik has of each image (Report.stamp): a rescan does not read again what cannot have changed.
     def remember_reported(self, image: str, stamp: str, ttl: int) -> None:

@@ -48,13 +48,13 @@ class _Stop(BaseException):
 
 @dataclass
 class Ingest:
-    """Polls the queue and hands every new, valid push to `start`."""
+    """Polls the queue and hands the new, valid pushes of each batch to `start` (which returns their chains)."""
 
     settings: Settings
     sqs: SQSClient
     records: Records
     quarantine: Journal
-    start: Callable[[ImagePushed], Any]
+    start: Callable[[list[ImagePushed]], list[Any]]
     inventory: Inventory | None = None  # where accepted pushes' repositories are remembered for sweeps
     scan_waits: ScanWaits | None = None  # the images waiting for their scan (a scan-complete event ends a wait)
     heartbeat: Heartbeat | None = None  # this loop's liveness and readiness files (docs/health.md)
@@ -174,6 +174,12 @@ class Ingest:
         log.info("stopped: %s", dict(self.counts))
 
     def _start(self) -> None:
+        endpoint = self.sqs.meta.endpoint_url
+        mismatch = queue_endpoint_mismatch(self.queue_url, endpoint)
+        if mismatch:
+            # Every call would go where the queue is not: an emulator's queue on AWS is never reached (retried for
+            # ever as an outage), AWS's queue on an emulator does not exist there. `check`'s line, exit 2.
+            raise ConfigError(mismatch)
         self._waiting = True
         try:
             if self._stopping:
@@ -181,10 +187,6 @@ class Ingest:
             attributes = self.check_queue()
         finally:
             self._waiting = False
-        endpoint = self.sqs.meta.endpoint_url
-        mismatch = queue_endpoint_mismatch(self.queue_url, endpoint)
-        if mismatch:
-            log.error("%s", mismatch)
         log.info(
             "polling %s through %s (retention %ss, visibility timeout %ss)",
             self.queue_url,
@@ -285,26 +287,24 @@ class Ingest:
             else:
                 valid.append((message, pushed))
         seen = self.records.seen_events([pushed.event_id for _, pushed in valid])
-        started: list[str] = []
-        duplicates = 0
-        for message, pushed in valid:
-            if pushed.event_id in seen or pushed.event_id in started:
-                duplicates += 1
-            else:
-                result = self.start(pushed)
-                started.append(pushed.event_id)
-                self.counts["chains_started"] += 1
-                metrics.CHAINS.inc()
-                log.info(
-                    "accepted event=%s repository=%s digest=%s tag=%s chain=%s",
-                    pushed.event_id,
-                    pushed.repository,
-                    pushed.digest,
-                    pushed.tag,
-                    getattr(result, "id", None),
-                )
-            handled.append(message)
-        started += self.refreshes.start(findings, self.records, claims, self.scan_waits, self.start, self.counts)
+        new = list({p.event_id: p for _, p in valid if p.event_id not in seen}.values())
+        duplicates = len(valid) - len(new)
+        handled += [message for message, _ in valid]
+        for pushed, result in zip(new, self.start(new) if new else [], strict=True):
+            self.counts["chains_started"] += 1
+            metrics.CHAINS.inc()
+            log.info(
+                "accepted event=%s repository=%s digest=%s tag=%s chain=%s",
+                pushed.event_id,
+                pushed.repository,
+                pushed.digest,
+                pushed.tag,
+                getattr(result, "id", None),
+            )
+        started = [p.event_id for p in new]
+        started += self.refreshes.start(
+            findings, self.records, claims, self.scan_waits, lambda p: self.start([p])[0], self.counts
+        )
         # Marked only once the chains are queued: a crash before this line redoes them, loses none.
         self.records.mark_events(started, s.event_dedupe_seconds)
         if duplicates:

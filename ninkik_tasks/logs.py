@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Collection
 
 from .config import Settings
 
@@ -42,8 +43,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure(settings: Settings) -> None:
-    """Send logs to stderr in the configured format and level."""
+def configure(settings: Settings, quiet_tasks: Collection[str] = ()) -> None:
+    """Send logs to stderr in the configured format and level; Celery's lines for each of `quiet_tasks` received,
+    retried and succeeded only at DEBUG."""
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -54,6 +56,27 @@ def configure(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
     for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Four tasks per image, each received and succeeded: eight lines that say less than the chain's own (accepted,
+    # retried, notified or ended), and writing them cost a quarter of the worker's CPU per image (bench/RESULTS.md).
+    quiet = QuietTasks(quiet_tasks)
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        celery_logger = logging.getLogger(name)
+        celery_logger.filters[:] = [f for f in celery_logger.filters if not isinstance(f, QuietTasks)]
+        if quiet.names and root.level > logging.DEBUG:
+            celery_logger.addFilter(quiet)
+
+
+class QuietTasks(logging.Filter):
+    """Drops Celery's INFO lines (received, retry, succeeded) about the named tasks; warnings and errors pass."""
+
+    def __init__(self, names: Collection[str]) -> None:
+        super().__init__()
+        self.names = frozenset(names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for an INFO line whose arguments name one of the tasks (Celery passes them as one dict)."""
+        args = record.args
+        return record.levelno > logging.INFO or not (isinstance(args, dict) and args.get("name") in self.names)
 
 
 class Outage:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import collections
 import logging
+import os
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -77,32 +82,87 @@ class PipelineStats:
         self.r = client
         self.namespace = namespace
         self.key = f"{namespace}:stats"
+        self._pending: collections.Counter[str] = collections.Counter()  # soon(): not written yet
+        self._latency_sum = 0.0
+        self._flushing: threading.Timer | None = None
+        self._lock = threading.Lock()
 
     def incr(self, kind: str, *labels: str) -> None:
-        """Count one outcome, e.g. incr("notified", "COMPLETE") or incr("failure", "notify", "http_400")."""
-        try:
-            self.r.hincrby(self.key, ":".join((kind, *labels)), 1)
-        except redis.RedisError:  # counting must never fail the work it counts
-            log.debug("could not count %s %s", kind, labels)
+        """Count one outcome now, e.g. incr("failure", "notify", "http_400") (with what soon() holds)."""
+        self.soon(kind, *labels)
+        self.flush()
 
-    def observe_latency(self, seconds: float) -> None:
-        """Count one push's time from ECR's push to ninkik's acceptance (a cumulative histogram in the hash)."""
+    def soon(self, kind: str, *labels: str, latency: float | None = None) -> None:
+        """Count one frequent outcome (an ECR call, a report notified): written with this process's next incr, or
+        FLUSH_SECONDS later at most, so that many share a round trip. With `latency`, also one push's seconds
+        from ECR's push to ninkik's acceptance (the histogram)."""
+        with self._lock:
+            self._pending[":".join((kind, *labels))] += 1
+            if latency is not None:
+                # Only the bucket it falls in: the collector adds them up (cumulative, as Prometheus wants them).
+                bound = next((b for b in LATENCY_BUCKETS if latency <= b), None)
+                if bound is not None:
+                    self._pending[f"latency_in:{bound:g}"] += 1
+                self._pending["latency_count"] += 1
+                self._latency_sum += max(latency, 0.0)
+            if self._flushing is None:
+                self._flushing = threading.Timer(FLUSH_SECONDS, self.flush)
+                self._flushing.daemon = True
+                self._flushing.start()
+                _holding.add(self)
+
+    def flush(self) -> None:
+        """Write what soon() holds, in one round trip."""
+        with self._lock:
+            pending, latency_sum = self._pending, self._latency_sum
+            self._pending, self._latency_sum = collections.Counter(), 0.0
+            if self._flushing is not None and self._flushing is not threading.current_thread():
+                self._flushing.cancel()
+            self._flushing = None
+        if not pending:
+            return
         try:
             pipe = self.r.pipeline(transaction=False)
-            for bound in LATENCY_BUCKETS:
-                if seconds <= bound:
-                    pipe.hincrby(self.key, f"latency_bucket:{bound:g}", 1)
-            pipe.hincrby(self.key, "latency_count", 1)
-            pipe.hincrbyfloat(self.key, "latency_sum", max(seconds, 0.0))
+            for field, n in pending.items():
+                pipe.hincrby(self.key, field, n)
+            if latency_sum:
+                pipe.hincrbyfloat(self.key, "latency_sum", latency_sum)
             pipe.execute()
-        except redis.RedisError:
-            log.debug("could not count a latency of %.1fs", seconds)
+        except redis.RedisError:  # counting must never fail the work it counts
+            log.debug("could not count %s", dict(pending))
 
     def read(self) -> dict[str, float]:
         """Every counter."""
         return {str(k): float(v) for k, v in self.r.hgetall(self.key).items()}
 
+    def _forget(self) -> None:
+        # In a forked child: the counts held are the parent's to write, its timer and lock's holder are not here.
+        self._pending, self._latency_sum = collections.Counter(), 0.0
+        self._flushing, self._lock = None, threading.Lock()
 
+
+# This process's PipelineStats that held counts: a process that ends normally writes them (atexit; a prefork pool's
+# child ends with os._exit and writes them on Celery's worker_process_shutdown: celery_app.py).
+_holding: weakref.WeakSet[PipelineStats] = weakref.WeakSet()
+
+
+def flush_held() -> None:
+    """Write the counts every PipelineStats of this process holds (PipelineStats.soon), each in one round trip."""
+    for stats in list(_holding):
+        stats.flush()
+
+
+def _forget_after_fork() -> None:
+    for stats in list(_holding):
+        stats._forget()
+    _holding.clear()
+
+
+atexit.register(flush_held)
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+FLUSH_SECONDS = 1.0  # the longest a count of PipelineStats.soon waits in its process to share a round trip
 # Push to notification, in seconds: a scan takes seconds to minutes, NINKIK_SCAN_WAIT_SECONDS bounds the wait.
 LATENCY_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 
@@ -147,7 +207,11 @@ class PipelineCollector(Collector):
                 if parts[0] == kind and len(parts) == len(labels) + 1:
                     family.add_metric(parts[1:], value)
             yield family
-        buckets = [(f"{b:g}", values.get(f"latency_bucket:{b:g}", 0.0)) for b in LATENCY_BUCKETS]
+        buckets, below = [], 0.0
+        for b in LATENCY_BUCKETS:
+            below += values.get(f"latency_in:{b:g}", 0.0)
+            # latency_bucket: the cumulative counts workers wrote before 2026-12 (every bucket at or above).
+            buckets.append((f"{b:g}", below + values.get(f"latency_bucket:{b:g}", 0.0)))
         count = values.get("latency_count", 0.0)
         latency = HistogramMetricFamily(
             "ninkik_pipeline_push_to_notify_seconds", "From ECR's push to ninkik's acceptance of the report (pushes)"

@@ -37,11 +37,13 @@ def images_url(api_url: str, match: Match) -> str:
     return f"{api_url.rstrip('/')}/api/v1/tenants/{match.tenant}/products/{match.product}/images"
 
 
-def send(http: httpx.Client, url: str, token: str, key: str, body: dict[str, Any]) -> int:
-    """POST one report; returns the status when done, raises TransientError or PermanentError otherwise."""
+def send(http: httpx.Client, url: str, token: str, key: str, body: dict[str, Any] | str) -> int:
+    """POST one report (`body` rendered, or already as JSON); returns the status when done, raises TransientError or
+    PermanentError otherwise."""
     headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key, "Content-Type": "application/json"}
+    content = (body if isinstance(body, str) else json.dumps(body)).encode()
     try:
-        response = http.post(url, content=json.dumps(body).encode(), headers=headers)
+        response = http.post(url, content=content, headers=headers)
     except httpx.TimeoutException:
         raise TransientError("ninkik did not answer in time") from None
     except httpx.HTTPError as exc:

@@ -1,4 +1,4 @@
-"""The Celery tasks of the chain, and `start(event)` that queues one chain per pushed image."""
+"""The Celery tasks of the chain, and `start(event)` that queues one chain per pushed image (`start_all`: several)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import backfill as sweeps
 from . import brokers, gathering, logs
 from .artifacts import IN_INDEX, SKIP_REASONS
-from .celery_app import AWS_QUEUE, CONTROL_QUEUE, NINKIK_QUEUE, app
-from .config import get_settings
+from .celery_app import AWS_QUEUE, CHAIN_TASKS, CONTROL_QUEUE, NINKIK_QUEUE, app
+from .config import Settings, get_settings
 from .errors import PermanentError, ScanNotReady, SweepStopped, TransientError
 from .events import ImagePushed
 from .filters import validate
@@ -55,7 +55,7 @@ SKIPS = {"repository_format", "unknown_tenant", "unknown_product", "image_gone",
 
 @setup_logging.connect
 def _configure_logging(**_: Any) -> None:
-    logs.configure(get_settings())
+    logs.configure(get_settings(), quiet_tasks=CHAIN_TASKS)  # the chain's own lines say what happened
 
 
 def _svc() -> Services:
@@ -182,7 +182,13 @@ def _record(task: Task, stage: str, pushed: ImagePushed, match: Any, exc: Perman
     )
 
 
-@app.task(name="ninkik.match_tenant", bind=True, ignore_result=True, queue=NINKIK_QUEUE, max_retries=None)
+# The three first steps store no result and return the next step's message, whose repr Celery computes for the
+# task-succeeded event (Flower's result column) at every step: its first 256 characters name the event, account,
+# region and repository (the arguments name the image), where the whole repr cost 0.15-0.2 ms per step.
+FIRST_STEPS: dict[str, Any] = {"bind": True, "ignore_result": True, "max_retries": None, "resultrepr_maxsize": 256}
+
+
+@app.task(name="ninkik.match_tenant", queue=NINKIK_QUEUE, **FIRST_STEPS)
 def match_tenant(self: Task, event: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
     """Repository name -> tenant and product."""
     pushed = ImagePushed.model_validate(event)
@@ -190,7 +196,7 @@ def match_tenant(self: Task, event: dict[str, Any], first_try: float | None = No
     return out.model_dump(mode="json") if isinstance(out, Matched) else out
 
 
-@app.task(name="ninkik.describe_image", bind=True, ignore_result=True, queue=AWS_QUEUE, max_retries=None)
+@app.task(name="ninkik.describe_image", queue=AWS_QUEUE, **FIRST_STEPS)
 def describe_image(self: Task, msg: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
     """ecr:DescribeImages for the pushed digest."""
     m = Matched.model_validate(msg)
@@ -198,7 +204,7 @@ def describe_image(self: Task, msg: dict[str, Any], first_try: float | None = No
     return out.model_dump(mode="json") if isinstance(out, Described) else out
 
 
-@app.task(name="ninkik.fetch_scan_findings", bind=True, ignore_result=True, queue=AWS_QUEUE, max_retries=None)
+@app.task(name="ninkik.fetch_scan_findings", queue=AWS_QUEUE, **FIRST_STEPS)
 def fetch_scan_findings(self: Task, msg: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
     """Every page of ecr:DescribeImageScanFindings, waiting for the scan to finish."""
     m = Described.model_validate(msg)
@@ -213,34 +219,41 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
     outcome = _run(self, "notify", m.event, m.match, lambda: notify_step(_svc(), m, self.request.id), first_try)
     log.info("%s (%s, scan %s): %s task=%s", outcome, m.key[:12], m.status, describe(m.event, m.match), self.request.id)
     if outcome == "notified":
-        _svc().stats.incr("notified", m.status)
-        if m.event.source == "push":  # the event's time is the push; sweeps find images pushed long ago
-            _svc().stats.observe_latency(time.time() - m.event.time.timestamp())
+        # The event's time is the push's; sweeps find images pushed long ago.
+        latency = time.time() - m.event.time.timestamp() if m.event.source == "push" else None
+        _svc().stats.soon("notified", m.status, latency=latency)
     else:
-        _svc().stats.incr("already_sent", str(outcome))
+        _svc().stats.incr("already_sent", str(outcome))  # rare: a report sent before
     return {"outcome": outcome, "key": m.key, "scan_status": m.status}
 
 
 def start(pushed: ImagePushed) -> AsyncResult:
     """Queue the chain for one pushed image."""
-    describing = describe_image.s()
+    return start_all([pushed])[0]
+
+
+def start_all(pushes: list[ImagePushed]) -> list[AsyncResult]:
+    """Queue the chains for several pushed images (a batch of ingest's), in order; their images begin to wait to be
+    described with their repositories' others in one Redis round trip."""
     s = get_settings()
-    first_read = s.scan_first_read_seconds
-    if pushed.source == "push" and first_read > 0 and not pushed.scan_finished:
+    gathering.register(_svc().gathering, pushes)  # from now on each waits to be described with its repository's
+    return [_chain(s, pushed).apply_async(add_to_parent=False) for pushed in pushes]  # no growing child list
+
+
+def _chain(s: Settings, pushed: ImagePushed) -> chain:
+    # What Flower, the task events and Celery's log lines show as each step's arguments: the image, not a repr
+    # of its message that Celery would compute at every publish (0.05-0.15 ms each, four per image).
+    shown = {"argsrepr": describe(pushed), "kwargsrepr": "{}"}
+    describing = describe_image.s().set(**shown)
+    if pushed.source == "push" and s.scan_first_read_seconds > 0 and not pushed.scan_finished:
         # A scan started by the push is not done a few milliseconds later: the first read would only spend
         # the ECR budget. The image is described just before it, with the other pushes to its repository
         # accepted meanwhile, in one call (gathering.py). Sweeps read at once: their images were pushed long ago.
-        describing = describing.set(countdown=first_read)
-    match = match_tenant.s(pushed.model_dump(mode="json"))
+        describing = describing.set(countdown=s.scan_first_read_seconds)
+    match = match_tenant.s(pushed.model_dump(mode="json")).set(**shown)
     if pushed.finding_refresh:
         match = match.set(countdown=s.finding_refresh_seconds)  # the burst's later events: read by this chain
-    gathering.register(_svc().gathering, pushed)  # from now on it waits to be described with its repository's
-    return chain(
-        match,
-        describing,
-        fetch_scan_findings.s(),
-        notify.s(),
-    ).apply_async(add_to_parent=False)  # from inside a sweep task: no growing list of child results
+    return chain(match, describing, fetch_scan_findings.s().set(**shown), notify.s().set(**shown))
 
 
 # Sweeps over the registries (domain in backfill.py), acknowledged once done on RabbitMQ (on the Redis broker,

@@ -16,11 +16,12 @@ from .findings import Image, Index, Report, Scan
 from .indexes import UNREAD_REASON, Platform, merge
 from .notify import idempotency_key, render
 from .ratelimit import RateLimited
-from .scanwait import member
+from .scanwait import Turn, member
 from .stages import Described, Scanned, Services, describe
 
 log = logging.getLogger(__name__)
 INDEX_UNREAD = "INDEX_UNREAD"  # the scan status of an index whose manifest ecr:BatchGetImage could not read
+NOT_WAITING = Turn(after_event=None, due=None)  # a chain started by a scan-complete event: read now, as final
 
 
 def pushed_at(msg: Described) -> datetime:
@@ -87,15 +88,14 @@ def image_scan(svc: Services, msg: Described, now: datetime) -> Scan:
     held = svc.scan_waits.held(region, member) if untagged else None
     if held is not None and held[0] > 0:
         raise ScanNotReady("held for an index that lists it", remaining=held[0], next_read=held[0])
-    after_event = None if msg.event.scan_finished or held is not None else svc.scan_waits.after_event(region, member)
+    turn = svc.scan_waits.turn(region, member) if held is None and not msg.event.scan_finished else NOT_WAITING
     if held is not None:
         scan = Scan.model_validate_json(held[1])
-    elif after_event and msg.event.source == "push":
-        scan = Scan.model_validate_json(after_event)  # read by the scan event's chain: not read again
-        svc.scan_waits.done(region, member)
+    elif turn.after_event and msg.event.source == "push":
+        scan = Scan.model_validate_json(turn.after_event)  # read by the scan event's chain: not read again
     else:
-        finished = msg.event.scan_finished or after_event is not None
-        due = None if finished else svc.scan_waits.due_in(region, member)
+        finished = msg.event.scan_finished or turn.after_event is not None
+        due = None if finished else turn.due
         if due and remaining > 0:
             raise ScanNotReady("not this image's turn to be read yet", remaining=remaining, next_read=due)
         rereading = due is not None
@@ -119,19 +119,23 @@ def image_scan(svc: Services, msg: Described, now: datetime) -> Scan:
         else:
             if finished:
                 svc.scan_waits.read_after_event(region, member, scan.model_dump_json())
-        svc.scan_waits.done(region, member)
+    # The image's wait or hold ends here if it had one (an event's chain ends the wait of the chain it reads for);
+    # a first read that found the scan final never waited: nothing to end.
+    waited = held is not None or msg.event.scan_finished or turn.due is not None
     if untagged and scan.status == "UNSUPPORTED_IMAGE":
-        svc.scan_waits.release(region, member)
+        if waited:
+            svc.scan_waits.done(region, member)
         raise PermanentError(
             LIKELY_ATTESTATION, "untagged, in no index known, and its scan is UNSUPPORTED_IMAGE: likely an attestation"
         )
     hold = hold_seconds(svc, msg, now) if untagged and held is None else 0.0
     if hold > 0:
-        svc.scan_waits.hold(region, member, hold, scan.model_dump_json())
+        svc.scan_waits.hold(region, member, hold, scan.model_dump_json())  # its wait is over, its hold begins
         svc.stats.incr("held", "untagged")
         log.info("untagged image held %.1fs for an index that lists it: %s", hold, describe(msg.event, msg.match))
         raise ScanNotReady("held for an index that lists it", remaining=hold, next_read=hold)
-    svc.scan_waits.release(region, member)
+    if waited:
+        svc.scan_waits.done(region, member)
     return scan
 
 
@@ -153,7 +157,6 @@ def _not_in_index(svc: Services, msg: Described) -> None:
     [index] = svc.claims.index_of(msg.event.region, image.registry_id, image.repository, [image.digest])
     if index is not None:
         svc.scan_waits.done(msg.event.region, waiting_as(image))
-        svc.scan_waits.release(msg.event.region, waiting_as(image))
         raise PermanentError(IN_INDEX, f"a manifest of the index {index}: reported in that index's report")
 
 
@@ -164,8 +167,9 @@ def index_scan(svc: Services, msg: Described, now: datetime) -> tuple[Scan, Inde
     region, member = msg.event.region, waiting_as(msg.image)
     remaining = (scan_deadline(svc, msg) - now).total_seconds()
     # A platform's scan-complete event marks its index (ingest): read it now, each platform by its own status.
-    finished = msg.event.scan_finished or svc.scan_waits.finished(region, member)
-    due = None if finished else svc.scan_waits.due_in(region, member)
+    turn = NOT_WAITING if msg.event.scan_finished else svc.scan_waits.turn(region, member)
+    finished = msg.event.scan_finished or turn.after_event is not None
+    due = None if finished else turn.due
     if due and remaining > 0:
         raise ScanNotReady("not this index's turn to be read yet", remaining=remaining, next_read=due)
     rereading = due is not None and remaining > 0  # read again: its platforms give way to first reads
@@ -202,8 +206,7 @@ def index_scan(svc: Services, msg: Described, now: datetime) -> tuple[Scan, Inde
         log.info(
             "%d platforms not scanned within %ss: %s", len(pending), svc.settings.scan_wait_seconds, describe(msg.event)
         )
-    for m in [member, *(waiting_as(msg.image.model_copy(update={"digest": p.digest})) for p in msg.platforms)]:
-        waits.done(region, m)
+    waits.done(region, member, *(waiting_as(msg.image.model_copy(update={"digest": p.digest})) for p in msg.platforms))
     waits.forget_kept(region, member, [p.digest for p in msg.platforms])
     scan, platforms = merge(scans)
     return scan, Index(platforms=platforms)

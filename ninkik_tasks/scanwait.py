@@ -7,7 +7,7 @@ stays for first reads (new pushes), DescribeImages and sweeps. An image whose wa
 (its worker died) drops out once it has not been read for three of its intervals. A scan-complete event
 for a waiting image ends its wait at once (ingest starts a chain that reads it now; see ingest.py): that
 chain takes up the waiting chain's message (`park`) rather than describing the image again, and the waiting
-chain, when its turn comes, takes that chain's read (`after_event`) rather than reading again, so the event
+chain, when its turn comes, takes that chain's read (`turn`) rather than reading again, so the event
 costs one status read and no DescribeImages.
 
 Where scan-complete events arrive for an image's account and region (ingest saw one there within the last hour:
@@ -25,7 +25,7 @@ import json
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import redis
 
@@ -35,30 +35,51 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] = the region's waiting set; ARGV = member, poll seconds, reads per second for waits, the slowest poll
-# any image of the region may have (its entries are stale only after three of those).
-# Returns the number of images waiting, this one included, after dropping stale entries.
-_REGISTER = """
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-local budget, slowest = tonumber(ARGV[3]), tonumber(ARGV[4])
-local interval = math.max(slowest, redis.call('ZCARD', KEYS[1]) / budget)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3 * interval)
-redis.call('EXPIRE', KEYS[1], math.ceil(3 * interval) + 60)
-return redis.call('ZCARD', KEYS[1])
+# Both scripts: KEYS[1] = the region's waiting set, KEYS[2] = ingest's hash of when it last saw each kind of event
+# in the image's account and region (seen_key); ARGV = member, the poll, the slowest pace any image of the region
+# may have (the safety-net pace, else the poll), SCAN_EVENTS_RECENT, reads per second for waits, then the kinds of
+# scan-complete events (SCAN_EVENT_KINDS). The image's pace is the safety-net pace while such events arrive there.
+_PACE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local pace, slowest, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+if slowest > pace then
+  for _, seen in ipairs(redis.call('HMGET', KEYS[2], unpack(ARGV, 6))) do
+    if seen and now - tonumber(seen) < tonumber(ARGV[4]) then pace = slowest end
+  end
+end
 """
 
-# KEYS[1] = the region's waiting set; ARGV = member, poll seconds, reads per second for waits.
-# Returns the seconds until the member is due for a read (0: now), or -1 if it is not waiting.
-_DUE = """
-local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not last then return '-1' end
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
-local interval = math.max(tonumber(ARGV[2]), redis.call('ZCARD', KEYS[1]) / tonumber(ARGV[3]))
-return tostring(math.max(0, tonumber(last) + 0.9 * interval - now))
+# KEYS[3] = the region's waits by when each began. Registers a read of the member now, drops entries not read for
+# three of the slowest intervals (their worker died); returns the member's interval until its next read.
+_REGISTER = (
+    _PACE
+    + """
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+local stale = 3 * math.max(slowest, redis.call('ZCARD', KEYS[1]) / budget)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - stale)
+redis.call('EXPIRE', KEYS[1], math.ceil(stale) + 60)
+local interval = math.max(pace, redis.call('ZCARD', KEYS[1]) / budget)
+redis.call('ZADD', KEYS[3], 'NX', now, ARGV[1])
+redis.call('EXPIRE', KEYS[3], math.floor(3 * math.max(slowest, interval)) + 600)
+return tostring(interval)
 """
+)
+
+# KEYS[3] = the member's scan-complete mark (ScanWaits.finish). Returns {the mark or nil, seconds until the member is
+# due for a read (0: now), or -1 if it is not waiting}.
+_TURN = (
+    """
+local finished = redis.call('GET', KEYS[3])
+local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not last then return {finished, '-1'} end
+"""
+    + _PACE
+    + """
+local interval = math.max(pace, redis.call('ZCARD', KEYS[1]) / budget)
+return {finished, tostring(math.max(0, tonumber(last) + 0.9 * interval - now))}
+"""
+)
 
 WAIT_SHARE = 0.5  # of NINKIK_ECR_CALLS_PER_SECOND, at most, for re-reading scans that have not finished
 # Scan-complete events "arrive" for an account and region when ingest saw one there within this long: their
@@ -98,6 +119,15 @@ def oldest_wait(client: redis.Redis, namespace: str, region: str, now: float) ->
     return None
 
 
+class Turn(NamedTuple):
+    """Where a waiting image stands (ScanWaits.turn)."""
+
+    # None: no scan-complete event came for it; "": one came and no chain has read the image since; else that read
+    # (the final scan, JSON), which a chain still waiting takes instead of reading again.
+    after_event: str | None
+    due: float | None  # seconds until it may be read again (0: now); None if it is not waiting (its first read)
+
+
 class ScanWaits:
     """The images waiting for their scan, per region; says when each may be read again."""
 
@@ -117,39 +147,31 @@ class ScanWaits:
         # No limit configured (0): the poll alone sets the pace.
         self.budget = calls_per_second * WAIT_SHARE if calls_per_second > 0 else 1e12
         self._register = client.register_script(_REGISTER)
-        self._due = client.register_script(_DUE)
+        self._turn = client.register_script(_TURN)
 
     def _key(self, region: str) -> str:
         return waiting_key(self.namespace, region)
 
-    def pace(self, region: str, image: str) -> float:
-        """How often `image` is read while it waits: the poll, or the slow safety-net pace while scan-complete
-        events arrive for its account and region (its event then ends the wait; a lost one costs up to this)."""
-        if self.safety_poll <= self.poll:
-            return self.poll
-        registry = image.split("/", 1)[0]
-        seen = self.r.hmget(seen_key(self.namespace, registry, region), list(SCAN_EVENT_KINDS))
-        latest = max((float(v) for v in seen if v is not None), default=None)
-        return self.safety_poll if latest is not None and time.time() - latest < SCAN_EVENTS_RECENT else self.poll
+    def _script_args(self, region: str, image: str) -> tuple[list[str], list[str | float]]:
+        keys = [self._key(region), seen_key(self.namespace, image.split("/", 1)[0], region)]
+        return keys, [image, self.poll, self.safety_poll, SCAN_EVENTS_RECENT, self.budget, *SCAN_EVENT_KINDS]
 
     def next_read(self, region: str, image: str) -> float:
-        """Register a status read of `image` now; seconds until its next one (with +-10% jitter)."""
-        pace = self.pace(region, image)
-        waiting = int(self._register(keys=[self._key(region)], args=[image, pace, self.budget, self.safety_poll]))
-        interval = max(pace, waiting / self.budget)
-        # When the wait began (kept apart: the waiting set is scored by the latest read), for its age on /metrics.
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zadd(since_key(self.namespace, region), {image: time.time()}, nx=True)
-        pipe.expire(since_key(self.namespace, region), int(3 * max(self.safety_poll, interval)) + 600)
-        pipe.execute()
+        """Register a status read of `image` now; seconds until its next one (with +-10% jitter): the poll, or the
+        slow safety-net pace while scan-complete events arrive for its account and region (its event then ends
+        the wait; a lost one costs up to this), longer when the waits would take more than their budget share."""
+        keys, args = self._script_args(region, image)
+        interval = float(self._register(keys=[*keys, since_key(self.namespace, region)], args=args))
         return interval * random.uniform(0.9, 1.1)
 
-    def due_in(self, region: str, image: str) -> float | None:
-        """Seconds until `image` may be read again (0: now); None if it is not waiting (its first read). A
-        countdown shorter than its turn (the Redis broker caps them) wakes the task early: it waits again
-        without spending a read."""
-        due = float(self._due(keys=[self._key(region)], args=[image, self.pace(region, image), self.budget]))
-        return None if due < 0 else due
+    def turn(self, region: str, image: str) -> Turn:
+        """Whether a scan-complete event came for `image` and when it may be read again, in one round trip. A
+        countdown shorter than its turn (the Redis broker caps them) wakes the task early: it waits again without
+        spending a read."""
+        keys, args = self._script_args(region, image)
+        mark, due = self._turn(keys=[*keys, self._finished_key(region, image)], args=args)
+        after_event = None if mark is None else "" if mark in ("1", b"1") else str(mark)
+        return Turn(after_event, None if float(due) < 0 else float(due))
 
     def finish(self, region: str, image: str, ttl: int) -> bool:
         """A scan-complete event ("ECR Image Scan", "Inspector2 Scan") for `image`: remember it for `ttl` s
@@ -161,13 +183,7 @@ class ScanWaits:
 
     def finished(self, region: str, image: str) -> bool:
         """Whether a scan-complete event said the image's scan is done."""
-        return self.after_event(region, image) is not None
-
-    def after_event(self, region: str, image: str) -> str | None:
-        """None if no scan-complete event came for the image; else the final scan (JSON) a chain read after it,
-        or "" while none has."""
-        raw = self.r.get(self._finished_key(region, image))
-        return None if raw is None else "" if raw in ("1", b"1") else str(raw)
+        return self.r.exists(self._finished_key(region, image)) > 0
 
     def read_after_event(self, region: str, image: str, scan: str) -> None:
         """A chain read the image's final scan (JSON) after its event: the chains still waiting take this read
@@ -190,11 +206,13 @@ class ScanWaits:
     def _finished_key(self, region: str, image: str) -> str:
         return f"{self.namespace}:scandone:{region}:{image}"
 
-    def done(self, region: str, image: str) -> None:
-        """The image's wait is over (scan final, or the wait ran out)."""
+    def done(self, region: str, *images: str) -> None:
+        """The images' waits, or holds, are over (scan final, the wait ran out, reported, listed by an index)."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.zrem(self._key(region), image)
-        pipe.zrem(since_key(self.namespace, region), image)
+        pipe.zrem(self._key(region), *images)
+        pipe.zrem(since_key(self.namespace, region), *images)
+        pipe.delete(*(self._held_key(region, image) for image in images))
+        pipe.srem(self._holding_key(region), *images)
         pipe.execute()
 
     def is_waiting(self, region: str, image: str) -> bool:
@@ -223,13 +241,6 @@ class ScanWaits:
             return None
         data = json.loads(raw)
         return max(0.0, float(data["until"]) - time.time()), str(data["scan"])
-
-    def release(self, region: str, image: str) -> None:
-        """The image's hold is over (reported, or listed by an index)."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.delete(self._held_key(region, image))
-        pipe.srem(self._holding_key(region), image)
-        pipe.execute()
 
     def holding(self, region: str) -> int:
         """How many untagged images of the region are held for an index now (counted apart from waits)."""

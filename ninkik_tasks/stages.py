@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import httpx
 import redis
@@ -52,23 +53,26 @@ def ecr_limit_key(namespace: str, region: str) -> str:
 
 @dataclass
 class Services:
-    """What the stages need, made once per process."""
+    """What the stages need, made once per process (services()), each part on first use."""
 
     settings: Settings
     redis: redis.Redis
     http: httpx.Client
+    _ecr: dict[tuple[str, bool], ECRClient] = field(default_factory=dict, repr=False)
+    # The pool's threads ask for the region's client at once on a worker's first burst: one of them makes it.
+    _making: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    @property
+    @cached_property
     def records(self) -> Records:
         """Idempotency records."""
         return Records(self.redis, self.settings.redis_namespace)
 
-    @property
+    @cached_property
     def stats(self) -> PipelineStats:
         """Cluster-wide outcome counters (exported by ingest's /metrics)."""
         return PipelineStats(self.redis, self.settings.redis_namespace)
 
-    @property
+    @cached_property
     def scan_waits(self) -> ScanWaits:
         """The images waiting for their scan, and how often each may be read."""
         s = self.settings
@@ -76,17 +80,17 @@ class Services:
             self.redis, s.redis_namespace, s.scan_poll_seconds, s.ecr_calls_per_second, s.scan_safety_poll_seconds
         )
 
-    @property
+    @cached_property
     def claims(self) -> Claims:
         """Which index lists a manifest (and where ecr:BatchGetImage is refused)."""
         return Claims(self.redis, self.settings.redis_namespace)
 
-    @property
+    @cached_property
     def gathering(self) -> Gathering:
         """The images waiting to be described together, per repository."""
         return Gathering(self.redis, self.settings.redis_namespace)
 
-    @property
+    @cached_property
     def failures(self) -> Journal:
         """Where chains that ended without a notification are recorded."""
         return failures(self.redis, self.settings.redis_namespace)
@@ -98,21 +102,34 @@ class Services:
         slot (RateLimited otherwise: read at its next turn), so a burst of new pushes' first reads and
         DescribeImages never queues behind the waits, which take at most half of the budget anyway.
         """
-        s = self.settings
-        limiter = None
-        if s.ecr_calls_per_second > 0:
-            max_wait = REREAD_MAX_WAIT if rereading else FIRST_MAX_WAIT
-            key = ecr_limit_key(s.redis_namespace, region)
-            limiter = RateLimiter(self.redis, key, s.ecr_calls_per_second, max_wait=max_wait)
-        stats = self.stats
-        return clients.ecr(
-            region, limiter, lane="reread" if rereading else "", count=lambda: stats.incr("ecr_call", region)
-        )
+        made = self._ecr.get((region, rereading))
+        if made is not None:
+            return made
+        with self._making:
+            made = self._ecr.get((region, rereading))
+            if made is not None:
+                return made
+            s = self.settings
+            limiter = None
+            if s.ecr_calls_per_second > 0:
+                max_wait = REREAD_MAX_WAIT if rereading else FIRST_MAX_WAIT
+                key = ecr_limit_key(s.redis_namespace, region)
+                limiter = RateLimiter(self.redis, key, s.ecr_calls_per_second, max_wait=max_wait)
+            stats = self.stats
+            made = clients.ecr(
+                region, limiter, lane="reread" if rereading else "", count=lambda: stats.soon("ecr_call", region)
+            )
+            self._ecr[(region, rereading)] = made
+            return made
 
     def directory(self) -> Directory:
-        """The tenant directory (API or file)."""
+        """The tenant directory (API or file); ConfigError if neither is configured."""
+        self.settings.require_tenant_directory()
+        return self._directory
+
+    @cached_property
+    def _directory(self) -> Directory:
         s = self.settings
-        s.require_tenant_directory()
         return Directory(
             self.redis,
             s.redis_namespace,
@@ -125,7 +142,12 @@ class Services:
 
 
 def services(settings: Settings) -> Services:
-    """This process's services."""
+    """This process's services for `settings`, made once (a forked child makes its own, with its own clients)."""
+    made = clients.per_process(("services", id(settings)), lambda: _services(settings))
+    return made if made.settings is settings else _services(settings)  # another Settings at a freed one's address
+
+
+def _services(settings: Settings) -> Services:
     return Services(settings, clients.redis_client(settings), clients.http(settings))
 
 
@@ -175,14 +197,16 @@ def describe_step(svc: Services, msg: Matched) -> Described:
         return Described.model_validate_json(parked)
     ecr = svc.ecr(e.region)
     image = e.listed or gathered_image(svc.gathering, ecr, e)  # a sweep's page described it already
+    if e.listed is not None:
+        e = e.model_copy(update={"listed": None})  # the next steps' messages carry the image once, as `image`
     # DescribeImages leaves out what it does not know (moto: the artifact type); the push event may say it.
     fallback = {"manifest_media_type": e.manifest_media_type, "artifact_media_type": e.artifact_media_type}
     missing = {k: v for k, v in fallback.items() if v and getattr(image, k) is None}
     if missing:
         image = image.model_copy(update=missing)
     claims = svc.claims
-    readable = not claims.unreadable(e.region, image.registry_id)
-    if image.artifact_media_type is None and image.manifest_media_type == OCI_MANIFEST and readable:
+    oci = image.artifact_media_type is None and image.manifest_media_type == OCI_MANIFEST
+    if oci and not claims.unreadable(e.region, image.registry_id):
         # An OCI manifest whose config type nobody said (AWS says it; moto does not): the manifest says it.
         try:
             config = config_media_type(read_manifest(ecr, image))
@@ -220,18 +244,24 @@ def notify_step(svc: Services, msg: Scanned, owner: str) -> str:
     try:
         if start.report is None:
             raise PermanentError("report_expired", "the report expired before it could be sent")
-        body: dict[str, Any] = json.loads(start.report)
-        status = send(svc.http, images_url(s.api_url, msg.match), s.api_token.get_secret_value(), msg.key, body)
+        # The body as the scan step stored it (JSON): sent as it is.
+        status = send(svc.http, images_url(s.api_url, msg.match), s.api_token.get_secret_value(), msg.key, start.report)
         sent_ttl = s.sent_record_seconds
     finally:
-        records.end_send(msg.key, owner, sent_ttl)
-    remember_reported(svc, msg)
+        records.end_send(msg.key, owner, sent_ttl, reported(msg) if sent_ttl else None)
     return "notified" if status != 409 else "already_had_it"
 
 
+def reported(msg: Scanned) -> tuple[str, str] | None:
+    """(image, stamp) once ninkik has this report: a rescan whose listing shows the same stamp leaves the image
+    alone (Records.remember_reported)."""
+    if msg.stamp is None:
+        return None
+    e = msg.event
+    return image_id(e.account, e.region, e.repository, e.digest), msg.stamp
+
+
 def remember_reported(svc: Services, msg: Scanned) -> None:
-    """ninkik has this report: a rescan whose listing shows the same stamp leaves the image alone."""
-    if msg.stamp is not None:
-        e = msg.event
-        image = image_id(e.account, e.region, e.repository, e.digest)
-        svc.records.remember_reported(image, msg.stamp, svc.settings.sent_record_seconds)
+    """ninkik has this report, sent by another chain (reported)."""
+    if (known := reported(msg)) is not None:
+        svc.records.remember_reported(*known, svc.settings.sent_record_seconds)

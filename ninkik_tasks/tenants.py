@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -80,7 +81,8 @@ def pick_product(tenant: Tenant, segment: str) -> Product:
 
 
 class Directory:
-    """Looks tenants up in ninkik's API or in a JSON file, caching answers (negative ones too) in Redis."""
+    """Looks tenants up in ninkik's API or in a JSON file, caching answers (negative ones too) in Redis, and in the
+    process for what is left of each answer's time in Redis (no answer is older than `cache_seconds` either way)."""
 
     def __init__(
         self,
@@ -100,18 +102,39 @@ class Directory:
         self.token = token
         self.tenants_file = tenants_file
         self.cache_seconds = cache_seconds
+        # uuid -> (until when, monotonic; the answer): a Redis round trip and a parse per image were the match step
+        self._held: dict[str, tuple[float, Tenant | None]] = {}
 
     def tenant(self, uuid: str) -> Tenant | None:
         """The tenant, or None if ninkik does not know it."""
         if self.tenants_file is not None:
             return load_tenants_file(self.tenants_file).get(uuid)
+        now = time.monotonic()
+        held = self._held.get(uuid)
+        if held is not None and now < held[0]:
+            return held[1]
         key = f"{self.namespace}:tenant:{uuid}"
-        cached = self.cache.get(key)
+        pipe = self.cache.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        cached, left_ms = pipe.execute()
         if isinstance(cached, str):
-            return None if cached == "null" else Tenant.model_validate_json(cached)
+            tenant = None if cached == "null" else Tenant.model_validate_json(cached)
+            self._hold(uuid, tenant, now, left_ms / 1000)
+            return tenant
         tenant = self._fetch(uuid)
         self.cache.set(key, tenant.model_dump_json() if tenant else "null", ex=self.cache_seconds)
+        self._hold(uuid, tenant, now, self.cache_seconds)
         return tenant
+
+    def _hold(self, uuid: str, tenant: Tenant | None, now: float, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if len(self._held) >= HELD_TENANTS:  # many tenants (or unknown UUIDs): drop the answers whose time is over
+            self._held = {k: v for k, v in self._held.items() if now < v[0]}
+            if len(self._held) >= HELD_TENANTS:
+                return
+        self._held[uuid] = (now + seconds, tenant)
 
     def _fetch(self, uuid: str) -> Tenant | None:
         assert self.http is not None and self.api_url is not None
@@ -146,6 +169,8 @@ class Directory:
         product = pick_product(tenant, name.product)
         return Match(tenant=name.tenant, product=product.uuid, product_name=product.name, component=name.component)
 
+
+HELD_TENANTS = 10_000  # the most tenant answers a process holds (each is a few hundred bytes)
 
 TENANTS_FILE_FORMS = (
     'a JSON list of tenants [{"uuid": ..., "name": ..., "products": [{"uuid": ..., "name": ...}]}], '

@@ -21,7 +21,7 @@ from ninkik_tasks import local
 from ninkik_tasks.check import TOKEN_FIX
 from ninkik_tasks.cli import _Group
 from ninkik_tasks.local import wait_for
-from ninkik_tasks.records import quarantine
+from ninkik_tasks.records import failures, quarantine
 
 CLI = [sys.executable, "-m", "ninkik_tasks.cli"]
 
@@ -135,10 +135,27 @@ def test_ids_are_shown_whole_on_a_narrow_terminal(stack: Stack) -> None:
     entry = quarantine(client, namespace).add(
         reason="invalid_json", error="x" * 300, message_id=str(uuid.uuid4()), body="{"
     )
-    done = cli(stack.env(NINKIK_REDIS_NAMESPACE=namespace), "quarantine", "list", columns=80)
+    terminal = {"TTY_COMPATIBLE": "1", "TERM": "dumb"}  # a terminal to rich, without styles (off one: no wrapping)
+    done = cli(stack.env(NINKIK_REDIS_NAMESPACE=namespace, **terminal), "quarantine", "list", columns=80)
     assert done.returncode == 0, done.stderr
     assert entry in done.stdout, done.stdout
     assert max(len(line) for line in done.stdout.splitlines()) <= 80
+
+
+def test_piped_output_is_never_wrapped(stack: Stack) -> None:
+    """Off a terminal (a log file, `| tee`, CI) rich wrapped at 80 columns: a URL, a repository or a digest copied
+    from the output was broken. Each list's output piped, as a script reads it: every value on one line, whole."""
+    namespace = f"cli-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(f"{stack.redis_url}/2", decode_responses=True)
+    url = f"https://ninkik.example/api/v1/tenants/{uuid.uuid4()}/products/{uuid.uuid4()}/images?page=2"
+    quarantine(client, namespace).add(reason="invalid_json", error=f"not JSON, from {url}", message_id="m", body="{")
+    repository, digest = f"{uuid.uuid4()}/shop/frontend/api-gateway-service", "sha256:" + "0123456789abcdef" * 4
+    failures(client, namespace).add(stage="notify", reason="http_400", repository=repository, digest=digest)
+    env = {k: v for k, v in stack.env(NINKIK_REDIS_NAMESPACE=namespace).items() if k != "COLUMNS"}
+    for journal, whole in (("quarantine", [url]), ("failures", [repository, digest])):
+        done = subprocess.run([*CLI, journal, "list"], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert all(any(value in line for line in done.stdout.splitlines()) for value in whole), done.stdout
 
 
 def test_empty_lists_say_none(stack: Stack) -> None:

@@ -35,8 +35,17 @@ def _readme_second_shell() -> list[str]:
 
 
 def _clean_env(tmp_path: Path) -> dict[str, str]:
-    # A new user's shell: no NINKIK_ or AWS_ settings; TMPDIR so the run's folder can be looked for.
-    return {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "TMPDIR": str(tmp_path)}
+    # A new user's shell: no NINKIK_ or AWS_ settings; TMPDIR so the run's folder can be looked for. Its output goes
+    # to a pipe, with no COLUMNS: as in `> log` or `| tee`, where rich wrapped every line at 80 columns.
+    return {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)}
+
+
+def _whole_lines(out: str) -> None:
+    """What an operator copies comes out on one line: Flower's address, the queue's URL, the env file's path."""
+    lines = out.splitlines()
+    assert any(re.fullmatch(r"Flower: +http://127\.0\.0\.1:\d+ \(.*its API open\)", line) for line in lines), out
+    assert any(re.fullmatch(r"AWS emulator: +\S+ +queue http://\S+/ecr-docker-push", line) for line in lines), out
+    assert any(re.fullmatch(r"In another shell: source /\S+/ninkik-dev-\S+/env puts .*check\)", line) for line in lines)
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
@@ -63,6 +72,7 @@ def test_dev_shows_every_demo_notification_and_stops_cleanly(broker: str, tmp_pa
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"Flower:           http://127.0.0.1:{port}" in done.stdout
+    _whole_lines(done.stdout)
     notified = [line for line in done.stdout.splitlines() if line.startswith("notified")]
     assert len(notified) == len(demo_images())
     assert any("ENHANCED/COMPLETE" in line for line in notified)
@@ -92,6 +102,7 @@ def test_check_passes_from_a_second_shell(tmp_path: Path) -> None:
         assert dev.poll() is None, out.read_text()
         match = re.search(r"In another shell: source (\S+)", out.read_text())
         assert match, out.read_text()
+        _whole_lines(out.read_text())  # through `| tee`
         env_file = Path(match.group(1))
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600, "the env file holds the stand-in's token"
         assert "NINKIK_API_TOKEN=" in env_file.read_text()

@@ -6,6 +6,7 @@ so pagination, scan states and AWS error codes are played here with Stubber on a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
+from conftest import Stack
 
 from ninkik_tasks.clients import AWS_CONFIG
 from ninkik_tasks.ecr import ScanHead, describe_image, not_scanned, scan_findings, scan_head
@@ -336,3 +338,27 @@ def test_unreachable_endpoint_is_transient() -> None:
         describe_image(ecr, ACCOUNT, REGION, REPOSITORY, DIGEST)
     with pytest.raises(TransientError):
         scan_findings(ecr, IMAGE)
+
+
+def test_a_workers_threads_share_one_client_per_region(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool's threads, all asking at a worker's first burst, get one Services and one client (each was making
+    its own: up to 16 boto3 clients, 0.1 s of CPU each, and as many log lines)."""
+    from ninkik_tasks import clients
+    from ninkik_tasks.config import Settings
+    from ninkik_tasks.stages import services
+
+    monkeypatch.setattr(clients, "_cache", {})  # this process's clients: none yet
+    settings = Settings(redis_url=f"{stack.redis_url}/2", ecr_calls_per_second=0)
+    start = threading.Barrier(16)
+    got: list[Any] = []
+
+    def ask() -> None:
+        start.wait()
+        got.append(services(settings).ecr("eu-west-1"))
+
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(got) == 16 and len({id(client) for client in got}) == 1

@@ -112,8 +112,7 @@ def waiting(stack: Stack) -> Gathering:
 
 def _waiting(stack: Stack, **timings: float) -> Gathering:
     made = Gathering(stack.records, f"t-{uuid.uuid4().hex[:8]}", **timings)
-    for event in _events():
-        made.register(where_of(event), member(event.digest, event.event_id))
+    made.register((where_of(event), member(event.digest, event.event_id)) for event in _events())
     return made
 
 
@@ -159,6 +158,31 @@ def _not_found(stub: Stubber, digests: list[str]) -> None:
         f"repository with name '{REPOSITORY}' in the registry with id '{ACCOUNT}'"
     )
     stub.add_client_error("describe_images", "ImageNotFoundException", message, 400, expected_params=_params(digests))
+
+
+def test_the_step_that_describes_a_batch_keeps_its_own_image_and_leaves_the_others_theirs(
+    ecr: Any, waiting: Gathering
+) -> None:
+    """The claiming step's own description is its answer at once: nothing kept in Redis for it to take back (two
+    round trips per batch); each other image's is kept for its chain, and no image stays claimed."""
+    a, b, c = _events()
+    ecr.stub.add_response("describe_images", _details(DIGESTS), _params(DIGESTS))
+    turns: list[Any] = []
+    turn = waiting.turn
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        turns.append(turn(*args, **kwargs))
+        return turns[-1]
+
+    waiting.turn = counted  # type: ignore[method-assign]
+    assert gathered_image(waiting, ecr, b).tags == ["v1"]
+    assert len(turns) == 1 and turns[0].batch is not None  # one turn: it claimed the batch, and kept its own
+    where = where_of(b)
+    kept = {e.digest: waiting.r.get(waiting._description_key(where, member(e.digest, e.event_id))) for e in (a, b, c)}
+    assert kept[b.digest] is None and kept[a.digest] and kept[c.digest]
+    assert waiting.r.zcard(waiting._key("claimed", where)) == 0 and waiting.waiting(where) == 0
+    assert gathered_image(waiting, ecr, a).tags == ["v0"]  # no call: taken from Redis
+    assert gathered_image(waiting, ecr, c).tags == ["v2"]
 
 
 def test_a_call_refused_for_one_gone_image_falls_back_to_one_call_per_image(ecr: Any, waiting: Gathering) -> None:
@@ -248,8 +272,8 @@ def test_only_pushes_to_ninkik_repositories_wait_to_be_described(stack: Stack) -
         pushed.model_copy(update={"scan_finished": True}),
         pushed.model_copy(update={"source": "rescan", "listed": listed}),
     ):
-        gathering.register(waits, event)
+        gathering.register(waits, [event])
         assert waits.waiting(where_of(event)) == 0
-    gathering.register(waits, pushed)
-    gathering.register(waits, pushed)  # ingest starting its chain again (redelivered before it was marked)
+    gathering.register(waits, [pushed])
+    gathering.register(waits, [pushed])  # ingest starting its chain again (redelivered before it was marked)
     assert waits.waiting(where_of(pushed)) == 1

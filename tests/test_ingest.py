@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -11,12 +12,19 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.stub import Stubber
 from conftest import TENANT_A, IamQueue, Stack, ingest
 from iamproxy import IamProxy
 
 from ninkik_tasks import local
+from ninkik_tasks.clients import queue_endpoint_mismatch
+from ninkik_tasks.config import Settings
+from ninkik_tasks.idempotency import Records
+from ninkik_tasks.ingest import Ingest
 from ninkik_tasks.local import wait_for
+from ninkik_tasks.records import quarantine
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +140,41 @@ def test_a_real_untagged_push_under_the_iam_layer_is_notified_once(stack: Stack,
     finally:
         proc.stop()
         proxy.stop()
+
+
+AWS_QUEUE = f"https://sqs.{local.REGION}.amazonaws.com/{local.ACCOUNT}/ecr-docker-push"
+
+
+def test_a_queue_and_an_endpoint_that_disagree_stop_ingest_at_start_with_checks_line(stack: Stack) -> None:
+    # An emulator's queue with no endpoint setting: calls go to AWS, which has no such queue (retried for ever before).
+    emulated = f"{stack.moto_url}/{local.ACCOUNT}/ecr-docker-push"
+    unset = {k: v for k, v in stack.env(NINKIK_SQS_QUEUE_URL=emulated).items() if not k.startswith("AWS_ENDPOINT")}
+    # AWS's queue with calls going to an emulator.
+    cases = [(unset, emulated, f"https://sqs.{local.REGION}.amazonaws.com"), (stack.env(), AWS_QUEUE, stack.moto_url)]
+    for env, queue_url, endpoint in cases:
+        done = _run_ingest({**env, "NINKIK_SQS_QUEUE_URL": queue_url})
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert line == f"ninkik-tasks: {queue_endpoint_mismatch(queue_url, endpoint)}"  # check's own line
+
+
+@pytest.mark.parametrize(
+    ("queue_url", "endpoint"),
+    [
+        (AWS_QUEUE, f"https://vpce-0a1b2c3d4e5f67890-abcdefgh.sqs.{local.REGION}.vpce.amazonaws.com"),  # a VPC endpoint
+        (f"https://{local.REGION}.queue.amazonaws.com/{local.ACCOUNT}/ecr-docker-push", None),  # the legacy queue host
+    ],
+)
+def test_vpc_endpoints_and_the_legacy_queue_host_are_aws_at_start(
+    stack: Stack, queue_url: str, endpoint: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="x", region_name=local.REGION)
+    sqs = session.client("sqs", endpoint_url=endpoint)
+    with Stubber(sqs) as aws:  # no AWS here: its answer to the one call made at start
+        attributes = {"MessageRetentionPeriod": "60", "VisibilityTimeout": "30"}
+        aws.add_response("get_queue_attributes", {"Attributes": attributes})
+        settings = Settings(sqs_queue_url=queue_url, health_dir=stack.work / "health-aws")
+        caplog.set_level(logging.INFO, logger="ninkik_tasks.ingest")
+        records, bad = Records(stack.records, "aws-hosts"), quarantine(stack.records, "aws-hosts")
+        Ingest(settings, sqs, records, bad, start=list)._start()  # no ConfigError: it polls
+    assert f"polling {queue_url} through {sqs.meta.endpoint_url}" in caplog.text

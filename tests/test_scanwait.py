@@ -46,9 +46,9 @@ def test_many_waiting_images_share_half_the_ecr_budget(waits: ScanWaits) -> None
 
 
 def test_a_task_woken_before_its_turn_is_told_to_wait_again(waits: ScanWaits) -> None:
-    assert waits.due_in("eu-central-1", "new") is None  # not waiting yet: its first read, now
+    assert waits.turn("eu-central-1", "new").due is None  # not waiting yet: its first read, now
     waits.next_read("eu-central-1", "read-just-now")
-    assert 4 <= waits.due_in("eu-central-1", "read-just-now") <= 4.5  # 0.9 of the 5 s interval
+    assert 4 <= (waits.turn("eu-central-1", "read-just-now").due or 0) <= 4.5  # 0.9 of the 5 s interval
 
 
 def test_a_finished_wait_leaves_and_an_abandoned_one_expires(stack: Stack) -> None:
@@ -359,7 +359,7 @@ def test_a_scan_read_again_gives_way_to_first_reads_in_the_ecr_budget(
     with pytest.raises(ScanNotReady):
         scan_step(svc, running)  # its first read: the scan is running, so it waits
     waiting_as = member(local.ACCOUNT, repository, running.image.digest)
-    wait_for(lambda: svc.scan_waits.due_in(local.REGION, waiting_as) == 0, 5, "its next turn")
+    wait_for(lambda: svc.scan_waits.turn(local.REGION, waiting_as).due == 0, 5, "its next turn")
     limiter = RateLimiter(stack.records, ecr_limit_key(settings.redis_namespace, local.REGION), 20)
     slot_key = limiter.key
     for _ in range(40):  # two seconds of first reads queued ahead, at 20 calls/s
@@ -394,7 +394,7 @@ def test_while_scan_events_arrive_a_wait_is_read_at_the_safety_pace(stack: Stack
         stack.records.delete(seen_key(namespace, local.ACCOUNT, local.REGION))
         stack.records.hset(seen_key(namespace, local.ACCOUNT, local.REGION), kind, str(time.time() - 60))
         assert 162 <= waits.next_read(local.REGION, image) <= 198, kind
-        assert 161 <= (waits.due_in(local.REGION, image) or 0) <= 162
+        assert 161 <= (waits.turn(local.REGION, image).due or 0) <= 162
     assert 4.5 <= waits.next_read(local.REGION, other_account) <= 5.5  # per account and region
     assert 4.5 <= waits.next_read("eu-west-1", image) <= 5.5
     LastSeen(stack.records, namespace).record([], now=time.time())  # nothing recorded: unchanged

@@ -13,6 +13,7 @@ import redis
 
 from ninkik_tasks import local
 from ninkik_tasks.errors import PermanentError, TransientError
+from ninkik_tasks.local import wait_for
 from ninkik_tasks.local.standin import Standin
 from ninkik_tasks.tenants import Directory, Product, RepositoryName, Tenant, load_tenants_file, pick_product, split
 
@@ -208,6 +209,26 @@ def test_api_answer_is_cached(api: Directory, standin: Standin, cache: redis.Red
     assert api.tenant(TENANT_A) == Tenant.model_validate(TENANTS[0])
     assert standin.tenant_lookups == 1
     assert 0 < cache.ttl(f"{api.namespace}:tenant:{TENANT_A}") <= api.cache_seconds
+
+
+def test_the_process_holds_an_answer_only_as_long_as_redis_does(
+    api: Directory, standin: Standin, cache: redis.Redis
+) -> None:
+    """A lookup's answer serves the process's next images without a Redis round trip, and not beyond the time its
+    Redis entry had left: no answer is older than NINKIK_TENANT_CACHE_SECONDS, in the process or in Redis."""
+    api.cache_seconds = 1
+    assert api.match(f"{TENANT_A}/shop").product == A_SHOP
+    key = f"{api.namespace}:tenant:{TENANT_A}"
+    cache.delete(key)  # were it read, the next match would ask ninkik again
+    assert api.match(f"{TENANT_A}/web").product == A_WEB
+    assert standin.tenant_lookups == 1
+    wait_for(lambda: api.match(f"{TENANT_A}/web") and standin.tenant_lookups == 2, 5, "the held answer to expire")
+    # Another process reads that answer from Redis and holds it for what its entry has left, under a second.
+    other = Directory(cache, api.namespace, http=api.http, api_url=api.api_url, token=TOKEN, cache_seconds=1)
+    assert other.match(f"{TENANT_A}/shop").product == A_SHOP
+    lookups = standin.tenant_lookups  # 2, or 3 if the entry expired first on a slow machine
+    wait_for(lambda: cache.get(key) is None, 5, "the Redis entry to expire")
+    assert other.match(f"{TENANT_A}/shop") and standin.tenant_lookups == lookups + 1
 
 
 def test_unknown_tenant_is_cached_negatively(api: Directory, standin: Standin) -> None:

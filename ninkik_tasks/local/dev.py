@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from rich.console import Console
 
 from .. import local
+from ..console import console as make_console
 from .standin import Received, Standin
 
 TENANT_A = "3f1c9a52-5d0e-4b8a-9c7e-0a1b2c3d4e5f"
@@ -68,7 +68,7 @@ def run(until_done: bool = False, flower_port: int = 5555, broker: str = "redis"
     broker: "redis" (the zero-install default: the bundled Redis is the broker too) or "rabbitmq" (a
     rabbitmq-server node of its own, when the package is installed; Redis stays the result backend).
     """
-    console = Console(stderr=False)
+    console = make_console()
     if broker == "rabbitmq" and local.rabbitmq_scripts() is None:
         print(
             f"ninkik-tasks: --broker rabbitmq needs rabbitmq-server, which is not installed: {local.RABBITMQ_INSTALL}"
