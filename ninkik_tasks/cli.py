@@ -149,6 +149,7 @@ def quarantine_list(count: int, as_json: bool) -> None:
 def quarantine_replay(entry_id: str) -> None:
     """Run a quarantined message through ingest again (after fixing what refused it)."""
     from . import clients
+    from .accounts import accepted
     from .config import get_settings
     from .errors import IgnoredEvent, InvalidEvent
     from .events import parse
@@ -159,11 +160,12 @@ def quarantine_replay(entry_id: str) -> None:
     entry = _journal("quarantine").get(_entry_id(entry_id, "quarantine"))
     if entry is None:
         raise ConfigError(f"no quarantined message {entry_id}: see `ninkik-tasks quarantine list`")
+    allowed_accounts, allowed_regions = accepted(settings)
     try:
         pushed = parse(
             entry["body"],
-            accounts=settings.aws_account_ids,
-            regions=settings.allowed_regions(),
+            accounts=allowed_accounts,
+            regions=allowed_regions,
             max_bytes=settings.max_message_bytes,
         )
     except InvalidEvent as exc:

@@ -17,6 +17,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from . import metrics
+from .accounts import accepted
 from .clients import queue_endpoint_mismatch
 from .config import Settings
 from .ecr import DENIED, THROTTLING, error_code
@@ -252,7 +253,7 @@ class Ingest:
     def handle(self, messages: list[MessageTypeDef]) -> list[MessageTypeDef]:
         """Start chains for new valid events, quarantine bad ones; returns the messages now handled."""
         s = self.settings
-        accounts, regions = set(s.aws_account_ids), set(s.allowed_regions())
+        accounts, regions = accepted(s)
         valid: list[tuple[MessageTypeDef, ImagePushed]] = []
         handled: list[MessageTypeDef] = []
         scans: list[tuple[MessageTypeDef, ImageScanned]] = []
