@@ -63,7 +63,7 @@ class Sweep:
     """One pass over some registries' images, starting a chain per image; streams page by page."""
 
     source: Source
-    ecr: Callable[[str], ECRClient]
+    ecr: Callable[[str, str], ECRClient]  # (account, region) -> a client acting as that account
     start: Start
     on_progress: Callable[[Progress], None] | None = None
     progress_every: int = 100
@@ -145,7 +145,7 @@ class Sweep:
             yield from names
 
     def _run(self, registry: Registry, filters: Filters, mine: Progress) -> None:
-        ecr = self.ecr(registry.region)
+        ecr = self.ecr(registry.account, registry.region)
         for repository in self._names(ecr, registry, filters, mine):
             self._maybe_stop()
             mine.repositories += 1

@@ -59,7 +59,7 @@ def main() -> None:
 @main.command()
 def ingest() -> None:
     """Poll NINKIK_SQS_QUEUE_URL and start a chain for every new ECR push event."""
-    from . import clients, logs, metrics, startup
+    from . import accounts, clients, logs, metrics, startup
     from .config import get_settings
     from .idempotency import Records
     from .ingest import Ingest
@@ -77,9 +77,11 @@ def ingest() -> None:
         settings.metrics_address,
         settings.ecr_calls_per_second,
     )
+    account, queue_url = accounts.queues(settings)[0]
     Ingest(
         settings=settings,
-        sqs=clients.sqs(settings),
+        sqs=clients.sqs(settings, account, queue_url),
+        queue=queue_url,
         records=Records(redis, settings.redis_namespace),
         quarantine=quarantine(redis, settings.redis_namespace),
         start=start_all,
@@ -95,7 +97,7 @@ def check() -> None:
 
     settings = get_settings()
     code = 0
-    for result in checks.run(settings, lambda: clients.sqs(settings), clients.ecr, clients.http(settings)):
+    for result in checks.run(settings, clients.http(settings)):
         click.echo(result.line())
         if result.level == "FAIL":
             code = 2 if result.setting or code == 2 else 1
@@ -189,7 +191,8 @@ def failures() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def failures_list(count: int, as_json: bool) -> None:
     """The newest chains that ended without a notification."""
-    _print_rows(_journal("failures").list(count), as_json, ["id", "at", "stage", "reason", "repository", "digest"])
+    columns = ["id", "at", "account", "stage", "reason", "repository", "digest", "message"]
+    _print_rows(_journal("failures").list(count), as_json, columns)
 
 
 @failures.command("retry")

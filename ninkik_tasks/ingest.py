@@ -56,6 +56,7 @@ class Ingest:
     records: Records
     quarantine: Journal
     start: Callable[[list[ImagePushed]], list[Any]]
+    queue: str | None = None  # the queue polled (default: NINKIK_SQS_QUEUE_URL)
     inventory: Inventory | None = None  # where accepted pushes' repositories are remembered for sweeps
     scan_waits: ScanWaits | None = None  # the images waiting for their scan (a scan-complete event ends a wait)
     heartbeat: Heartbeat | None = None  # this loop's liveness and readiness files (docs/health.md)
@@ -80,8 +81,9 @@ class Ingest:
     @property
     def queue_url(self) -> str:
         """The queue being polled."""
-        assert self.settings.sqs_queue_url
-        return self.settings.sqs_queue_url
+        url = self.queue or self.settings.sqs_queue_url
+        assert url
+        return url
 
     def check_queue(self) -> dict[str, str]:
         """The queue's retention and visibility; ConfigError with one clear line if it cannot be used.

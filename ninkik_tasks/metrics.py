@@ -157,8 +157,8 @@ PIPELINE_METRICS = {
     "held": ("ninkik_pipeline_held", "Untagged images held for an index that may list them", ["kind"]),
     "ecr_call": (
         "ninkik_ecr_calls",
-        "ECR HTTP attempts by the workers (retries and pages included), by region",
-        ["region"],
+        "ECR HTTP attempts by the workers (retries and pages included), by account and region",
+        ["account", "region"],
     ),
 }
 

@@ -22,7 +22,14 @@ from . import brokers, gathering, logs
 from .artifacts import IN_INDEX, SKIP_REASONS
 from .celery_app import AWS_QUEUE, CHAIN_TASKS, CONTROL_QUEUE, NINKIK_QUEUE, app
 from .config import Settings, get_settings
-from .errors import PermanentError, ScanNotReady, SweepStopped, TransientError
+from .errors import (
+    IDENTITY_UNAVAILABLE,
+    IdentityUnavailable,
+    PermanentError,
+    ScanNotReady,
+    SweepStopped,
+    TransientError,
+)
 from .events import ImagePushed
 from .filters import validate
 from .gathering import DescriptionPending
@@ -102,6 +109,16 @@ def _attempt(
         except SoftTimeLimitExceeded:
             # The Redis broker's run limit (brokers/redis.py): give the task back as a retry.
             raise TransientError("the step ran past its soft time limit") from None
+        except IdentityUnavailable as exc:
+            # The account's role refused (trust policy, ExternalId, role gone): no retry helps until an operator
+            # fixes it, and its images are not to hold workers meanwhile; reconcile finds them once it works again.
+            if exc.permanent:
+                raise PermanentError(IDENTITY_UNAVAILABLE, str(exc)) from None
+            raise
+        except PermanentError as exc:
+            if exc.reason == "access_denied" and pushed.account not in str(exc):
+                raise PermanentError(exc.reason, f"account {pushed.account}: {exc}") from None
+            raise
     except DescriptionPending as exc:
         # Another worker's DescribeImages holds this image: its description is in Redis a moment later.
         countdown = max(exc.retry_after or 1.0, brokers.for_url(s.broker_url).countdown_floor(s))
@@ -110,7 +127,8 @@ def _attempt(
     except TransientError as exc:
         budget = s.notify_give_up_seconds if stage == "notify" else s.aws_give_up_seconds
         if time.time() - first_try > budget and not isinstance(exc, ScanNotReady):
-            failure = PermanentError("gave_up", f"still failing after {budget}s: {exc}")
+            reason = IDENTITY_UNAVAILABLE if isinstance(exc, IdentityUnavailable) else "gave_up"
+            failure = PermanentError(reason, f"still failing after {budget}s: {exc}")
             _record(task, stage, pushed, match, failure)
             raise failure from None
         broker = brokers.for_url(s.broker_url)

@@ -26,10 +26,8 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 
-def queue(s: Settings, sqs: SQSClient) -> Iterator[Check]:
-    """The queue of NINKIK_SQS_QUEUE_URL: it exists, can be read, and whether handled messages can be deleted."""
-    url = s.sqs_queue_url
-    assert url
+def queue(s: Settings, sqs: SQSClient, url: str) -> Iterator[Check]:
+    """A queue: it exists, can be read, and whether handled messages can be deleted."""
     name = url.rstrip("/").rsplit("/", 1)[-1]
     mismatch = queue_endpoint_mismatch(url, sqs.meta.endpoint_url)
     if mismatch:
