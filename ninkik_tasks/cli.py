@@ -58,11 +58,12 @@ def main() -> None:
 
 @main.command()
 def ingest() -> None:
-    """Poll NINKIK_SQS_QUEUE_URL and start a chain for every new ECR push event."""
+    """Poll every account's queue (NINKIK_SQS_QUEUE_URL, or NINKIK_ACCOUNTS_FILE's) and start a chain for every new
+    ECR push event."""
     from . import accounts, clients, logs, metrics, startup
     from .config import get_settings
     from .idempotency import Records
-    from .ingest import Ingest
+    from .ingest import Ingest, poll_all
     from .pipeline import start_all
     from .records import quarantine
 
@@ -77,15 +78,20 @@ def ingest() -> None:
         settings.metrics_address,
         settings.ecr_calls_per_second,
     )
-    account, queue_url = accounts.queues(settings)[0]
-    Ingest(
-        settings=settings,
-        sqs=clients.sqs(settings, account, queue_url),
-        queue=queue_url,
-        records=Records(redis, settings.redis_namespace),
-        quarantine=quarantine(redis, settings.redis_namespace),
-        start=start_all,
-    ).run()
+    records, journal = Records(redis, settings.redis_namespace), quarantine(redis, settings.redis_namespace)
+    pollers = [
+        Ingest(
+            settings=settings,
+            sqs=clients.sqs(settings, account, queue_url),
+            records=records,
+            quarantine=journal,
+            start=start_all,
+            queue=queue_url,
+            account=account.id,
+        )
+        for account, queue_url in accounts.queues(settings)
+    ]
+    poll_all(pollers)
 
 
 @main.command()

@@ -219,13 +219,14 @@ def sts(account: Account, region: str | None) -> STSClient:
 SQS_READ_TIMEOUT_MARGIN = 5
 
 
-def sqs_config(settings: Settings) -> Config:
-    """The SQS client's bounds: one attempt, read timeout just above the long poll."""
+def sqs_config(settings: Settings, queues: int = 1) -> Config:
+    """The SQS client's bounds: one attempt, read timeout just above the long poll, a connection for each of the
+    `queues` it long-polls at once (and a few for deletes)."""
     return Config(
         retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=5,
         read_timeout=settings.sqs_wait_seconds + SQS_READ_TIMEOUT_MARGIN,
-        max_pool_connections=4,
+        max_pool_connections=max(4, 2 * queues),
     )
 
 
@@ -237,7 +238,9 @@ def sqs(settings: Settings, account: Account, queue_url: str) -> SQSClient:
         raise ConfigError(f"the queue URL {queue_url} names no region: set AWS_REGION to the queue's region")
     key = ("sqs", account, region, settings.sqs_wait_seconds)
     if key not in _cache:
-        made = session(account).client("sqs", region_name=region, config=sqs_config(settings))
+        default = settings.aws_region or (account.regions[0] if account.regions else None)
+        queues = sum(1 for url in account.queues if queue_region(url, default) == region)
+        made = session(account).client("sqs", region_name=region, config=sqs_config(settings, queues))
         log.debug("SQS in %s: calls go to %s", region, made.meta.endpoint_url)  # ingest says it as it polls
         _cache[key] = made
     client: SQSClient = _cache[key]

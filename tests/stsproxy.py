@@ -34,6 +34,7 @@ class StsProxy:
     lifetime: float | None = None
     refused: set[str] = field(default_factory=set)
     assumed: Counter[str] = field(default_factory=Counter)  # role ARN -> AssumeRole calls answered
+    expires: dict[str, float] = field(default_factory=dict)  # role ARN -> the end of its last session (Unix time)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -77,6 +78,8 @@ class StsProxy:
                 if role and proxy.lifetime is not None and answer.status_code == 200:
                     until = datetime.now(UTC) + timedelta(seconds=proxy.lifetime)
                     stamp = until.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+                    with proxy._lock:
+                        proxy.expires[role] = until.timestamp()
                     expiration = b"<Expiration>" + stamp + b"</Expiration>"
                     content = re.sub(rb"<Expiration>[^<]*</Expiration>", expiration, content)
                 kept = {
