@@ -19,7 +19,7 @@ from ..freshness import LastSeen
 from ..inventory import Inventory
 from ..startup import API_PATH, api_url_mistake
 from ..tenants import load_tenants_file, split
-from .aws import queue, registry
+from .aws import CONFUSED_DEPUTY, WrongAccount, identity, queue, registry
 from .line import Check
 from .stores import broker_and_redis, records_client
 
@@ -47,16 +47,28 @@ def _accounts(s: Settings) -> list[Account]:
 
 
 def account_block(s: Settings, account: Account, http: httpx.Client, tenants: dict[str, str]) -> Iterator[Check]:
-    """One account: each of its queues answers, and its registries are readable, as its own identity."""
+    """One account: its identity resolves to it, each of its queues answers, and its registries are readable, as
+    that identity. A failing account is named with its fix; the others are checked all the same."""
+    yield Check("INFO", "account", f"account {account.id}: read as {account.describe_identity()}")
+    if account.role_arn and not account.external_id:
+        yield Check(
+            "WARN",
+            "account",
+            f"account {account.id}: role {account.role_arn} is assumed without an ExternalId: fine inside one's own "
+            "organization; a role another party assumes needs one in its trust policy (external_id), see "
+            f"{CONFUSED_DEPUTY}",
+        )
+    queues = [(url, clients.sqs(s, account, url)) for url in account.queues]  # ConfigError: a queue of no region
     try:
-        for url in account.queues:
-            yield from queue(s, clients.sqs(s, account, url), url)
+        yield from identity(clients.sts(account, account.regions[0] if account.regions else s.aws_region), account)
+        for url, sqs in queues:
+            yield from queue(s, sqs, url)
         for region in account.regions:
             yield from registry(s, clients.ecr(account, region), account.id, region, http, tenants)
     except IdentityUnavailable as exc:
-        yield Check("FAIL", "aws", str(exc))
-    except ConfigError as exc:
-        yield Check("FAIL", "aws", str(exc), setting=True)
+        yield Check("FAIL", "account", str(exc))
+    except WrongAccount:
+        pass  # said by identity()
 
 
 def _config(s: Settings, environ: Mapping[str, str]) -> Iterator[Check]:
