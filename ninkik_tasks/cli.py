@@ -232,9 +232,13 @@ def failures_retry(entry_id: str) -> None:
     "--repository", multiple=True, help="Only this repository (TENANT_UUID/PRODUCT[/...]); may be given more than once."
 )
 @click.option("--since", help="Only images pushed at or after this ISO-8601 date or time (UTC unless given).")
+@click.option("--account", help="Only this AWS account's registries (one of the configured accounts).")
 @click.option("--wait", is_flag=True, help="Show progress until it is done (Ctrl-C stops waiting, not the backfill).")
-def backfill(tenant: str | None, repository: tuple[str, ...], since: str | None, wait: bool) -> None:
+def backfill(
+    tenant: str | None, repository: tuple[str, ...], since: str | None, account: str | None, wait: bool
+) -> None:
     """Queue a backfill: start the chain for every image in the registries, or only the filtered ones."""
+    from .accounts import accepted
     from .config import get_settings
     from .errors import PermanentError, TransientError
     from .filters import validate
@@ -244,7 +248,12 @@ def backfill(tenant: str | None, repository: tuple[str, ...], since: str | None,
     svc = services(get_settings())
     try:
         filters = validate(
-            tenant, list(repository) or None, since, tenant_known=lambda t: svc.directory().tenant(t) is not None
+            tenant,
+            list(repository) or None,
+            since,
+            tenant_known=lambda t: svc.directory().tenant(t) is not None,
+            account=account,
+            accounts=accepted(svc.settings)[0],
         )
     except (TransientError, PermanentError) as exc:
         raise ConfigError(f"cannot check the tenant with ninkik: {exc}") from None

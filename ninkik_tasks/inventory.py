@@ -76,6 +76,10 @@ class Registry:
     account: str
     region: str
 
+    def astuple(self) -> tuple[str, str]:
+        """(account, region)."""
+        return self.account, self.region
+
 
 def registries(settings: Settings, account: str | None = None) -> list[Registry]:
     """Every registry to read: each account (or the one given) in each of its regions."""

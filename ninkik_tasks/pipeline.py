@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import backfill as sweeps
 from . import brokers, gathering, logs
+from .accounts import accepted
 from .artifacts import IN_INDEX, SKIP_REASONS
 from .celery_app import AWS_QUEUE, CHAIN_TASKS, CONTROL_QUEUE, NINKIK_QUEUE, app
 from .config import Settings, get_settings
@@ -287,11 +288,23 @@ def _again(task: Task) -> Ignore:
 
 @app.task(name="ninkik.backfill", bind=True, queue=CONTROL_QUEUE, track_started=True)
 def backfill(
-    self: Task, tenant: str | None = None, repository: str | list[str] | None = None, since: str | None = None
+    self: Task,
+    tenant: str | None = None,
+    repository: str | list[str] | None = None,
+    since: str | None = None,
+    account: str | None = None,
 ) -> dict[str, Any]:
-    """Start the chain for every image in the registries, or the tenant's, the repositories', pushed since."""
+    """Start the chain for every image in the registries (or the account's), or the tenant's, the repositories',
+    pushed since."""
     svc = _svc()
-    filters = validate(tenant, repository, since, tenant_known=lambda t: svc.directory().tenant(t) is not None)
+    filters = validate(
+        tenant,
+        repository,
+        since,
+        tenant_known=lambda t: svc.directory().tenant(t) is not None,
+        account=account,
+        accounts=accepted(svc.settings)[0],
+    )
 
     def progress(p: Progress) -> None:
         self.update_state(state="PROGRESS", meta=p.as_dict())

@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -46,6 +46,7 @@ class Org:
     sqs: dict[str, Any]
     ingest: local.Proc
     worker: local.Proc
+    pushed: dict[str, list[str]] = field(default_factory=dict)  # account -> digests in its registry
 
     def push(self, account: str, repository: str = f"{TENANT_A}/shop", via: str | None = None) -> str:
         """A new image in the account's registry, scanned, its push event sent to its queue (or `via`'s)."""
@@ -54,14 +55,18 @@ class Org:
         event = local.push_event(repository, digest, account=account)
         sender = via or account
         self.sqs[sender].send_message(QueueUrl=self.queues[sender], MessageBody=json.dumps(event))
+        self.pushed.setdefault(account, []).append(digest)
         return digest
 
     def failures_of(self, digest: str) -> list[dict[str, str]]:
         return [f for f in self.stack.failures() if f.get("digest") == digest]
 
     def check(self, **overrides: str) -> subprocess.CompletedProcess[str]:
+        return self.cli("check", **overrides)
+
+    def cli(self, *args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
         env = {**self.env, "NINKIK_TENANT_UUIDS": TENANT_A, **overrides}
-        command = [sys.executable, "-m", "ninkik_tasks.cli", "check"]
+        command = [sys.executable, "-m", "ninkik_tasks.cli", *args]
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=90)
 
 
@@ -191,3 +196,25 @@ def test_check_gives_one_block_per_account_and_names_a_broken_one(org: Org) -> N
     assert "trust policy" in failed[0]
     for account in (ACCOUNTS[0], ACCOUNTS[2]):  # the others still report
         assert f"account {account}: sts:GetCallerIdentity answers {account}" in done.stdout
+
+
+def test_backfill_of_one_account_reads_its_registry_alone_and_a_refused_one_does_not_stop_the_others(org: Org) -> None:
+    first = ACCOUNTS[0]
+    org.push(first)
+    done = org.cli("backfill", "--account", first, "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(org.pushed[first])} chains started" in done.stdout, (org.pushed, done.stdout)
+    unknown = org.cli("backfill", "--account", "444444444444")
+    assert unknown.returncode == 2 and "account '444444444444' is not one of the configured accounts" in unknown.stderr
+    broken = ACCOUNTS[1]
+    org.sts.refused.add(role(broken))
+    try:
+        ended = org.sts.expires[role(broken)]
+        wait_for(lambda: time.time() > ended, LIFETIME + 5, "the broken account's sessions to end")
+        done = org.cli("backfill", "--wait")
+    finally:
+        org.sts.refused.discard(role(broken))
+    assert done.returncode == 0, done.stdout + done.stderr
+    others = sum(len(org.pushed.get(a, [])) for a in ACCOUNTS if a != broken)
+    assert f"{others} chains started" in done.stdout, (org.pushed, done.stdout)
+    assert f"not read: registry {broken}/{local.REGION}: account {broken}: role" in done.stdout
