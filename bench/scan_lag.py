@@ -194,7 +194,7 @@ class Departures:
     def __init__(self, client: redis.Redis) -> None:
         # The departures' log of the emulator region's ECR limiter (bench_env leaves the namespace its default).
         namespace = Settings.model_fields["redis_namespace"].default
-        self.key = departures_key(ecr_limit_key(namespace, local.REGION))
+        self.key = departures_key(ecr_limit_key(namespace, local.ACCOUNT, local.REGION))
         self.client, self.seen = client, dict[bytes, float]()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._read, daemon=True)

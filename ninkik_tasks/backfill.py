@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .artifacts import INDEX_MEDIA_TYPES
 from .ecr import NOT_READY
-from .errors import PermanentError, SweepStopped, TransientError
+from .errors import IdentityUnavailable, PermanentError, SweepStopped, TransientError
 from .events import ImagePushed
 from .filters import Filters
 from .findings import Image
@@ -63,7 +63,7 @@ class Sweep:
     """One pass over some registries' images, starting a chain per image; streams page by page."""
 
     source: Source
-    ecr: Callable[[str], ECRClient]
+    ecr: Callable[[str, str], ECRClient]  # (account, region) -> a client acting as that account
     start: Start
     on_progress: Callable[[Progress], None] | None = None
     progress_every: int = 100
@@ -145,7 +145,7 @@ class Sweep:
             yield from names
 
     def _run(self, registry: Registry, filters: Filters, mine: Progress) -> None:
-        ecr = self.ecr(registry.region)
+        ecr = self.ecr(registry.account, registry.region)
         for repository in self._names(ecr, registry, filters, mine):
             self._maybe_stop()
             mine.repositories += 1
@@ -272,8 +272,8 @@ def backfill(
         ttl, records = svc.settings.event_dedupe_seconds, svc.records
         sweep.seen = lambda ids: {i.split("|", 1)[1] for i in records.seen_events([f"{run_id}|{i}" for i in ids])}
         sweep.mark = lambda ids: records.mark_events([f"{run_id}|{i}" for i in ids], ttl)
-    for registry in registries(svc.settings):
-        sweep.run(registry, filters)
+    for registry in registries(svc.settings, filters.account):
+        _each_account(sweep, registry, filters)
     summary = {
         **sweep.progress.as_dict(),
         **summary_notes(sweep.progress),
@@ -377,9 +377,19 @@ def rescan(
             **_claims(svc),
         )
         for registry in registries(s):
-            sweep.run(registry, Filters(since=since))
+            _each_account(sweep, registry, Filters(since=since))
         log.info("rescan done: %s", sweep.progress.as_dict())
         return {**sweep.progress.as_dict(), **summary_notes(sweep.progress), "since": since.isoformat()}
+
+
+def _each_account(sweep: Sweep, registry: Registry, filters: Filters) -> None:
+    """Sweep one registry; an account whose identity is refused (or a registry that does not answer) is noted as
+    unreachable and the other accounts are swept all the same."""
+    try:
+        sweep.run(registry, filters)
+    except (IdentityUnavailable, TransientError) as exc:
+        sweep.progress.unreachable.append(f"registry {registry.account}/{registry.region}: {exc}")
+        log.error("%s of %s/%s failed, the other registries go on: %s", sweep.source, *registry.astuple(), exc)
 
 
 def _claims(svc: Services) -> dict[str, Any]:

@@ -58,11 +58,12 @@ def main() -> None:
 
 @main.command()
 def ingest() -> None:
-    """Poll NINKIK_SQS_QUEUE_URL and start a chain for every new ECR push event."""
-    from . import clients, logs, metrics, startup
+    """Poll every account's queue (NINKIK_SQS_QUEUE_URL, or NINKIK_ACCOUNTS_FILE's) and start a chain for every new
+    ECR push event."""
+    from . import accounts, clients, logs, metrics, startup
     from .config import get_settings
     from .idempotency import Records
-    from .ingest import Ingest
+    from .ingest import Ingest, poll_all
     from .pipeline import start_all
     from .records import quarantine
 
@@ -77,13 +78,20 @@ def ingest() -> None:
         settings.metrics_address,
         settings.ecr_calls_per_second,
     )
-    Ingest(
-        settings=settings,
-        sqs=clients.sqs(settings),
-        records=Records(redis, settings.redis_namespace),
-        quarantine=quarantine(redis, settings.redis_namespace),
-        start=start_all,
-    ).run()
+    records, journal = Records(redis, settings.redis_namespace), quarantine(redis, settings.redis_namespace)
+    pollers = [
+        Ingest(
+            settings=settings,
+            sqs=clients.sqs(settings, account, queue_url),
+            records=records,
+            quarantine=journal,
+            start=start_all,
+            queue=queue_url,
+            account=account.id,
+        )
+        for account, queue_url in accounts.queues(settings)
+    ]
+    poll_all(pollers)
 
 
 @main.command()
@@ -95,7 +103,7 @@ def check() -> None:
 
     settings = get_settings()
     code = 0
-    for result in checks.run(settings, lambda: clients.sqs(settings), clients.ecr, clients.http(settings)):
+    for result in checks.run(settings, clients.http(settings)):
         click.echo(result.line())
         if result.level == "FAIL":
             code = 2 if result.setting or code == 2 else 1
@@ -150,6 +158,7 @@ def quarantine_list(count: int, as_json: bool) -> None:
 def quarantine_replay(entry_id: str) -> None:
     """Run a quarantined message through ingest again (after fixing what refused it)."""
     from . import clients
+    from .accounts import accepted
     from .config import get_settings
     from .errors import IgnoredEvent, InvalidEvent
     from .events import parse
@@ -160,11 +169,12 @@ def quarantine_replay(entry_id: str) -> None:
     entry = _journal("quarantine").get(_entry_id(entry_id, "quarantine"))
     if entry is None:
         raise ConfigError(f"no quarantined message {entry_id}: see `ninkik-tasks quarantine list`")
+    allowed_accounts, allowed_regions = accepted(settings)
     try:
         pushed = parse(
             entry["body"],
-            accounts=settings.aws_account_ids,
-            regions=settings.allowed_regions(),
+            accounts=allowed_accounts,
+            regions=allowed_regions,
             max_bytes=settings.max_message_bytes,
         )
     except InvalidEvent as exc:
@@ -188,7 +198,8 @@ def failures() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def failures_list(count: int, as_json: bool) -> None:
     """The newest chains that ended without a notification."""
-    _print_rows(_journal("failures").list(count), as_json, ["id", "at", "stage", "reason", "repository", "digest"])
+    columns = ["id", "at", "account", "stage", "reason", "repository", "digest", "message"]
+    _print_rows(_journal("failures").list(count), as_json, columns)
 
 
 @failures.command("retry")
@@ -222,9 +233,13 @@ def failures_retry(entry_id: str) -> None:
     "--repository", multiple=True, help="Only this repository (TENANT_UUID/PRODUCT[/...]); may be given more than once."
 )
 @click.option("--since", help="Only images pushed at or after this ISO-8601 date or time (UTC unless given).")
+@click.option("--account", help="Only this AWS account's registries (one of the configured accounts).")
 @click.option("--wait", is_flag=True, help="Show progress until it is done (Ctrl-C stops waiting, not the backfill).")
-def backfill(tenant: str | None, repository: tuple[str, ...], since: str | None, wait: bool) -> None:
+def backfill(
+    tenant: str | None, repository: tuple[str, ...], since: str | None, account: str | None, wait: bool
+) -> None:
     """Queue a backfill: start the chain for every image in the registries, or only the filtered ones."""
+    from .accounts import accepted
     from .config import get_settings
     from .errors import PermanentError, TransientError
     from .filters import validate
@@ -234,7 +249,12 @@ def backfill(tenant: str | None, repository: tuple[str, ...], since: str | None,
     svc = services(get_settings())
     try:
         filters = validate(
-            tenant, list(repository) or None, since, tenant_known=lambda t: svc.directory().tenant(t) is not None
+            tenant,
+            list(repository) or None,
+            since,
+            tenant_known=lambda t: svc.directory().tenant(t) is not None,
+            account=account,
+            accounts=accepted(svc.settings)[0],
         )
     except (TransientError, PermanentError) as exc:
         raise ConfigError(f"cannot check the tenant with ninkik: {exc}") from None

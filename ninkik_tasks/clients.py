@@ -1,4 +1,9 @@
-"""boto3, Redis and HTTP clients, made lazily once per process and dropped in a forked child."""
+"""boto3, Redis and HTTP clients, made lazily once per process and dropped in a forked child.
+
+Every AWS client acts for one account (accounts.py) and is made from that account's session: the process's own
+identity, a named profile, or a role assumed through botocore's own AssumeRole machinery and refreshed before it
+expires (RoleCredentials).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,33 @@ import os
 import ssl
 import threading
 from collections.abc import Callable, Hashable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import boto3
+import botocore.session
 import httpx
 import redis
 from botocore.config import Config
+from botocore.credentials import (
+    AssumeRoleCredentialFetcher,
+    CredentialProvider,
+    CredentialResolver,
+    DeferredRefreshableCredentials,
+)
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ProfileNotFound
 
 from . import tls
+from .accounts import Account, queue_region
 from .config import Settings
-from .errors import ConfigError
+from .errors import ConfigError, IdentityUnavailable
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sts import STSClient
 
 # botocore's "standard" mode retries throttling codes and 5xx with backoff and jitter;
 # what still fails after these attempts becomes a Celery retry (TransientError).
@@ -59,21 +75,148 @@ def per_process(key: Hashable, make: Callable[[], T]) -> T:
     return made
 
 
-def ecr(
-    region: str, limiter: RateLimiter | None = None, lane: str = "", count: Callable[[], None] | None = None
-) -> ECRClient:
-    """This process's ECR client for `region` (one per `lane`: its limiter's waiting rule); with a limiter,
-    every HTTP attempt waits for its slot; `count` is called for every HTTP attempt."""
-    key = ("ecr", region, lane)
+# botocore renews temporary credentials 15 min before they expire (10 min: every caller waits for it). A role
+# session of an hour gets just that; a shorter one (duration_seconds, or an emulator's) the same share of it.
+REFRESH_SHARE_OF_HOUR = 3600.0
+# What AWS answers when the role cannot be assumed with this identity (trust policy, ExternalId, role gone).
+ASSUME_REFUSED = {"AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "ExpiredToken", "NoSuchEntity"}
+
+
+class RoleCredentials(DeferredRefreshableCredentials):
+    """An account's role session: assumed on first use with botocore's AssumeRoleCredentialFetcher over the
+    process's own credentials, renewed by botocore before it expires; refusals become IdentityUnavailable."""
+
+    def __init__(self, account: Account, base: botocore.session.Session) -> None:
+        super().__init__(refresh_using=self._fetch, method="assume-role")
+        self.account = account
+        self._base = base
+        self._fetcher: AssumeRoleCredentialFetcher | None = None
+        self._lifetime = REFRESH_SHARE_OF_HOUR
+
+    def refresh_needed(self, refresh_in: int | None = None) -> bool:
+        """botocore's advisory and mandatory windows, scaled to the session's lifetime (below an hour)."""
+        if refresh_in:
+            refresh_in = int(refresh_in * min(1.0, self._lifetime / REFRESH_SHARE_OF_HOUR))
+        return bool(super().refresh_needed(refresh_in))
+
+    def _fetch(self) -> dict[str, Any]:
+        a = self.account
+        assert a.role_arn
+        try:
+            if self._fetcher is None:
+                source = self._base.get_credentials()
+                if source is None:
+                    raise NoCredentialsError()
+                region = a.regions[0] if a.regions else None
+
+                def create(service_name: str, **kwargs: Any) -> Any:  # STS in the account's first region
+                    return self._base.create_client(service_name, region_name=region, config=AWS_CONFIG, **kwargs)
+
+                self._fetcher = AssumeRoleCredentialFetcher(
+                    client_creator=create,
+                    source_credentials=source,
+                    role_arn=a.role_arn,
+                    extra_args={
+                        "RoleSessionName": a.session_name,
+                        "DurationSeconds": a.duration_seconds,
+                        **({"ExternalId": a.external_id} if a.external_id else {}),
+                    },
+                    expiry_window_seconds=0,  # this object decides when to renew (refresh_needed)
+                )
+            fetched: dict[str, Any] = self._fetcher.fetch_credentials()
+        except NoCredentialsError:
+            raise IdentityUnavailable(
+                a.id,
+                f"account {a.id}: no credentials of this process to assume {a.role_arn} with: give the process an "
+                "identity (IRSA service account, instance profile, AWS_PROFILE or keys)",
+                permanent=True,
+            ) from None
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            message = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
+            fix = (
+                "let this process's identity assume it: the role's trust policy and its ExternalId (docs/accounts.md)"
+            )
+            raise IdentityUnavailable(
+                a.id,
+                f"account {a.id}: role {a.role_arn} cannot be assumed ({code}: {message}): {fix}",
+                permanent=code in ASSUME_REFUSED,
+            ) from None
+        except BotoCoreError as exc:
+            raise IdentityUnavailable(a.id, f"account {a.id}: sts:AssumeRole failed: {exc}") from None
+        expiry = datetime.fromisoformat(str(fetched["expiry_time"]).replace("Z", "+00:00"))
+        self._lifetime = max(1.0, (expiry - datetime.now(UTC)).total_seconds())
+        log.info("account %s: assumed %s until %s", a.id, a.role_arn, expiry.isoformat(timespec="seconds"))
+        return fetched
+
+
+class _Given(CredentialProvider):
+    """A credential provider that answers with the credentials it was made with."""
+
+    METHOD = "ninkik-tasks"
+
+    def __init__(self, credentials: RoleCredentials) -> None:
+        super().__init__()
+        self.credentials = credentials
+
+    def load(self) -> RoleCredentials:
+        """The credentials."""
+        return self.credentials
+
+
+def session(account: Account) -> boto3.session.Session:
+    """This process's AWS session for `account`: its role (assumed from the process's own identity), its profile,
+    or the process's own identity."""
+    key = ("session", account)
     if key not in _cache:
-        made = boto3.session.Session().client("ecr", region_name=region, config=AWS_CONFIG)
+        if account.role_arn:
+            own = botocore.session.Session()
+            assumed = botocore.session.Session()
+            given = _Given(RoleCredentials(account, own))
+            assumed.register_component("credential_provider", CredentialResolver([given]))
+            _cache[key] = boto3.session.Session(botocore_session=assumed)
+        elif account.profile:
+            try:
+                _cache[key] = boto3.session.Session(profile_name=account.profile)
+            except ProfileNotFound:
+                raise ConfigError(
+                    f"account {account.id}: profile {account.profile} is not in the AWS config or credentials files "
+                    "(AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE): add it or fix the profile's name"
+                ) from None
+        else:
+            _cache[key] = boto3.session.Session()
+    made: boto3.session.Session = _cache[key]
+    return made
+
+
+def ecr(
+    account: Account,
+    region: str,
+    limiter: RateLimiter | None = None,
+    lane: str = "",
+    count: Callable[[], None] | None = None,
+) -> ECRClient:
+    """This process's ECR client for `account` in `region` (one per `lane`: its limiter's waiting rule); with a
+    limiter, every HTTP attempt waits for its slot; `count` is called for every HTTP attempt."""
+    key = ("ecr", account, region, lane)
+    if key not in _cache:
+        made = session(account).client("ecr", region_name=region, config=AWS_CONFIG)
         if limiter is not None:
             made.meta.events.register("before-send.ecr", limiter.before_send)
         if count is not None:
             made.meta.events.register("before-send.ecr", lambda **_: count())
-        log.info("ECR in %s: calls go to %s", region, made.meta.endpoint_url)
+        log.info("ECR of %s in %s: calls go to %s", account.id, region, made.meta.endpoint_url)
         _cache[key] = made
     client: ECRClient = _cache[key]
+    return client
+
+
+def sts(account: Account, region: str | None) -> STSClient:
+    """This process's STS client for `account` (`check` asks it who it is)."""
+    key = ("sts", account, region)
+    if key not in _cache:
+        _cache[key] = session(account).client("sts", region_name=region, config=AWS_CONFIG)
+    client: STSClient = _cache[key]
     return client
 
 
@@ -83,26 +226,28 @@ def ecr(
 SQS_READ_TIMEOUT_MARGIN = 5
 
 
-def sqs_config(settings: Settings) -> Config:
-    """The SQS client's bounds: one attempt, read timeout just above the long poll."""
+def sqs_config(settings: Settings, queues: int = 1) -> Config:
+    """The SQS client's bounds: one attempt, read timeout just above the long poll, a connection for each of the
+    `queues` it long-polls at once (and a few for deletes)."""
     return Config(
         retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=5,
         read_timeout=settings.sqs_wait_seconds + SQS_READ_TIMEOUT_MARGIN,
-        max_pool_connections=4,
+        max_pool_connections=max(4, 2 * queues),
     )
 
 
-def sqs(settings: Settings) -> SQSClient:
-    """This process's SQS client, in the queue's region (its URL's, else AWS_REGION / AWS_DEFAULT_REGION)."""
-    region = settings.queue_region()
+def sqs(settings: Settings, account: Account, queue_url: str) -> SQSClient:
+    """This process's SQS client for a queue of `account`, in the queue's region (its URL's, else AWS_REGION /
+    AWS_DEFAULT_REGION, else the account's first)."""
+    region = queue_region(queue_url, settings.aws_region or (account.regions[0] if account.regions else None))
     if not region:
-        raise ConfigError(
-            f"the queue URL {settings.sqs_queue_url} names no region: set AWS_REGION to the queue's region"
-        )
-    key = ("sqs", region, settings.sqs_wait_seconds)
+        raise ConfigError(f"the queue URL {queue_url} names no region: set AWS_REGION to the queue's region")
+    key = ("sqs", account, region, settings.sqs_wait_seconds)
     if key not in _cache:
-        made = boto3.session.Session().client("sqs", region_name=region, config=sqs_config(settings))
+        default = settings.aws_region or (account.regions[0] if account.regions else None)
+        queues = sum(1 for url in account.queues if queue_region(url, default) == region)
+        made = session(account).client("sqs", region_name=region, config=sqs_config(settings, queues))
         log.debug("SQS in %s: calls go to %s", region, made.meta.endpoint_url)  # ingest says it as it polls
         _cache[key] = made
     client: SQSClient = _cache[key]

@@ -23,10 +23,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .errors import ConfigError
 from .health import DEFAULT_DIR, DEFAULT_MAX_AGE_SECONDS
 
-# The region in an AWS queue URL's host: sqs.eu-central-1.amazonaws.com, sqs-fips.us-east-1..., the legacy
-# eu-central-1.queue.amazonaws.com, VPC endpoints (vpce-....sqs.eu-central-1.vpce.amazonaws.com), China.
-_REGION_IN_HOST = re.compile(r"(?:^|\.)([a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d+)\.")
-
 CsvList = Annotated[list[str], NoDecode]
 
 
@@ -45,6 +41,8 @@ class Settings(BaseSettings):
     # boto3's default region; botocore itself reads only AWS_DEFAULT_REGION, so every client gets it from here.
     aws_region: str | None = Field(default=None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
 
+    # The accounts, their queues and identities (accounts.py); without it the three settings below are one account.
+    accounts_file: Path | None = None
     sqs_queue_url: str | None = None
     aws_account_ids: CsvList = Field(default_factory=list)
     aws_regions: CsvList = Field(default_factory=list)
@@ -162,14 +160,27 @@ class Settings(BaseSettings):
         return [region] if region else []
 
     def queue_region(self) -> str | None:
-        """The region to reach the queue in: the one in its URL, else AWS_REGION / AWS_DEFAULT_REGION."""
-        host = (urlparse(self.sqs_queue_url).hostname or "").lower() if self.sqs_queue_url else ""
-        if host.endswith((".amazonaws.com", ".amazonaws.com.cn")) and (match := _REGION_IN_HOST.search(host)):
-            return match.group(1)
-        return self.aws_region
+        """The region to reach NINKIK_SQS_QUEUE_URL in: the one in its URL, else AWS_REGION / AWS_DEFAULT_REGION."""
+        from .accounts import queue_region
+
+        return queue_region(self.sqs_queue_url, self.aws_region) if self.sqs_queue_url else self.aws_region
 
     def require_ingest(self) -> None:
         """Raise ConfigError naming the first setting ingest cannot run without."""
+        from . import accounts
+
+        if self.accounts_file is not None:
+            listed = accounts.of(self)  # ConfigError for a file that cannot be used
+            if not accounts.queues(self):
+                raise ConfigError(
+                    f"NINKIK_ACCOUNTS_FILE {self.accounts_file} lists no queue: give an account the queue that "
+                    "carries its events (queues: [URL])"
+                )
+            for account in listed:
+                for url in account.queues:
+                    if not accounts.queue_region(url, self.aws_region or account.regions[0]):
+                        raise ConfigError(f"the queue URL {url} names no region: set AWS_REGION to its region")
+            return
         if not self.sqs_queue_url:
             raise ConfigError(
                 "NINKIK_SQS_QUEUE_URL is not set: set it to the URL of the ecr-docker-push queue "

@@ -24,6 +24,16 @@ class ScanNotReady(TransientError):
         self.next_read = next_read  # when to read the status again (ScanWaits)
 
 
+class IdentityUnavailable(TransientError):
+    """An account's identity cannot be had (its role refused, no credentials to assume it with): its chains are
+    retried with the usual backoff, then recorded under IDENTITY_UNAVAILABLE with the account in the message."""
+
+    def __init__(self, account: str, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.account = account
+        self.permanent = permanent  # refused (trust policy, ExternalId): not a passing outage of STS
+
+
 class PermanentError(Exception):
     """Retrying cannot help; the chain ends and the reason is recorded."""
 
@@ -56,6 +66,8 @@ class IgnoredEvent(Exception):
         self.reason = reason
         self.event = event  # the parsed event (ImageScanned, Inspector2Scanned) where there is a model for it
 
+
+IDENTITY_UNAVAILABLE = "identity_unavailable"  # the failure reason of chains whose account's role was refused
 
 # Reasons for IgnoredEvent: the label of ninkik_ingest_ignored_total{reason}.
 IGNORED_NOT_A_PUSH = "not_a_push"  # "ECR Image Action" DELETE, UPDATE_STORAGE_CLASS, ...

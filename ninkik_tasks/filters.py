@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,6 +20,7 @@ class Filters:
     tenant: str | None = None
     repositories: tuple[str, ...] = ()
     since: datetime | None = None
+    account: str | None = None  # one account's registries only (`backfill --account`)
 
     def as_kwargs(self) -> dict[str, str | list[str] | None]:
         """The filters as the backfill task's keyword arguments (JSON-friendly)."""
@@ -27,6 +28,7 @@ class Filters:
             "tenant": self.tenant,
             "repository": list(self.repositories) or None,
             "since": self.since.isoformat() if self.since else None,
+            **({"account": self.account} if self.account else {}),
         }
 
 
@@ -37,6 +39,8 @@ def validate(
     *,
     tenant_known: Callable[[str], bool],
     now: datetime | None = None,
+    account: object = None,
+    accounts: Collection[str] = (),
 ) -> Filters:
     """Check and normalise backfill filters; InvalidFilter with a one-line reason if one is unusable.
 
@@ -70,8 +74,16 @@ def validate(
         when = parse_since(since)
         if when > (now or datetime.now(UTC)):
             raise InvalidFilter(f"since {since!r} is in the future: no image would match")
+    if account is not None and (not isinstance(account, str) or account.strip() not in accounts):
+        listed = ", ".join(sorted(accounts)) or "none"
+        raise InvalidFilter(f"account {account!r} is not one of the configured accounts ({listed})")
     repositories = tuple(dict.fromkeys(n for n in names if isinstance(n, str)))
-    return Filters(tenant=tenant, repositories=repositories, since=when)
+    return Filters(
+        tenant=tenant,
+        repositories=repositories,
+        since=when,
+        account=account.strip() if isinstance(account, str) else None,
+    )
 
 
 def parse_since(value: object) -> datetime:

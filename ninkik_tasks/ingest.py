@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,14 +18,15 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from . import metrics
+from .accounts import accepted
 from .clients import queue_endpoint_mismatch
 from .config import Settings
 from .ecr import DENIED, THROTTLING, error_code
-from .errors import ConfigError, IgnoredEvent, InvalidEvent
+from .errors import ConfigError, IdentityUnavailable, IgnoredEvent, InvalidEvent
 from .events import FindingChanged, ImagePushed, ImageScanned, parse
 from .explain import redis_full, redis_full_line
 from .freshness import LastSeen, Refreshes
-from .health import Heartbeat
+from .health import STEP_BOUND_SECONDS, Heartbeat
 from .idempotency import Records
 from .indexes import Claims
 from .inventory import Inventory
@@ -42,6 +44,13 @@ MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 UNREACHABLE = (AWSConnectionError, HTTPClientError)
 
 
+# What a failing poll is expected to raise (anything else is logged with its traceback: a bug).
+EXPECTED = (RedisError, BotoCoreError, ClientError, OperationalError, OSError, ConfigError, IdentityUnavailable)
+BACKOFF_MAX = 30.0  # the longest pause between two attempts of a failing queue (an outage)
+CONFIG_BACKOFF_MAX = 300.0  # ... of a queue refused or gone while other queues work (an operator fixes it)
+HANDLING_GRACE = 20.0  # at SIGTERM, how long batches in hand may take to finish (within STOP_GRACE_SECONDS)
+
+
 class _Stop(BaseException):
     """SIGTERM arrived while waiting on SQS: nothing is in hand, leave now."""
 
@@ -55,6 +64,8 @@ class Ingest:
     records: Records
     quarantine: Journal
     start: Callable[[list[ImagePushed]], list[Any]]
+    queue: str | None = None  # the queue polled (default: NINKIK_SQS_QUEUE_URL)
+    account: str = ""  # the account whose identity polls it (its metrics' label)
     inventory: Inventory | None = None  # where accepted pushes' repositories are remembered for sweeps
     scan_waits: ScanWaits | None = None  # the images waiting for their scan (a scan-complete event ends a wait)
     heartbeat: Heartbeat | None = None  # this loop's liveness and readiness files (docs/health.md)
@@ -62,8 +73,12 @@ class Ingest:
     counts: Counter[str] = field(default_factory=Counter)
     deleting: bool = True
     _delete_retry_at: float = 0.0
+    healthy: bool = False  # the last attempt worked
+    last_poll: float = 0.0  # when it last did (Unix time)
     _stopping: bool = False
-    _waiting: bool = False
+    _waiting: bool = False  # waiting on SQS or pausing: nothing in hand
+    _step_began: float | None = None  # monotonic start of the step under way
+    _stopped: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -79,8 +94,9 @@ class Ingest:
     @property
     def queue_url(self) -> str:
         """The queue being polled."""
-        assert self.settings.sqs_queue_url
-        return self.settings.sqs_queue_url
+        url = self.queue or self.settings.sqs_queue_url
+        assert url
+        return url
 
     def check_queue(self) -> dict[str, str]:
         """The queue's retention and visibility; ConfigError with one clear line if it cannot be used.
@@ -107,71 +123,74 @@ class Ingest:
         return {str(k): v for k, v in answer.get("Attributes", {}).items()}
 
     def run(self) -> None:
-        """Poll until SIGTERM/SIGINT; the batch in hand is finished before leaving.
+        """Poll this queue alone until SIGTERM/SIGINT (poll_all with one queue)."""
+        poll_all([self])
+
+    def poll_forever(self, alone: bool) -> None:
+        """This queue's loop (a thread of poll_all's), until the process stops.
 
         Until the queue answers, and whenever a poll fails, it retries with backoff: one log line when an
-        outage begins, one when it ends (each attempt at DEBUG).
-        SIGTERM interrupts any wait on SQS (a call or a pause) at once: nothing is in hand then.
-        Each turn beats the heartbeat; a poll (waiting on SQS, Redis or the broker) keeps it fresh for up to
-        STEP_BOUND_SECONDS; ready while polls work.
+        outage begins, one when it ends (each attempt at DEBUG). A queue that cannot be used (refused, gone) is
+        a ConfigError: it stops the process when it is the only queue, else that queue alone is retried.
         """
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-        assert self.heartbeat is not None
-        beat = self.heartbeat.start()
-        metrics.LAST_LOOP.set_function(lambda: beat.last)
-        try:
-            self._loop(beat)
-        finally:
-            beat.stop()
-
-    def _loop(self, beat: Heartbeat) -> None:
         started = False
         failures, outage_began = 0, 0.0
+        what = f"queue {self.queue_url} of account {self.account or '?'}"
         while not self._stopping:
             try:
-                with beat.waiting():
-                    if not started:
-                        self._start()
-                        started = True
-                    else:
-                        self.poll_once()
-                    if failures:
-                        self._write_probe()  # a full Redis still answers reads: over only once a write succeeds
-                beat.ready(not self._stopping)
+                self._step_began = time.monotonic()
+                if not started:
+                    self._start()
+                    started = True
+                else:
+                    self.poll_once()
+                if failures:
+                    self._write_probe()  # a full Redis still answers reads: over only once a write succeeds
+                self._polled()
                 if failures:
                     log.warning(
-                        "SQS, Redis and the broker answer again: %d failed attempts over %.0fs",
+                        "%s: SQS, Redis and the broker answer again: %d failed attempts over %.0fs",
+                        what,
                         failures,
                         time.monotonic() - outage_began,
                     )
                 failures = 0
             except _Stop:
                 break
-            except ConfigError:
-                raise
             except Exception as exc:
+                if isinstance(exc, ConfigError) and alone:
+                    raise
                 # Redis, the broker or SQS is down (or something nobody classified): nothing was deleted, SQS
                 # redelivers; wait and go on. One line per outage at ERROR, each retry at DEBUG, one when over.
-                beat.ready(False)
+                self.healthy = False
                 failures += 1
                 outage_began = outage_began if failures > 1 else time.monotonic()
                 metrics.POLL_ERRORS.inc()
-                pause = min(30.0, 0.5 * 2**failures)
-                known = isinstance(exc, (RedisError, BotoCoreError, ClientError, OperationalError, OSError))
-                what = "poll" if started else f"reaching the queue {self.queue_url}"
+                metrics.QUEUE_UP.labels(self.account, self.queue_url).set(0)
+                cap = CONFIG_BACKOFF_MAX if isinstance(exc, ConfigError) else BACKOFF_MAX
+                pause = min(cap, 0.5 * 2**failures)
+                known = isinstance(exc, EXPECTED)
+                doing = f"polling {what}" if started else f"reaching {what}"
                 reason = redis_full_line() if redis_full(exc) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
                 log.log(
                     logging.ERROR if failures == 1 else logging.DEBUG,
                     "%s failed (%s); retrying in %.1fs%s",
-                    what,
+                    doing,
                     reason,
                     pause,
-                    ", with backoff up to 30 s, until it works (one line then)" if failures == 1 else "",
+                    f", with backoff up to {cap:.0f} s, until it works (one line then)" if failures == 1 else "",
                     exc_info=not known and failures == 1,
                 )
                 self._sleep(pause)
-        log.info("stopped: %s", dict(self.counts))
+            finally:
+                self._step_began = None
+        log.debug("stopped %s: %s", what, dict(self.counts))
+
+    def _polled(self) -> None:
+        self.healthy = True
+        self.last_poll = time.time()
+        metrics.QUEUE_UP.labels(self.account, self.queue_url).set(1)
+        metrics.QUEUE_LAST_POLL.labels(self.account, self.queue_url).set(self.last_poll)
 
     def _start(self) -> None:
         endpoint = self.sqs.meta.endpoint_url
@@ -188,8 +207,9 @@ class Ingest:
         finally:
             self._waiting = False
         log.info(
-            "polling %s through %s (retention %ss, visibility timeout %ss)",
+            "polling %s of account %s through %s (retention %ss, visibility timeout %ss)",
             self.queue_url,
+            self.account or "?",
             endpoint,
             attributes.get("MessageRetentionPeriod", "?"),
             attributes.get("VisibilityTimeout", "?"),
@@ -199,22 +219,20 @@ class Ingest:
         """One short-lived write to the records' Redis (raises as the failed poll did if it still fails)."""
         self.records.r.set(f"{self.settings.redis_namespace}:ingest:write-probe", "1", px=10_000)
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+    def stop(self) -> None:
+        """Leave at the next step: a wait on SQS is left unanswered (SQS redelivers), a batch in hand is finished."""
         self._stopping = True
-        if self.heartbeat is not None:
-            self.heartbeat.ready(False)
-        if self._waiting:
-            raise _Stop()
+        self._stopped.set()
 
     def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self._stopping and time.monotonic() < deadline:
-            if self.heartbeat is not None:
-                self.heartbeat.beat()
-            time.sleep(min(0.2, seconds))
+        self._waiting = True
+        try:
+            self._stopped.wait(seconds)
+        finally:
+            self._waiting = False
 
     def receive(self) -> list[MessageTypeDef]:
-        """One long poll: up to 10 messages, waiting up to NINKIK_SQS_WAIT_SECONDS (SIGTERM interrupts it)."""
+        """One long poll: up to 10 messages, waiting up to NINKIK_SQS_WAIT_SECONDS (SIGTERM abandons it)."""
         self._waiting = True
         try:
             if self._stopping:
@@ -232,6 +250,8 @@ class Ingest:
             raise
         finally:
             self._waiting = False
+        if self._stopping:
+            raise _Stop()  # answered after SIGTERM: left unhandled, SQS gives the messages again
         return list(answer.get("Messages", []))
 
     def poll_once(self) -> int:
@@ -254,7 +274,7 @@ class Ingest:
     def handle(self, messages: list[MessageTypeDef]) -> list[MessageTypeDef]:
         """Start chains for new valid events, quarantine bad ones; returns the messages now handled."""
         s = self.settings
-        accounts, regions = set(s.aws_account_ids), set(s.allowed_regions())
+        accounts, regions = accepted(s)
         valid: list[tuple[MessageTypeDef, ImagePushed]] = []
         handled: list[MessageTypeDef] = []
         scans: list[tuple[MessageTypeDef, ImageScanned]] = []
@@ -373,6 +393,63 @@ class Ingest:
         metrics.DELETED.inc(len(answer.get("Successful", [])))
         for failed in answer.get("Failed", []):
             log.warning("could not delete a message: %s %s", failed.get("Code"), failed.get("Message"))
+
+
+def poll_all(pollers: list[Ingest], heartbeat: Heartbeat | None = None) -> None:
+    """Poll every queue, each in a thread of its own (an idle queue's long poll never delays another), until
+    SIGTERM/SIGINT; the batches in hand are finished before leaving, waits on SQS are abandoned (nothing in hand).
+
+    The process's liveness: this loop, and no queue's step running past STEP_BOUND_SECONDS (stuck). Ready while
+    any queue's last poll worked: one failing queue among many does not take ingest out of service.
+    """
+    beat = heartbeat or pollers[0].heartbeat or Heartbeat(None, "ingest")
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+        beat.ready(False)
+        for poller in pollers:
+            poller.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    beat.start()
+    metrics.LAST_LOOP.set_function(lambda: beat.last)
+    fatal: list[BaseException] = []
+    alone = len(pollers) == 1
+
+    def poll(poller: Ingest) -> None:
+        try:
+            poller.poll_forever(alone)
+        except BaseException as exc:  # a ConfigError of the only queue, or a bug: the process stops, saying it
+            fatal.append(exc)
+            stopping.set()
+
+    threads = [
+        threading.Thread(target=poll, args=(p,), name=f"ingest-{i}", daemon=True) for i, p in enumerate(pollers)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while not stopping.wait(0.5):
+            now = time.monotonic()
+            stuck = [p for p in pollers if p._step_began is not None and now - p._step_began > STEP_BOUND_SECONDS]
+            if not stuck:
+                beat.beat()
+            beat.ready(any(p.healthy for p in pollers))
+        for poller in pollers:
+            poller.stop()
+        # Batches in hand are finished (and deleted); threads waiting on SQS are left to the process's exit.
+        deadline = time.monotonic() + HANDLING_GRACE
+        for poller, thread in zip(pollers, threads, strict=True):
+            while thread.is_alive() and not poller._waiting and time.monotonic() < deadline:
+                beat.keep_fresh(HANDLING_GRACE)
+                thread.join(0.1)
+    finally:
+        beat.stop()
+    if fatal:
+        raise fatal[0]
+    log.info("stopped: %s", dict(sum((p.counts for p in pollers), Counter[str]())))
 
 
 def _outage(exc: ClientError) -> bool:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from . import accounts
 from .config import Settings
 from .errors import ConfigError, PermanentError
 from .tenants import REPOSITORY, Directory, load_tenants_file, split
@@ -75,15 +76,23 @@ class Registry:
     account: str
     region: str
 
+    def astuple(self) -> tuple[str, str]:
+        """(account, region)."""
+        return self.account, self.region
 
-def registries(settings: Settings) -> list[Registry]:
-    """Every registry to read: each allowed account in each allowed region."""
-    if not settings.aws_account_ids:
+
+def registries(settings: Settings, account: str | None = None) -> list[Registry]:
+    """Every registry to read: each account (or the one given) in each of its regions."""
+    listed = accounts.of(settings)
+    if not listed:
         raise ConfigError("NINKIK_AWS_ACCOUNT_IDS is not set: set it to the accounts whose registries to read")
-    regions = settings.allowed_regions()
-    if not regions:
+    if account is not None:
+        listed = [a for a in listed if a.id == account]
+        if not listed:
+            raise ConfigError(f"account {account} is not configured: name one of {', '.join(accounts.by_id(settings))}")
+    if not any(a.regions for a in listed):
         raise ConfigError("no AWS region known: set NINKIK_AWS_REGIONS or AWS_REGION to the region of your registries")
-    return [Registry(account, region) for account in settings.aws_account_ids for region in regions]
+    return [Registry(a.id, region) for a in listed for region in a.regions]
 
 
 @dataclass

@@ -56,6 +56,9 @@ def configure(settings: Settings, quiet_tasks: Collection[str] = ()) -> None:
     root.setLevel(settings.log_level.upper())
     for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A role session that cannot be renewed: botocore warns with a traceback at every attempt; ninkik-tasks says it
+    # once per outage, with the account and the fix (clients.RoleCredentials, ingest, the chain's failures).
+    logging.getLogger("botocore.credentials").setLevel(logging.ERROR)
     # Four tasks per image, each received and succeeded: eight lines that say less than the chain's own (accepted,
     # retried, notified or ended), and writing them cost a quarter of the worker's CPU per image (bench/RESULTS.md).
     quiet = QuietTasks(quiet_tasks)

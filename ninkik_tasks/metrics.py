@@ -51,6 +51,18 @@ DELETED = Counter("ninkik_ingest_messages_deleted", "Messages deleted from SQS a
 POLL_ERRORS = Counter(
     "ninkik_ingest_poll_errors", "Polls that failed (Redis, broker or SQS unavailable)", registry=INGEST
 )
+QUEUE_UP = Gauge(
+    "ninkik_ingest_queue_up",
+    "1 while the queue's last poll worked, 0 while it fails (refused, gone, throttled, unreachable)",
+    ["account", "queue"],
+    registry=INGEST,
+)
+QUEUE_LAST_POLL = Gauge(
+    "ninkik_ingest_queue_last_poll_timestamp_seconds",
+    "When the queue's last successful poll ended (Unix time)",
+    ["account", "queue"],
+    registry=INGEST,
+)
 DELETING = Gauge(
     "ninkik_ingest_delete_enabled",
     "1 when handled messages are deleted, 0 when DeleteMessage is denied",
@@ -181,8 +193,8 @@ PIPELINE_METRICS = {
     "held": ("ninkik_pipeline_held", "Untagged images held for an index that may list them", ["kind"]),
     "ecr_call": (
         "ninkik_ecr_calls",
-        "ECR HTTP attempts by the workers (retries and pages included), by region",
-        ["region"],
+        "ECR HTTP attempts by the workers (retries and pages included), by account and region",
+        ["account", "region"],
     ),
 }
 

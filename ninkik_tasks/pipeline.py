@@ -19,10 +19,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import backfill as sweeps
 from . import brokers, gathering, logs
+from .accounts import accepted
 from .artifacts import IN_INDEX, SKIP_REASONS
 from .celery_app import AWS_QUEUE, CHAIN_TASKS, CONTROL_QUEUE, NINKIK_QUEUE, app
 from .config import Settings, get_settings
-from .errors import PermanentError, ScanNotReady, SweepStopped, TransientError
+from .errors import (
+    IDENTITY_UNAVAILABLE,
+    IdentityUnavailable,
+    PermanentError,
+    ScanNotReady,
+    SweepStopped,
+    TransientError,
+)
 from .events import ImagePushed
 from .filters import validate
 from .gathering import DescriptionPending
@@ -102,6 +110,16 @@ def _attempt(
         except SoftTimeLimitExceeded:
             # The Redis broker's run limit (brokers/redis.py): give the task back as a retry.
             raise TransientError("the step ran past its soft time limit") from None
+        except IdentityUnavailable as exc:
+            # The account's role refused (trust policy, ExternalId, role gone): no retry helps until an operator
+            # fixes it, and its images are not to hold workers meanwhile; reconcile finds them once it works again.
+            if exc.permanent:
+                raise PermanentError(IDENTITY_UNAVAILABLE, str(exc)) from None
+            raise
+        except PermanentError as exc:
+            if exc.reason == "access_denied" and pushed.account not in str(exc):
+                raise PermanentError(exc.reason, f"account {pushed.account}: {exc}") from None
+            raise
     except DescriptionPending as exc:
         # Another worker's DescribeImages holds this image: its description is in Redis a moment later.
         countdown = max(exc.retry_after or 1.0, brokers.for_url(s.broker_url).countdown_floor(s))
@@ -110,7 +128,8 @@ def _attempt(
     except TransientError as exc:
         budget = s.notify_give_up_seconds if stage == "notify" else s.aws_give_up_seconds
         if time.time() - first_try > budget and not isinstance(exc, ScanNotReady):
-            failure = PermanentError("gave_up", f"still failing after {budget}s: {exc}")
+            reason = IDENTITY_UNAVAILABLE if isinstance(exc, IdentityUnavailable) else "gave_up"
+            failure = PermanentError(reason, f"still failing after {budget}s: {exc}")
             _record(task, stage, pushed, match, failure)
             raise failure from None
         broker = brokers.for_url(s.broker_url)
@@ -278,11 +297,23 @@ def _again(task: Task) -> Ignore:
 
 @app.task(name="ninkik.backfill", bind=True, queue=CONTROL_QUEUE, track_started=True)
 def backfill(
-    self: Task, tenant: str | None = None, repository: str | list[str] | None = None, since: str | None = None
+    self: Task,
+    tenant: str | None = None,
+    repository: str | list[str] | None = None,
+    since: str | None = None,
+    account: str | None = None,
 ) -> dict[str, Any]:
-    """Start the chain for every image in the registries, or the tenant's, the repositories', pushed since."""
+    """Start the chain for every image in the registries (or the account's), or the tenant's, the repositories',
+    pushed since."""
     svc = _svc()
-    filters = validate(tenant, repository, since, tenant_known=lambda t: svc.directory().tenant(t) is not None)
+    filters = validate(
+        tenant,
+        repository,
+        since,
+        tenant_known=lambda t: svc.directory().tenant(t) is not None,
+        account=account,
+        accounts=accepted(svc.settings)[0],
+    )
 
     def progress(p: Progress) -> None:
         self.update_state(state="PROGRESS", meta=p.as_dict())

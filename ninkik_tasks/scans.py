@@ -51,7 +51,7 @@ def read_scan(
 ) -> Scan:
     """One read of `image`'s scan; ScanNotReady while it is not final. `rereading`: a scan still running, read
     again: it gives way to first reads in the ECR budget (RateLimited when they queue)."""
-    scan = scan_findings(svc.ecr(msg.event.region, rereading=rereading), image)
+    scan = scan_findings(svc.ecr(msg.event.account, msg.event.region, rereading=rereading), image)
     if scan.status == "ACTIVE" and not scan.findings and not finished and now < settle_deadline(svc, msg):
         # ACTIVE says continuous scanning is on, not that Inspector's first scan is done (aws/aws-cli#6759).
         raise ScanNotReady("enhanced scan ACTIVE with no findings yet: Inspector's first scan may be running")

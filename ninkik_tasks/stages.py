@@ -13,6 +13,7 @@ import redis
 from pydantic import BaseModel, ConfigDict
 
 from . import clients
+from .accounts import account_of
 from .artifacts import is_index, not_an_image
 from .config import Settings
 from .errors import PermanentError, TransientError
@@ -46,9 +47,9 @@ FIRST_MAX_WAIT = 10.0
 REREAD_MAX_WAIT = 1.0
 
 
-def ecr_limit_key(namespace: str, region: str) -> str:
-    """The Redis key of a region's ECR budget, which every worker shares."""
-    return f"{namespace}:ratelimit:ecr:{region}"
+def ecr_limit_key(namespace: str, account: str, region: str) -> str:
+    """The Redis key of an account's ECR budget in a region (as ECR counts its quotas), which every worker shares."""
+    return f"{namespace}:ratelimit:ecr:{account}:{region}"
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Services:
     settings: Settings
     redis: redis.Redis
     http: httpx.Client
-    _ecr: dict[tuple[str, bool], ECRClient] = field(default_factory=dict, repr=False)
+    _ecr: dict[tuple[str, str, bool], ECRClient] = field(default_factory=dict, repr=False)
     # The pool's threads ask for the region's client at once on a worker's first burst: one of them makes it.
     _making: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -95,31 +96,36 @@ class Services:
         """Where chains that ended without a notification are recorded."""
         return failures(self.redis, self.settings.redis_namespace)
 
-    def ecr(self, region: str, rereading: bool = False) -> ECRClient:
-        """The ECR client for a region, its calls limited across all workers by NINKIK_ECR_CALLS_PER_SECOND.
+    def ecr(self, account: str, region: str, rereading: bool = False) -> ECRClient:
+        """The ECR client of an account in a region, acting as that account (accounts.py), its calls limited across
+        all workers by NINKIK_ECR_CALLS_PER_SECOND for that account and region.
 
         `rereading`: for a scan still running, read again. Such a call waits at most REREAD_MAX_WAIT for its
         slot (RateLimited otherwise: read at its next turn), so a burst of new pushes' first reads and
         DescribeImages never queues behind the waits, which take at most half of the budget anyway.
         """
-        made = self._ecr.get((region, rereading))
+        made = self._ecr.get((account, region, rereading))
         if made is not None:
             return made
         with self._making:
-            made = self._ecr.get((region, rereading))
+            made = self._ecr.get((account, region, rereading))
             if made is not None:
                 return made
             s = self.settings
             limiter = None
             if s.ecr_calls_per_second > 0:
                 max_wait = REREAD_MAX_WAIT if rereading else FIRST_MAX_WAIT
-                key = ecr_limit_key(s.redis_namespace, region)
+                key = ecr_limit_key(s.redis_namespace, account, region)
                 limiter = RateLimiter(self.redis, key, s.ecr_calls_per_second, max_wait=max_wait)
             stats = self.stats
             made = clients.ecr(
-                region, limiter, lane="reread" if rereading else "", count=lambda: stats.soon("ecr_call", region)
+                account_of(s, account),
+                region,
+                limiter,
+                lane="reread" if rereading else "",
+                count=lambda: stats.soon("ecr_call", account, region),
             )
-            self._ecr[(region, rereading)] = made
+            self._ecr[(account, region, rereading)] = made
             return made
 
     def directory(self) -> Directory:
@@ -195,7 +201,7 @@ def describe_step(svc: Services, msg: Matched) -> Described:
     parked = svc.scan_waits.parked(e.region, member(e.account, e.repository, e.digest)) if e.scan_finished else None
     if parked is not None:  # a scan-complete event for a waiting image: the waiting chain described it
         return Described.model_validate_json(parked)
-    ecr = svc.ecr(e.region)
+    ecr = svc.ecr(e.account, e.region)
     image = e.listed or gathered_image(svc.gathering, ecr, e)  # a sweep's page described it already
     if e.listed is not None:
         e = e.model_copy(update={"listed": None})  # the next steps' messages carry the image once, as `image`

@@ -320,15 +320,18 @@ def _pinged(probe: Any, name: str) -> bool:
     return any(name in host for reply in replies for host in reply)
 
 
-def ingest(stack: Stack, env: dict[str, str], queue_url: str, name: str = "ingest") -> local.Proc:
-    """A real `ninkik-tasks ingest` process on `queue_url`, waited on until it polls."""
+def ingest(
+    stack: Stack, env: dict[str, str], queue_url: str | None, name: str = "ingest", queues: int = 1
+) -> local.Proc:
+    """A real `ninkik-tasks ingest` process on `queue_url` (None: the queues of NINKIK_ACCOUNTS_FILE), waited on
+    until it polls (`queues` of them)."""
     proc = local.Proc(
         name,
         [sys.executable, "-m", "ninkik_tasks.cli", "ingest"],
         stack.work,
-        {**env, "NINKIK_SQS_QUEUE_URL": queue_url},
+        {**env, "NINKIK_SQS_QUEUE_URL": queue_url} if queue_url else env,
     )
-    local.wait_for(lambda: "polling" in proc.output() or not proc.alive(), 30, f"{name} to poll")
+    local.wait_for(lambda: proc.output().count("polling") >= queues or not proc.alive(), 30, f"{name} to poll")
     assert proc.alive(), proc.output()
     return proc
 

@@ -370,7 +370,7 @@ def test_every_page_of_repositories_and_images_is_read() -> None:
                     )
         started: list[ImagePushed] = []
         reports: list[dict[str, int]] = []
-        sweep = Sweep("backfill", lambda region: ecr, started.append, lambda p: reports.append(p.as_dict()), 5)
+        sweep = Sweep("backfill", lambda account, region: ecr, started.append, lambda p: reports.append(p.as_dict()), 5)
         counts = sweep.run(Registry(ACCOUNT, REGION), Filters(tenant=TENANT_A, since=now - timedelta(days=30)))
         stub.assert_no_pending_responses()
     assert {e.digest for e in started} == expected and len(started) == len(expected) == 19
@@ -392,7 +392,7 @@ class StubbedServices(Services):
 
     stubbed: Any = None
 
-    def ecr(self, region: str, rereading: bool = False) -> Any:
+    def ecr(self, account: str, region: str, rereading: bool = False) -> Any:
         return self.stubbed
 
 

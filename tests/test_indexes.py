@@ -312,7 +312,7 @@ class _MotoServices(Services):
 
     client: Any = None
 
-    def ecr(self, region: str, rereading: bool = False) -> Any:
+    def ecr(self, account: str, region: str, rereading: bool = False) -> Any:
         return self.client
 
 

@@ -18,12 +18,12 @@ from ninkik_tasks.metrics import PipelineStats
 def test_frequent_counts_share_the_next_write_or_are_written_within_a_second(stack: Stack) -> None:
     stats = PipelineStats(stack.records, f"t-{uuid.uuid4().hex[:8]}")
     for _ in range(3):
-        stats.soon("ecr_call", "eu-central-1")  # three ECR calls: held in the process
+        stats.soon("ecr_call", "123456789012", "eu-central-1")  # three ECR calls: held in the process
     stats.soon("notified", "COMPLETE", latency=7.0)
     assert stats.read() == {}
     stats.incr("failure", "notify", "http_400")  # a rare outcome: written at once, with what was held
     assert stats.read() == {
-        "ecr_call:eu-central-1": 3,
+        "ecr_call:123456789012:eu-central-1": 3,
         "notified:COMPLETE": 1,
         "latency_in:15": 1,  # the one bucket it falls in (the collector makes them cumulative)
         "latency_count": 1,
@@ -45,7 +45,7 @@ def test_counts_held_are_written_when_a_process_ends_normally(stack: Stack) -> N
     # Any other process (ingest, a threads pool's worker) at its normal exit, well within the timer's second.
     held = (
         "import redis, sys; from ninkik_tasks.metrics import PipelineStats; "
-        "PipelineStats(redis.Redis.from_url(sys.argv[1]), sys.argv[2]).soon('ecr_call', 'eu-central-1')"
+        "PipelineStats(redis.Redis.from_url(sys.argv[1]), sys.argv[2]).soon('ecr_call', '123456789012', 'eu-central-1')"
     )
     subprocess.run([sys.executable, "-c", held, f"{stack.redis_url}/2", namespace], check=True, timeout=30)
-    assert stats.read()["ecr_call:eu-central-1"] == 1
+    assert stats.read()["ecr_call:123456789012:eu-central-1"] == 1

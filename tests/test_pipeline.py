@@ -185,7 +185,7 @@ def test_ingest_metrics_move_after_a_run(stack: Stack, worker: local.Proc) -> No
         # Pipeline outcomes are counted in Redis by the workers, across all of them.
         notified = 'scan_status="COMPLETE"'  # counted by each worker process, written a second later at most
         wait_for(lambda: sample("ninkik_pipeline_notified_total", notified) >= 1, 10, "the notification counted")
-        ecr_calls = 'region="' + local.REGION + '"'
+        ecr_calls = f'account="{local.ACCOUNT}",region="{local.REGION}"'
         wait_for(lambda: sample("ninkik_ecr_calls_total", ecr_calls) >= 2, 10, "DescribeImages and the scan counted")
         # Push to notification: a cumulative histogram, every push in +Inf, each bucket at least the one before.
         pushes = sample("ninkik_pipeline_push_to_notify_seconds_count")

@@ -129,7 +129,7 @@ def _digest(call: object) -> str | None:
 class _Stubbed(Services):
     stubbed: Any = None
 
-    def ecr(self, region: str, rereading: bool = False) -> Any:
+    def ecr(self, account: str, region: str, rereading: bool = False) -> Any:
         return self.stubbed
 
 
@@ -360,7 +360,7 @@ def test_a_scan_read_again_gives_way_to_first_reads_in_the_ecr_budget(
         scan_step(svc, running)  # its first read: the scan is running, so it waits
     waiting_as = member(local.ACCOUNT, repository, running.image.digest)
     wait_for(lambda: svc.scan_waits.turn(local.REGION, waiting_as).due == 0, 5, "its next turn")
-    limiter = RateLimiter(stack.records, ecr_limit_key(settings.redis_namespace, local.REGION), 20)
+    limiter = RateLimiter(stack.records, ecr_limit_key(settings.redis_namespace, local.ACCOUNT, local.REGION), 20)
     slot_key = limiter.key
     for _ in range(40):  # two seconds of first reads queued ahead, at 20 calls/s
         limiter._reserve(keys=[slot_key], args=[limiter.interval_us, 10_000_000])

@@ -4,52 +4,71 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import suppress
-from typing import TYPE_CHECKING
 
 import httpx
 import redis
 
+from .. import accounts, clients
+from ..accounts import Account
 from ..config import Settings, unknown_variables
-from ..errors import ConfigError, PermanentError
+from ..errors import ConfigError, IdentityUnavailable, PermanentError
 from ..freshness import KINDS as EVENT_KINDS
 from ..freshness import LastSeen
 from ..inventory import Inventory
 from ..startup import API_PATH, api_url_mistake
 from ..tenants import load_tenants_file, split
-from .aws import queue, registry
+from .aws import CONFUSED_DEPUTY, WrongAccount, identity, queue, registry
 from .line import Check
 from .stores import broker_and_redis, records_client
-
-if TYPE_CHECKING:
-    from mypy_boto3_ecr import ECRClient
-    from mypy_boto3_sqs import SQSClient
-
 
 NO_SUCH_TENANT = "00000000-0000-4000-8000-000000000000"
 MAX_LOOKUPS = 5
 TOKEN_FIX = "set it to the bearer token ninkik gave for this system"
 
 
-def run(
-    settings: Settings,
-    sqs: Callable[[], SQSClient],
-    ecr: Callable[[str], ECRClient],
-    http: httpx.Client,
-    environ: Mapping[str, str] | None = None,
-) -> Iterator[Check]:
+def run(settings: Settings, http: httpx.Client, environ: Mapping[str, str] | None = None) -> Iterator[Check]:
     """Every check, in the order an operator would fix them."""
     yield from _config(settings, os.environ if environ is None else environ)
     yield from broker_and_redis(settings)
-    if settings.sqs_queue_url:
-        yield from queue(settings, sqs())
     tenants = _known_tenants(settings)  # tenant -> where it is named: the lookup is proven on one of them
-    for account in settings.aws_account_ids:
-        for region in settings.allowed_regions():
-            yield from registry(settings, ecr(region), account, region, http, tenants)
+    for account in _accounts(settings):
+        yield from account_block(settings, account, http, tenants)
     yield from _ninkik(settings, http, tenants)
     yield from events_seen(settings)
+
+
+def _accounts(s: Settings) -> list[Account]:
+    try:
+        return accounts.of(s)
+    except ConfigError:
+        return []  # said by _config
+
+
+def account_block(s: Settings, account: Account, http: httpx.Client, tenants: dict[str, str]) -> Iterator[Check]:
+    """One account: its identity resolves to it, each of its queues answers, and its registries are readable, as
+    that identity. A failing account is named with its fix; the others are checked all the same."""
+    yield Check("INFO", "account", f"account {account.id}: read as {account.describe_identity()}")
+    if account.role_arn and not account.external_id:
+        yield Check(
+            "WARN",
+            "account",
+            f"account {account.id}: role {account.role_arn} is assumed without an ExternalId: fine inside one's own "
+            "organization; a role another party assumes needs one in its trust policy (external_id), see "
+            f"{CONFUSED_DEPUTY}",
+        )
+    queues = [(url, clients.sqs(s, account, url)) for url in account.queues]  # ConfigError: a queue of no region
+    try:
+        yield from identity(clients.sts(account, account.regions[0] if account.regions else s.aws_region), account)
+        for url, sqs in queues:
+            yield from queue(s, sqs, url)
+        for region in account.regions:
+            yield from registry(s, clients.ecr(account, region), account.id, region, http, tenants)
+    except IdentityUnavailable as exc:
+        yield Check("FAIL", "account", str(exc))
+    except WrongAccount:
+        pass  # said by identity()
 
 
 def _config(s: Settings, environ: Mapping[str, str]) -> Iterator[Check]:
@@ -61,7 +80,9 @@ def _config(s: Settings, environ: Mapping[str, str]) -> Iterator[Check]:
     except ConfigError as exc:
         yield Check("FAIL", "config", str(exc), setting=True)
         return
-    yield Check("OK", "config", f"accounts {', '.join(s.aws_account_ids)}; regions {', '.join(s.allowed_regions())}")
+    listed = accounts.of(s)
+    regions = sorted({r for a in listed for r in a.regions})
+    yield Check("OK", "config", f"accounts {', '.join(a.id for a in listed)}; regions {', '.join(regions)}")
 
 
 def _known_tenants(s: Settings) -> dict[str, str]:
@@ -84,11 +105,7 @@ def events_seen(s: Settings, now: float | None = None) -> Iterator[Check]:
     """When ingest last saw each kind of event, per account and region: shows whether each EventBridge rule works."""
     try:
         client = records_client(s)
-        seen = {
-            (a, r): LastSeen(client, s.redis_namespace).get(a, r)
-            for a in s.aws_account_ids
-            for r in s.allowed_regions()
-        }
+        seen = {(a.id, r): LastSeen(client, s.redis_namespace).get(a.id, r) for a in _accounts(s) for r in a.regions}
     except redis.RedisError:
         return  # said by broker_and_redis
     now = time.time() if now is None else now

@@ -11,6 +11,7 @@ import redis
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .. import indexes
+from ..accounts import Account
 from ..backfill import LIMIT, LISTING_STATEMENT
 from ..clients import queue_endpoint_mismatch
 from ..config import Settings
@@ -24,12 +25,47 @@ from .stores import records_client
 if TYPE_CHECKING:
     from mypy_boto3_ecr import ECRClient
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sts import STSClient
 
 
-def queue(s: Settings, sqs: SQSClient) -> Iterator[Check]:
-    """The queue of NINKIK_SQS_QUEUE_URL: it exists, can be read, and whether handled messages can be deleted."""
-    url = s.sqs_queue_url
-    assert url
+CONFUSED_DEPUTY = "https://docs.aws.amazon.com/IAM/latest/UserGuide/confused-deputy.html"
+
+
+class WrongAccount(Exception):
+    """The identity is another account's: nothing else of the account is checked with it."""
+
+
+def identity(sts: STSClient, account: Account) -> Iterator[Check]:
+    """sts:GetCallerIdentity (which needs no permission): the account's identity is that account's.
+    IdentityUnavailable (a refused role) is raised as it is."""
+    where = f"account {account.id}"
+    try:
+        answer = sts.get_caller_identity()
+    except NoCredentialsError:
+        fix = "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+        yield Check("FAIL", "aws", f"{where}: no AWS credentials: {fix}")
+        raise WrongAccount() from None
+    except ClientError as exc:  # the queue and registry checks say what else fails
+        yield Check("FAIL", "aws", f"{where}: sts:GetCallerIdentity failed: {error_code(exc)}: {error_message(exc)}")
+        return
+    except BotoCoreError as exc:
+        yield Check("FAIL", "aws", f"{where}: cannot reach STS: {exc}")
+        return
+    who, arn = answer.get("Account", ""), answer.get("Arn", "")
+    if who == account.id:
+        yield Check("OK", "account", f"{where}: sts:GetCallerIdentity answers {who} ({arn})")
+    elif account.identity == "default":
+        # One identity for all accounts (the one-account settings): other registries are read across accounts.
+        yield Check("INFO", "account", f"{where}: read across accounts as {arn} (account {who})")
+    else:
+        fix = "role_arn must be a role of the account" if account.role_arn else "the profile must hold its keys"
+        line = f"{where}: its {account.identity} is {arn}, of account {who}: {fix}"
+        yield Check("FAIL", "account", line, setting=True)
+        raise WrongAccount()
+
+
+def queue(s: Settings, sqs: SQSClient, url: str) -> Iterator[Check]:
+    """A queue: it exists, can be read, and whether handled messages can be deleted."""
     name = url.rstrip("/").rsplit("/", 1)[-1]
     mismatch = queue_endpoint_mismatch(url, sqs.meta.endpoint_url)
     if mismatch:
