@@ -167,26 +167,25 @@ class _Given(CredentialProvider):
 def session(account: Account) -> boto3.session.Session:
     """This process's AWS session for `account`: its role (assumed from the process's own identity), its profile,
     or the process's own identity."""
-    key = ("session", account)
-    if key not in _cache:
-        if account.role_arn:
-            own = botocore.session.Session()
-            assumed = botocore.session.Session()
-            given = _Given(RoleCredentials(account, own))
-            assumed.register_component("credential_provider", CredentialResolver([given]))
-            _cache[key] = boto3.session.Session(botocore_session=assumed)
-        elif account.profile:
-            try:
-                _cache[key] = boto3.session.Session(profile_name=account.profile)
-            except ProfileNotFound:
-                raise ConfigError(
-                    f"account {account.id}: profile {account.profile} is not in the AWS config or credentials files "
-                    "(AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE): add it or fix the profile's name"
-                ) from None
-        else:
-            _cache[key] = boto3.session.Session()
-    made: boto3.session.Session = _cache[key]
-    return made
+    return per_process(("session", account), lambda: _session(account))
+
+
+def _session(account: Account) -> boto3.session.Session:
+    if account.role_arn:
+        own = botocore.session.Session()
+        assumed = botocore.session.Session()
+        given = _Given(RoleCredentials(account, own))
+        assumed.register_component("credential_provider", CredentialResolver([given]))
+        return boto3.session.Session(botocore_session=assumed)
+    if account.profile:
+        try:
+            return boto3.session.Session(profile_name=account.profile)
+        except ProfileNotFound:
+            raise ConfigError(
+                f"account {account.id}: profile {account.profile} is not in the AWS config or credentials files "
+                "(AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE): add it or fix the profile's name"
+            ) from None
+    return boto3.session.Session()
 
 
 def ecr(
@@ -198,26 +197,24 @@ def ecr(
 ) -> ECRClient:
     """This process's ECR client for `account` in `region` (one per `lane`: its limiter's waiting rule); with a
     limiter, every HTTP attempt waits for its slot; `count` is called for every HTTP attempt."""
-    key = ("ecr", account, region, lane)
-    if key not in _cache:
+
+    def make() -> ECRClient:
         made = session(account).client("ecr", region_name=region, config=AWS_CONFIG)
         if limiter is not None:
             made.meta.events.register("before-send.ecr", limiter.before_send)
         if count is not None:
             made.meta.events.register("before-send.ecr", lambda **_: count())
         log.info("ECR of %s in %s: calls go to %s", account.id, region, made.meta.endpoint_url)
-        _cache[key] = made
-    client: ECRClient = _cache[key]
-    return client
+        return made
+
+    return per_process(("ecr", account, region, lane), make)
 
 
 def sts(account: Account, region: str | None) -> STSClient:
     """This process's STS client for `account` (`check` asks it who it is)."""
-    key = ("sts", account, region)
-    if key not in _cache:
-        _cache[key] = session(account).client("sts", region_name=region, config=AWS_CONFIG)
-    client: STSClient = _cache[key]
-    return client
+    return per_process(
+        ("sts", account, region), lambda: session(account).client("sts", region_name=region, config=AWS_CONFIG)
+    )
 
 
 # An answer 5 s later than ingest's long poll (NINKIK_SQS_WAIT_SECONDS) means the endpoint is stuck. No botocore

@@ -170,11 +170,12 @@ class Ingest:
                 cap = CONFIG_BACKOFF_MAX if isinstance(exc, ConfigError) else BACKOFF_MAX
                 pause = min(cap, 0.5 * 2**failures)
                 known = isinstance(exc, EXPECTED)
-                doing = f"polling {what}" if started else f"reaching {what}"
+                doing = "poll" if started else "reaching it"  # "poll failed (...": the runbook's line
                 reason = redis_full_line() if redis_full(exc) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
                 log.log(
                     logging.ERROR if failures == 1 else logging.DEBUG,
-                    "%s failed (%s); retrying in %.1fs%s",
+                    "%s: %s failed (%s); retrying in %.1fs%s",
+                    what,
                     doing,
                     reason,
                     pause,
@@ -207,10 +208,10 @@ class Ingest:
         finally:
             self._waiting = False
         log.info(
-            "polling %s of account %s through %s (retention %ss, visibility timeout %ss)",
+            "polling %s through %s (account %s, retention %ss, visibility timeout %ss)",
             self.queue_url,
-            self.account or "?",
             endpoint,
+            self.account or "?",
             attributes.get("MessageRetentionPeriod", "?"),
             attributes.get("VisibilityTimeout", "?"),
         )

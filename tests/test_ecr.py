@@ -354,7 +354,7 @@ def test_a_workers_threads_share_one_client_per_region(stack: Stack, monkeypatch
 
     def ask() -> None:
         start.wait()
-        got.append(services(settings).ecr("eu-west-1"))
+        got.append(services(settings).ecr(ACCOUNT, "eu-west-1"))
 
     threads = [threading.Thread(target=ask) for _ in range(16)]
     for thread in threads:

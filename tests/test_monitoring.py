@@ -384,6 +384,7 @@ def test_every_dashboard_query_runs_and_returns_data(monitored: Monitored) -> No
         "$ingest_job": "ninkik-ingest",
         "$flower_job": "ninkik-flower",
         "$rabbitmq_detailed_job": "rabbitmq-detailed",
+        "$account": ".*",  # every account (the dashboard's "All")
     }
     assert "${datasource}" in DASHBOARD.read_text()
     empty = []
