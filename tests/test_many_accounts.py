@@ -164,7 +164,7 @@ def test_a_role_refused_mid_run_fails_only_its_own_images_and_names_the_account(
         assert failure["message"].startswith(f"account {broken}: role {role(broken)} cannot be assumed (AccessDenied")
         assert not stack.received_for(lost)
         # Its own queue cannot be polled now: one line for the outage, the other queues go on, ingest stays ready.
-        outage = f"queue {org.queues[broken]} of account {broken} failed"
+        outage = f"queue {org.queues[broken]} of account {broken}: poll failed"
         wait_for(lambda: outage in org.ingest.output(), 30, "the broken queue's outage logged")
         probe = [sys.executable, "-m", "ninkik_tasks.cli", "health", "ingest", "--ready"]
         ready = subprocess.run(probe, env=org.env, capture_output=True, text=True, timeout=30)
