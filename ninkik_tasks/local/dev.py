@@ -177,6 +177,10 @@ def run(until_done: bool = False, flower_port: int = 5555, broker: str = "redis"
                 sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(event))
                 console.print(f"pushed   {item['repository'].split('/', 1)[1]}@{digest[7:19]}")
         console.print(f"waiting for {expected} notifications (Ctrl-C to stop)…")
+        # From here Ctrl-C ends the wait as SIGTERM does, rather than as a KeyboardInterrupt raised wherever the
+        # loop is: inside Popen.poll() it can leave the Popen's wait lock taken, and the cleanup's wait for that
+        # process then hangs for ever (dev never stopped, its processes left running).
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
         deadline = time.monotonic() + 120
         while not stop.wait(0.5):
             dead = [p.name for p in procs if not p.alive()]
