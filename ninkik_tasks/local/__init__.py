@@ -32,23 +32,33 @@ from .emulated import scan_event as scan_event
 from .emulated import set_scan_result as set_scan_result
 
 PORTS_ENV = "NINKIK_LOCAL_PORTS"  # "first-last": free_port picks from these only (the tests' workers: one block each)
+_handed: set[int] = set()  # free_port's answers in this process: each port once, though not bound yet
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` right now: any (the kernel's choice), or one of NINKIK_LOCAL_PORTS when set, so
-    that processes started side by side (test workers) never pick each other's ports, nor an outgoing
-    connection's (the kernel's ephemeral range)."""
+    """A TCP port free on `host` right now, never one this process was given before: any (the kernel's choice),
+    or one of NINKIK_LOCAL_PORTS when set, so that processes started side by side (test workers) never pick each
+    other's ports, nor an outgoing connection's (the kernel's ephemeral range)."""
     block = os.environ.get(PORTS_ENV)
-    if not block:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            return int(s.getsockname()[1])
-    first, last = (int(p) for p in block.split("-"))
-    for port in random.sample(range(first, last + 1), last + 1 - first):  # random: the block's other processes
+    if block:
+        first, last = (int(p) for p in block.split("-"))
+        start = random.randrange(first, last + 1)  # random: a restarted run does not retry the same ports
+        candidates = [first + (start - first + i) % (last + 1 - first) for i in range(last + 1 - first)]
+    else:
+        candidates = [0] * 100  # the kernel's choice, asked again when it names a port handed out already
+    for candidate in candidates:
+        if candidate in _handed:
+            continue
         with socket.socket() as s, contextlib.suppress(OSError):
-            s.bind((host, port))
-            return port
-    raise RuntimeError(f"no free port in {PORTS_ENV}={block}")
+            s.bind((host, candidate))
+            port = int(s.getsockname()[1])
+            if port not in _handed:
+                _handed.add(port)
+                return port
+    if _handed:  # every port handed once: those long handed are bound by now (or free again); start over
+        _handed.clear()
+        return free_port(host)
+    raise RuntimeError(f"no free port{f' in {PORTS_ENV}={block}' if block else ''}")
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
