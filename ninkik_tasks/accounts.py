@@ -228,7 +228,7 @@ def queues(settings: Settings) -> list[tuple[Account, str]]:
     return [(account, url) for account in of(settings) for url in account.queues]
 
 
-def accepted(settings: Settings) -> tuple[set[str], set[str]]:
-    """The accounts and regions whose events ingest accepts."""
+def accepted(settings: Settings) -> tuple[set[str], dict[str, set[str]]]:
+    """The accounts whose events ingest accepts, and each one's regions (an event of another region is refused)."""
     listed = of(settings)
-    return {a.id for a in listed}, {r for a in listed for r in a.regions}
+    return {a.id for a in listed}, {a.id: set(a.regions) for a in listed}

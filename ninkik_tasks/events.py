@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -179,10 +179,13 @@ def parse(
     body: str | bytes,
     *,
     accounts: Collection[str],
-    regions: Collection[str],
+    regions: Collection[str] | Mapping[str, Collection[str]],
     max_bytes: int = 256 * 1024,
 ) -> ImagePushed:
-    """Validate one message body: an ImagePushed, IgnoredEvent for another well-formed AWS event, else InvalidEvent."""
+    """Validate one message body: an ImagePushed, IgnoredEvent for another well-formed AWS event, else InvalidEvent.
+
+    `regions` is the regions of every account, or each account's own (account id -> its regions).
+    """
     try:
         raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     except UnicodeEncodeError:
@@ -208,7 +211,14 @@ def parse(
     account = finding.account if finding is not None else envelope.account
     if account not in accounts:
         raise InvalidEvent("account_not_allowed", f"account {account} is not in NINKIK_AWS_ACCOUNT_IDS")
-    if envelope.region not in regions:
+    if isinstance(regions, Mapping):
+        own = regions.get(account, ())
+        if envelope.region not in own:
+            raise InvalidEvent(
+                "region_not_allowed",
+                f"region {envelope.region} is not listed for account {account} (its regions: {', '.join(sorted(own))})",
+            )
+    elif envelope.region not in regions:
         raise InvalidEvent("region_not_allowed", f"region {envelope.region} is not in NINKIK_AWS_REGIONS")
     if kind == ("aws.ecr", "ECR Image Action"):
         return _image_action(envelope)

@@ -75,7 +75,10 @@ def test_a_file_gives_each_account_its_regions_queues_and_identity(tmp_path: Pat
     assert (b.identity, b.profile, c.identity, c.queues) == ("profile", "docker-user", "default", ())
     assert accounts.queues(s) == [(a, QUEUE_A), (b, QUEUE_B)]
     assert registries(s, account=B) == [Registry(B, "eu-west-1"), Registry(B, "us-east-1")]
-    assert accounts.accepted(s) == ({A, B, C}, {"eu-central-1", "eu-west-1", "us-east-1"})
+    assert accounts.accepted(s) == (
+        {A, B, C},
+        {A: {"eu-central-1"}, B: {"eu-west-1", "us-east-1"}, C: {"eu-central-1"}},
+    )
     s.require_ingest()
     with pytest.raises(ConfigError, match=f"account 444444444444 is not configured: name one of {A}, {B}, {C}"):
         registries(s, account="444444444444")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,9 +28,9 @@ from test_alerts import promtool
 from test_compose import APP_DIR, _check_console, _exec_line
 from test_monitoring import used_metrics
 
-from ninkik_tasks import cli, local
+from ninkik_tasks import accounts, cli, local
 from ninkik_tasks.brokers import rabbitmq as rabbitmq_broker
-from ninkik_tasks.config import known_variables
+from ninkik_tasks.config import Settings, known_variables
 from ninkik_tasks.health import STOP_GRACE_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,7 +294,7 @@ def test_values_schema_refuses_unknown_settings_and_literal_secrets() -> None:
 
 def test_config_map_holds_known_settings_and_no_secret(objects: dict[str, list[dict[str, Any]]]) -> None:
     for value_set, objs in objects.items():
-        (config_map,) = _of(objs, "ConfigMap").values()
+        (config_map,) = [c for name, c in _of(objs, "ConfigMap").items() if not name.endswith("-accounts")]
         keys = set(config_map["data"])
         assert keys <= known_variables(), f"{value_set}: {keys - known_variables()}"
         assert not keys & SECRET_VARIABLES, value_set
@@ -478,6 +479,89 @@ def test_image_is_the_release_or_a_digest(objects: dict[str, list[dict[str, Any]
     # With a digest there is nothing to skip for checkov's digest check.
     for o in objects["production"]:
         assert "CKV_K8S_43" not in json.dumps(o["metadata"].get("annotations", {}))
+
+
+# Accounts: ci/accounts-values.yaml names three
+
+AWS_COMPONENTS = {"ingest", "worker", "worker-control", "beat"}  # the pods that read AWS (Flower does not)
+ROLE = "arn:aws:iam::111111111111:role"
+
+
+def test_the_accounts_file_is_what_the_product_loads_mounted_into_every_pod_that_reads_aws(
+    objects: dict[str, list[dict[str, Any]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objs, values = objects["accounts"], _values_of("accounts")
+    config_maps = _of(objs, "ConfigMap")
+    files = config_maps[f"{RELEASE}-ninkik-tasks-accounts"]
+    seen = set()
+    for deployment, container in _containers(objs):
+        component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
+        pod = deployment["spec"]["template"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if component not in AWS_COMPONENTS:
+            assert "NINKIK_ACCOUNTS_FILE" not in env and "checksum/accounts" not in pod["metadata"]["annotations"]
+            continue
+        seen.add(component)
+        where, name = Path(env["NINKIK_ACCOUNTS_FILE"]).parent, Path(env["NINKIK_ACCOUNTS_FILE"]).name
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(where)]
+        (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+        assert mount["readOnly"] and volume["configMap"]["name"] == files["metadata"]["name"], component
+        assert name in files["data"] and pod["metadata"]["annotations"]["checksum/accounts"], component
+    assert seen == AWS_COMPONENTS
+    # The base identity that assumes each account's role: the ServiceAccount's IRSA role.
+    (account,) = _of(objs, "ServiceAccount").values()
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == values["serviceAccount"]["roleArn"]
+    # The file, loaded by the product's own loader with the settings a pod gets from the chart's ConfigMap.
+    for var in list(os.environ):
+        if var.startswith(("NINKIK_", "AWS_")):
+            monkeypatch.delenv(var)
+    for variable, value in config_maps[f"{RELEASE}-ninkik-tasks"]["data"].items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("AWS_REGION", values["aws"]["region"])
+    (tmp_path / name).write_text(files["data"][name])
+    settings = Settings(accounts_file=tmp_path / name)
+    settings.require_ingest()
+    loaded = accounts.load(settings)
+    assert [a.model_dump(mode="json", exclude_unset=True) for a in loaded] == values["accounts"]
+    assert [(a.id, a.identity, len(a.queues)) for a in loaded] == [
+        ("111111111111", "role", 1),
+        ("222222222222", "role", 1),
+        ("333333333333", "role", 0),
+    ]
+    # Without accounts, nothing of it: the chart renders as before accounts.
+    for value_set in set(VALUE_SETS) - {"accounts"}:
+        assert not [n for n in _of(objects[value_set], "ConfigMap") if n.endswith("-accounts")], value_set
+        assert "NINKIK_ACCOUNTS_FILE" not in json.dumps(objects[value_set]), value_set
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        ({"config": {"NINKIK_SQS_QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/111111111111/q"}}, "both set"),
+        ({"accounts": [{"id": "111111111111", "profile": "docker-user"}]}, "profile"),
+        ({"accounts": [{"id": "111111111111", "external_id": "ninkik-7f3a"}]}, "role_arn"),
+        ({"accounts": [{"id": "111111111111", "role_arn": "arn:aws:iam::222222222222:role/r"}]}, "not in account"),
+        ({"accounts": [{"id": "111111111111"}, {"id": "111111111111"}]}, "listed twice"),
+        (
+            {"accounts": [{"id": "111111111111", "queues": ["https://sqs.eu-central-1.amazonaws.com/222222222222/q"]}]},
+            "is in account 222222222222",
+        ),
+        ({"accounts": [{"id": "111111111111", "duration_seconds": 60, "role_arn": f"{ROLE}/r"}]}, "900"),
+    ],
+)
+def test_accounts_the_loader_would_refuse_are_refused_at_render(
+    tmp_path: Path, change: dict[str, Any], refusal: str
+) -> None:
+    values = _deep_merge(yaml.safe_load((CHART / "ci" / "accounts-values.yaml").read_text()), change)
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    for major in (3, 4):
+        done = subprocess.run(
+            [str(charttools.helm(major)), "template", RELEASE, str(CHART), "-f", str(tmp_path / "values.yaml")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode != 0 and refusal in done.stderr, (major, done.stderr)
 
 
 def test_irsa_and_network_policy(objects: dict[str, list[dict[str, Any]]]) -> None:

@@ -254,6 +254,16 @@ def test_region_not_allowed() -> None:
     assert reason(changed("region", "eu-west-1")) == "region_not_allowed"
 
 
+def test_a_region_is_allowed_only_for_the_accounts_that_list_it() -> None:
+    body = (EVENTS / BASE).read_text()  # account 123456789012, us-west-2
+    others = {"210987654321": {"us-west-2"}}
+    assert accept(body, accounts={"123456789012", "210987654321"}, regions={"123456789012": {"us-west-2"}}).tag
+    with pytest.raises(InvalidEvent, match="region us-west-2 is not listed for account 123456789012") as caught:
+        accept(body, accounts={"123456789012", "210987654321"}, regions={"123456789012": {"eu-west-1"}, **others})
+    assert caught.value.reason == "region_not_allowed"
+    assert reason(body, accounts={"123456789012", "210987654321"}, regions=others) == "region_not_allowed"
+
+
 def test_allow_lists_may_be_any_collection() -> None:
     body = (EVENTS / BASE).read_text()
     assert accept(body, accounts=["210987654321", "123456789012"], regions=("us-west-2",)).tag == "latest"

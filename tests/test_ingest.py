@@ -176,5 +176,40 @@ def test_vpc_endpoints_and_the_legacy_queue_host_are_aws_at_start(
         settings = Settings(sqs_queue_url=queue_url, health_dir=stack.work / "health-aws")
         caplog.set_level(logging.INFO, logger="ninkik_tasks.ingest")
         records, bad = Records(stack.records, "aws-hosts"), quarantine(stack.records, "aws-hosts")
-        Ingest(settings, sqs, records, bad, start=list)._start()  # no ConfigError: it polls
-    assert f"polling {queue_url} through {sqs.meta.endpoint_url}" in caplog.text
+        Ingest(settings, sqs, records, bad, start=list, account=local.ACCOUNT)._start()  # no ConfigError: it polls
+    assert f"polling {queue_url} of account {local.ACCOUNT} through {sqs.meta.endpoint_url}" in caplog.text
+
+
+def test_an_event_of_a_region_its_account_does_not_list_is_quarantined_with_one_line(
+    stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two accounts with regions of their own: each one's events are accepted in its regions only (the union of
+    # all accounts' regions used to be accepted for every account).
+    other, west, home = "222222222222", "eu-west-1", local.REGION
+    path = tmp_path / "accounts.json"
+    listed = [{"id": local.ACCOUNT, "regions": [local.REGION], "queues": [AWS_QUEUE]}, {"id": other, "regions": [west]}]
+    path.write_text(json.dumps({"accounts": listed}))
+    namespace = f"regions-{uuid.uuid4().hex[:8]}"
+    settings = Settings(accounts_file=path, redis_namespace=namespace, health_dir=tmp_path / "health")
+    sqs = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="x", region_name=local.REGION).client(
+        "sqs", endpoint_url=stack.moto_url
+    )
+    records, bad = Records(stack.records, namespace), quarantine(stack.records, namespace)
+    started: list[str] = []
+    poller = Ingest(settings, sqs, records, bad, start=lambda new: [started.append(p.event_id) for p in new])
+    image = f"sha256:{uuid.uuid4().hex * 2}"
+    events = {
+        (account, region): local.push_event(f"{TENANT_A}/shop", image, account=account, region=region)
+        for account in (local.ACCOUNT, other)
+        for region in (local.REGION, west)
+    }
+    messages = [{"MessageId": str(uuid.uuid4()), "Body": json.dumps(e), "ReceiptHandle": "r"} for e in events.values()]
+    caplog.set_level(logging.INFO, logger="ninkik_tasks.ingest")
+    assert len(poller.handle(messages)) == 4  # all handled: none is left for SQS to redeliver
+    assert sorted(started) == sorted([events[local.ACCOUNT, local.REGION]["id"], events[other, west]["id"]])
+    assert {(e["reason"], e["error"]) for e in bad.list()} == {
+        ("region_not_allowed", f"region {west} is not listed for account {local.ACCOUNT} (its regions: {home})"),
+        ("region_not_allowed", f"region {home} is not listed for account {other} (its regions: {west})"),
+    }
+    lines = [r.getMessage() for r in caplog.records if "region_not_allowed" in r.getMessage()]
+    assert len(lines) == 2 and all(r.startswith("quarantined message ") for r in lines), lines

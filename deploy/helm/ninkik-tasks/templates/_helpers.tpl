@@ -142,6 +142,9 @@ labels:
   {{- toYaml $labels | nindent 2 }}
 annotations:
   checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+  {{- if and $root.Values.accounts (has .name (list "ingest" "worker" "worker-control" "beat")) }}
+  checksum/accounts: {{ include (print $root.Template.BasePath "/accounts.yaml") $root | sha256sum }}
+  {{- end }}
   {{- with $annotations }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -193,5 +196,64 @@ topologySpreadConstraints:
   {{- end }}
   - {{- toYaml $constraint | nindent 4 }}
   {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The accounts file (templates/accounts.yaml): its ConfigMap's name, where pods that read AWS mount it, and what
+those pods add to their env, volumeMounts and volumes (nothing without `accounts`). */}}
+{{- define "ninkik-tasks.accountsName" -}}
+{{- printf "%s-accounts" (include "ninkik-tasks.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "ninkik-tasks.accountsDir" -}}/etc/ninkik-tasks/accounts{{- end -}}
+
+{{/* Appended to the env list of "ninkik-tasks.env" (its last key). */}}
+{{- define "ninkik-tasks.accountsEnv" -}}
+{{- if .Values.accounts -}}
+- name: NINKIK_ACCOUNTS_FILE
+  value: {{ printf "%s/accounts.json" (include "ninkik-tasks.accountsDir" .) }}
+{{- end -}}
+{{- end -}}
+
+{{- define "ninkik-tasks.accountsMount" -}}
+{{- if .Values.accounts -}}
+- name: accounts
+  mountPath: {{ include "ninkik-tasks.accountsDir" . }}
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{- define "ninkik-tasks.accountsVolume" -}}
+{{- if .Values.accounts -}}
+- name: accounts
+  configMap:
+    name: {{ include "ninkik-tasks.accountsName" . }}
+{{- end -}}
+{{- end -}}
+
+{{/* What the accounts file's loader would refuse at start (one line, exit 2), refused at render time instead. */}}
+{{- define "ninkik-tasks.accountsChecked" -}}
+{{- range $name := list "NINKIK_ACCOUNTS_FILE" "NINKIK_SQS_QUEUE_URL" "NINKIK_AWS_ACCOUNT_IDS" }}
+{{- if ne (toString (index $.Values.config $name | default "")) "" }}
+{{- fail (printf "accounts and config.%s are both set: put the queues and accounts in `accounts` and unset config.%s" $name $name) }}
+{{- end }}
+{{- end }}
+{{- $ids := list }}
+{{- range .Values.accounts }}
+{{- if has .id $ids }}
+{{- fail (printf "accounts: account %s is listed twice: list each account once" .id) }}
+{{- end }}
+{{- $ids = append $ids .id }}
+{{- end }}
+{{- range $account := .Values.accounts }}
+{{- if and .role_arn (not (contains (printf ":%s:role/" .id) .role_arn)) }}
+{{- fail (printf "accounts: role %s is not in account %s: give a role of the account itself" .role_arn .id) }}
+{{- end }}
+{{- range .queues | default list }}
+{{- $owner := regexFind "/[0-9]{12}/" . | trimAll "/" }}
+{{- if ne $owner $account.id }}
+{{- fail (printf "accounts: queue %s is listed under account %s but is in account %s: list it under %s (a queue is read with its own account's identity)" . $account.id $owner $owner) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end -}}

@@ -42,6 +42,7 @@ spec:
           # The script ends in `exec celery ... worker`: celery is PID 1 and gets SIGTERM (no tini needed).
           command: [/app/workers/entrypoint.sh, "--hostname={{ .hostname }}@%h"]
           {{- include "ninkik-tasks.env" $root | nindent 10 }}
+          {{- with include "ninkik-tasks.accountsEnv" $root }}{{ . | nindent 12 }}{{ end }}
             - name: NINKIK_WORKER_QUEUES
               value: {{ join "," $v.queues | quote }}
             - name: NINKIK_WORKER_POOL
@@ -55,7 +56,9 @@ spec:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
           volumeMounts:
             {{- include "ninkik-tasks.tmpMount" $root | nindent 12 }}
+            {{- with include "ninkik-tasks.accountsMount" $root }}{{ . | nindent 12 }}{{ end }}
       volumes:
         {{- include "ninkik-tasks.tmpVolume" $root | nindent 8 }}
+        {{- with include "ninkik-tasks.accountsVolume" $root }}{{ . | nindent 8 }}{{ end }}
       {{- include "ninkik-tasks.scheduling" $c | nindent 6 }}
 {{- end -}}
