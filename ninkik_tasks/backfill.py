@@ -297,7 +297,7 @@ def reconcile(
     registry with no watermark yet is read back NINKIK_RECONCILE_FIRST_LOOKBACK_SECONDS.
     """
     s, r, records = svc.settings, svc.redis, svc.records
-    with _exclusive(svc, "reconcile", ttl=max(300, 3 * s.reconcile_interval_seconds)) as mine:
+    with exclusive(svc, "reconcile", ttl=max(300, 3 * s.reconcile_interval_seconds)) as mine:
         if not mine:
             log.info("reconcile skipped: another reconcile is running")
             return {"skipped": "another reconcile is running"}
@@ -361,7 +361,7 @@ def rescan(
     Only a report whose fingerprint changed is sent again: the notification step skips keys ninkik has.
     """
     s = svc.settings
-    with _exclusive(svc, "rescan", ttl=max(3600, s.rescan_interval_seconds)) as mine:
+    with exclusive(svc, "rescan", ttl=max(3600, s.rescan_interval_seconds)) as mine:
         if not mine:
             log.info("rescan skipped: another rescan is running")
             return {"skipped": "another rescan is running"}
@@ -398,7 +398,7 @@ def _claims(svc: Services) -> dict[str, Any]:
 
 
 @contextmanager
-def _exclusive(svc: Services, name: str, ttl: int) -> Iterator[bool]:
+def exclusive(svc: Services, name: str, ttl: int) -> Iterator[bool]:
     """A Redis lock so two runs of one sweep never overlap (a manual run and a scheduled one, say)."""
     key, token = f"{svc.settings.redis_namespace}:lock:{name}", uuid.uuid4().hex
     acquired = bool(svc.redis.set(key, token, nx=True, ex=ttl))

@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     reconcile_first_lookback_seconds: PositiveInt = 24 * 3600
     rescan_interval_seconds: PositiveInt = 24 * 3600
     rescan_days: PositiveInt = 30
+    # The lifecycle sweep (lifecycle.py): images ninkik has against the registry, at the rescan's pace.
+    lifecycle_interval_seconds: PositiveInt = 24 * 3600
 
     metrics_port: int = 9300  # ingest's Prometheus /metrics; 0 turns it off
     metrics_address: str = "0.0.0.0"

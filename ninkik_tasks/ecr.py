@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -132,6 +132,7 @@ def image_from_details(detail: Any, region: str) -> Image:
         size_bytes=detail.get("imageSizeInBytes"),
         manifest_media_type=detail.get("imageManifestMediaType"),
         artifact_media_type=detail.get("artifactMediaType"),
+        status=detail.get("imageStatus") or "ACTIVE",
     )
 
 
@@ -140,6 +141,7 @@ def scan_findings(ecr: ECRClient, image: Image, *, page_size: int = 1000) -> Sca
     findings: list[Finding] = []
     status = completed_at = None
     scan_type = "BASIC"
+    in_use: tuple[int | None, str | None] = (None, None)
     paginator = ecr.get_paginator("describe_image_scan_findings")
     pages = paginator.paginate(
         registryId=image.registry_id,
@@ -163,6 +165,7 @@ def scan_findings(ecr: ECRClient, image: Image, *, page_size: int = 1000) -> Sca
                     scan_type = "ENHANCED"
                     for raw in body["enhancedFindings"]:
                         findings.extend(from_enhanced(raw))
+                        in_use = max(in_use, _in_use(raw), key=lambda u: (u[0] or -1, u[1] or ""))
         except ClientError as exc:
             if error_code(exc) == "ScanNotFoundException":
                 raise ScanNotReady("no scan yet") from None
@@ -175,7 +178,20 @@ def scan_findings(ecr: ECRClient, image: Image, *, page_size: int = 1000) -> Sca
         completed_at=completed_at,
         severity_counts=severity_counts(findings),
         findings=findings,
+        in_use_count=in_use[0],
+        last_in_use_at=in_use[1],
     )
+
+
+def _in_use(raw: Any) -> tuple[int | None, str | None]:
+    """An enhanced finding's image usage: resources[].details.awsEcrContainerImage inUseCount and lastInUseAt."""
+    for resource in raw.get("resources") or []:
+        image = (resource.get("details") or {}).get("awsEcrContainerImage") or {}
+        if "inUseCount" in image or "lastInUseAt" in image:
+            when = image.get("lastInUseAt")
+            at = when.astimezone(UTC).isoformat().replace("+00:00", "Z") if isinstance(when, datetime) else when
+            return image.get("inUseCount"), at
+    return None, None
 
 
 class ScanHead(NamedTuple):

@@ -67,17 +67,16 @@ class IgnoredEvent(Exception):
         self.event = event  # the parsed event (ImageScanned, Inspector2Scanned) where there is a model for it
 
 
+IMAGE_GONE = "image_gone"  # DescribeImages (or BatchGetImage) found no such image: removed from ninkik (lifecycle.py)
 IDENTITY_UNAVAILABLE = "identity_unavailable"  # the failure reason of chains whose account's role was refused
 
 # Reasons for IgnoredEvent: the label of ninkik_ingest_ignored_total{reason}.
-IGNORED_NOT_A_PUSH = "not_a_push"  # "ECR Image Action" DELETE, UPDATE_STORAGE_CLASS, ...
-IGNORED_PUSH_FAILED = "push_failed"  # "ECR Image Action" PUSH whose result is not SUCCESS
+IGNORED_PUSH_FAILED = "push_failed"  # "ECR Image Action" (PUSH, DELETE, ...) whose result is not SUCCESS
 IGNORED_IMAGE_SCAN = "image_scan"  # "ECR Image Scan": a basic scan finished
 IGNORED_INSPECTOR_SCAN = "inspector2_scan"  # "Inspector2 Scan": Amazon Inspector's initial scan finished
 IGNORED_INSPECTOR_FINDING = "inspector2_finding"  # "Inspector2 Finding": one finding created, updated or closed
 IGNORED_OTHER_EVENT = "other_aws_event"  # any other ECR or Inspector event: replication, referrer, pull through cache
 IGNORED_REASONS = (
-    IGNORED_NOT_A_PUSH,
     IGNORED_PUSH_FAILED,
     IGNORED_IMAGE_SCAN,
     IGNORED_INSPECTOR_SCAN,

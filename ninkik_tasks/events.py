@@ -14,7 +14,6 @@ from .errors import (
     IGNORED_IMAGE_SCAN,
     IGNORED_INSPECTOR_FINDING,
     IGNORED_INSPECTOR_SCAN,
-    IGNORED_NOT_A_PUSH,
     IGNORED_OTHER_EVENT,
     IGNORED_PUSH_FAILED,
     IgnoredEvent,
@@ -133,7 +132,10 @@ class ImagePushed(ImageEvent):
 
     tag: str | None = None
     time: datetime
-    source: Literal["push", "backfill", "reconcile", "rescan"] = "push"
+    source: Literal["push", "backfill", "reconcile", "rescan", "lifecycle"] = "push"
+    # source lifecycle: what made the image worth reading again (lifecycle.py): an ECR event (deleted, archived,
+    # restored), a tag it lost to another image (retagged), or the lifecycle sweep (swept).
+    change: Literal["deleted", "archived", "restored", "retagged", "swept"] | None = None
     # From the push event; used where DescribeImages does not give them.
     manifest_media_type: str | None = None
     artifact_media_type: str | None = None
@@ -144,6 +146,7 @@ class ImagePushed(ImageEvent):
     finding_refresh: bool = False
     # From a sweep's DescribeImages page: the chain's describe step takes the image from here, no call of its own.
     listed: Image | None = None
+    observed: float | None = None  # with `listed`: when the page was read (epoch seconds)
 
 
 class ImageScanned(ImageEvent):
@@ -249,12 +252,18 @@ def _image_action(envelope: _Envelope) -> ImagePushed:
             f"action-type {action.action_type[:40]!r} with result {action.result[:40]!r} is not an image action "
             "ECR sends",
         )
-    if action.action_type != "PUSH":
-        raise IgnoredEvent(IGNORED_NOT_A_PUSH, f"action-type {action.action_type[:40]!r} is not a push")
     if action.result != "SUCCESS":
-        raise IgnoredEvent(IGNORED_PUSH_FAILED, f"a push whose result is {action.result[:40]!r}")
+        raise IgnoredEvent(IGNORED_PUSH_FAILED, f"a {action.action_type} whose result is {action.result[:40]!r}")
     push = _validated(_Push, envelope.detail, "detail.")
+    change: Literal["deleted", "archived", "restored"] | None = None
+    if action.action_type == "DELETE":
+        change = "deleted"  # by digest, or a tag (`image-tag`): DescribeImages says whether the image is gone
+    elif action.action_type == "UPDATE_STORAGE_CLASS":
+        target = envelope.detail.get("target-storage-class")
+        change = "archived" if target == "ARCHIVE" else "restored"
     return ImagePushed(
+        source="lifecycle" if change else "push",
+        change=change,
         event_id=envelope.id,
         account=envelope.account,
         region=envelope.region,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNTRIAGED", "UNDEFINED")
 
@@ -49,6 +49,7 @@ class Image(BaseModel):
     size_bytes: int | None = None
     manifest_media_type: str | None = None
     artifact_media_type: str | None = None
+    status: str = "ACTIVE"  # DescribeImages' imageStatus: ACTIVE, ARCHIVED, ACTIVATING (being restored)
 
 
 class Scan(BaseModel):
@@ -60,6 +61,9 @@ class Scan(BaseModel):
     completed_at: datetime | None = None
     severity_counts: dict[str, int] = {}
     findings: list[Finding] = []
+    # Enhanced scanning's image usage (awsEcrContainerImage): sent as usage (lifecycle.py), never in the report.
+    in_use_count: int | None = Field(default=None, exclude=True)
+    last_in_use_at: str | None = Field(default=None, exclude=True)
 
 
 class PlatformScan(BaseModel):
@@ -105,6 +109,8 @@ class Report(BaseModel):
                 "repository": self.image.repository,
                 "digest": self.image.digest,
                 "tags": sorted(self.image.tags),
+                # Only where not ACTIVE: the reports made before the field keep their fingerprints.
+                **({"status": self.image.status} if self.image.status != "ACTIVE" else {}),
             },
             "scan": {
                 "type": self.scan.type,

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 # The kinds of event whose last sighting is recorded (`ninkik-tasks check` prints them).
 PUSH, INSPECTOR_FINDING = "push", "inspector2_finding"
+DELETE, STORAGE_CLASS = "delete", "update_storage_class"  # routed by a rule broader than the guide's
 IMAGE_SCAN, INSPECTOR_SCAN = SCAN_EVENT_KINDS  # those scan waits look for (scanwait._PACE)
-KINDS = (PUSH, IMAGE_SCAN, INSPECTOR_SCAN, INSPECTOR_FINDING)
+KINDS = (PUSH, IMAGE_SCAN, INSPECTOR_SCAN, INSPECTOR_FINDING, DELETE, STORAGE_CLASS)
 SEEN_TTL = 30 * 24 * 3600  # an account and region silent this long shows `never` again in `check`
 
 
@@ -42,7 +43,11 @@ def kind_of(event: ImagePushed | ImageScanned | FindingChanged) -> str:
         return INSPECTOR_FINDING
     if isinstance(event, Inspector2Scanned):
         return INSPECTOR_SCAN
-    return IMAGE_SCAN if isinstance(event, ImageScanned) else PUSH
+    if isinstance(event, ImageScanned):
+        return IMAGE_SCAN
+    if event.change == "deleted":
+        return DELETE
+    return STORAGE_CLASS if event.change in ("archived", "restored") else PUSH
 
 
 class LastSeen:

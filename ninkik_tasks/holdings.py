@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 # A removed image's Holding (gone) is kept this long, so a report observed before its removal is still stale; a
 # re-push after the removal is observed later and reported again.
@@ -58,24 +58,39 @@ return 'ours'
 class Holding(BaseModel):
     """What ninkik has of one image: the report's key, when it was observed, its tags and states."""
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
-    key: str = Field("", alias="k")  # the Idempotency-Key of the report ninkik has ("" once removed)
-    observed: float = Field(alias="o")  # epoch seconds of the DescribeImages call the report or removal followed
-    tags: list[str] = Field([], alias="t")
-    status: str = Field("ACTIVE", alias="s")  # the image's: ACTIVE, ARCHIVED, ACTIVATING
-    scan: str = Field("", alias="c")  # the reported scan status (COMPLETE, ACTIVE, NOT_SCANNED, ...)
-    scan_type: str = Field("", alias="y")  # BASIC, ENHANCED, NONE
-    tenant: str = Field("", alias="n")
-    product: str = Field("", alias="p")
-    gone: bool = Field(False, alias="g")
+    model_config = ConfigDict(frozen=True)
+    key: str = ""  # the Idempotency-Key of the report ninkik has ("" once removed)
+    observed: float  # epoch seconds of the DescribeImages call the report or removal followed
+    tags: list[str] = []
+    status: str = "ACTIVE"  # the image's: ACTIVE, ARCHIVED, ACTIVATING
+    scan: str = ""  # the reported scan status (COMPLETE, ACTIVE, NOT_SCANNED, ...)
+    scan_type: str = ""  # BASIC, ENHANCED, NONE
+    tenant: str = ""
+    product: str = ""
+    gone: bool = False  # removed from ninkik: a tombstone, kept GONE_KEEP_SECONDS
 
     def dump(self) -> str:
-        """The stored JSON: one-letter keys, defaults left out (a removal is {"o": ..., "g": true})."""
-        return json.dumps(self.model_dump(by_alias=True, exclude_defaults=True), separators=(",", ":"))
+        """The stored JSON: one-letter keys (the scripts read k, o, t, g), defaults left out."""
+        fields = self.model_dump(exclude_defaults=True)
+        return json.dumps({SHORT[name]: value for name, value in fields.items()}, separators=(",", ":"))
 
     @classmethod
     def load(cls, raw: str | bytes) -> Holding:
-        return cls.model_validate_json(raw)
+        return cls.model_validate({LONG[k]: v for k, v in json.loads(raw).items() if k in LONG})
+
+
+SHORT = {
+    "key": "k",
+    "observed": "o",
+    "tags": "t",
+    "status": "s",
+    "scan": "c",
+    "scan_type": "y",
+    "tenant": "n",
+    "product": "p",
+    "gone": "g",
+}
+LONG = {short: name for name, short in SHORT.items()}
 
 
 class Holdings:
@@ -149,6 +164,23 @@ class Holdings:
         if old:
             self.r.hdel(self.key(account, region, repository), *old)
         return len(old)
+
+    def inuse_key(self, account: str, region: str, repository: str) -> str:
+        """The repository's enhanced-scanning usage: digest -> [inUseCount, lastInUseAt] as its scan last read it."""
+        return f"{self.ns}:inuse:{account}:{region}:{repository}"
+
+    def record_in_use(
+        self, account: str, region: str, repository: str, digest: str, count: int | None, last: str | None
+    ) -> None:
+        """Keep what the image's enhanced findings say of its use, for the next usage report."""
+        self.r.hset(self.inuse_key(account, region, repository), digest, json.dumps([count, last]))
+
+    def in_use(self, account: str, region: str, repository: str, digest: str) -> tuple[int | None, str | None] | None:
+        raw = self.r.hget(self.inuse_key(account, region, repository), digest)
+        if raw is None:
+            return None
+        count, last = json.loads(raw)
+        return count, last
 
     def _lock(self, account: str, region: str, repository: str, digest: str) -> str:
         return f"{self.ns}:removing:{account}/{region}/{repository}@{digest}"

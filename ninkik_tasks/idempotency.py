@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import redis
 
-# KEYS: sent, sending (the lock), report. ARGV: owner, lock seconds.
+from .holdings import Holding
+
+# KEYS: sent, sending (the lock), report, the repository's Holdings (holdings.py). ARGV: owner, lock seconds, and
+# with a Holding: digest, observed, idempotency key. What ninkik has of the image decides where it is recorded: a
+# report observed before it is stale; ninkik having another report of the image (or having removed it) makes this
+# one new whatever was sent before (a tag that came back); else the report's own record says.
 BEGIN_SEND = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'sent'} end
+local fresh = false
+if ARGV[3] ~= '' then
+  local v = redis.call('HGET', KEYS[4], ARGV[3])
+  if v then
+    local h = cjson.decode(v)
+    if tonumber(h.o) > tonumber(ARGV[4]) then return {'stale'} end
+    if not h.g and h.k == ARGV[5] then return {'sent'} end
+    fresh = true
+  end
+end
+if not fresh and redis.call('EXISTS', KEYS[1]) == 1 then return {'sent'} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) and redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return {'busy'}
 end
@@ -18,22 +33,43 @@ local report = redis.call('GET', KEYS[3])
 if report then return {'ours', report} end
 return {'ours'}
 """
-# KEYS: sent, sending, optionally what ninkik has of the image (remember_reported). ARGV: owner, seconds to remember
-# the send (0: it did not happen), now, the report's stamp.
+# KEYS: sent, sending, reported (remember_reported), Holdings, tag map. ARGV: owner, seconds to remember the send
+# (0: it did not happen), now, the report's stamp ('' none), digest ('' no Holding), the Holding's JSON, observed.
+# Returns the digests that had one of the report's tags in ninkik (a tag moved to this image): re-reported.
 END_SEND = """
+local moved = {}
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2])
-  if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2]) end
+  if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2]) end
+  local old = ARGV[5] ~= '' and redis.call('HGET', KEYS[4], ARGV[5])
+  local later = old and tonumber(cjson.decode(old).o) > tonumber(ARGV[7])
+  if ARGV[5] ~= '' and not later then
+    local lost = {}
+    if old then for _, tag in ipairs(cjson.decode(old).t or {}) do lost[tag] = true end end
+    local seen = {}
+    for _, tag in ipairs(cjson.decode(ARGV[6]).t or {}) do
+      local had = redis.call('HGET', KEYS[5], tag)
+      if had and had ~= ARGV[5] and not seen[had] then table.insert(moved, had); seen[had] = true end
+      redis.call('HSET', KEYS[5], tag, ARGV[5])
+      lost[tag] = nil
+    end
+    for tag, _ in pairs(lost) do
+      if redis.call('HGET', KEYS[5], tag) == ARGV[5] then redis.call('HDEL', KEYS[5], tag) end
+    end
+    redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
+  end
 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return moved
 """
 
 
 @dataclass(frozen=True)
 class SendStart:
-    """What begin_send found: "sent" (ninkik has it), "busy" (another worker sends it) or "ours"."""
+    """What begin_send found: "sent" (ninkik has it), "busy" (another worker sends it), "ours", or "stale" (ninkik
+    has what a later DescribeImages said of the image)."""
 
-    state: Literal["sent", "busy", "ours"]
+    state: Literal["sent", "busy", "ours", "stale"]
     report: str | None = None  # with "ours": the stored body, None if it expired
 
 
@@ -79,22 +115,39 @@ class Records:
 
     # Reports: one round trip to start a send and one to end it (each a script, so a check and what
     # depends on it cannot be split by another worker).
-    def begin_send(self, idempotency_key: str, owner: str, lock_ttl: int) -> SendStart:
-        """Whether ninkik has this report, another worker is sending it, or it is ours to send (with its body)."""
+    def begin_send(
+        self, idempotency_key: str, owner: str, lock_ttl: int, held: tuple[str, str, float] | None = None
+    ) -> SendStart:
+        """Whether ninkik has this report, another worker is sending it, or it is ours to send (with its body).
+
+        `held`: (the repository's Holdings key, digest, observed) to decide by what ninkik has of the image."""
         keys = [self.key(kind, idempotency_key) for kind in ("sent", "sending", "report")]
-        answer = self._begin(keys=keys, args=[owner, lock_ttl])
+        keys.append(held[0] if held else self.key("held"))
+        args = [owner, lock_ttl, *((held[1], held[2], idempotency_key) if held else ("", 0, ""))]
+        answer = self._begin(keys=keys, args=args)
         if answer[0] == "ours":
             return SendStart("ours", answer[1] if len(answer) > 1 else None)
-        return SendStart(answer[0])
+        state = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
+        return SendStart(cast(Literal["sent", "busy", "stale"], state))
 
     def end_send(
-        self, idempotency_key: str, owner: str, sent_ttl: int | None, reported: tuple[str, str] | None = None
-    ) -> None:
-        """Give the send back (if still ours), first remembering for `sent_ttl` s that ninkik accepted it and, with
-        `reported` (image, stamp), what ninkik now has of the image (as remember_reported)."""
+        self,
+        idempotency_key: str,
+        owner: str,
+        sent_ttl: int | None,
+        reported: tuple[str, str] | None = None,
+        holding: tuple[str, str, str, Holding] | None = None,
+    ) -> list[str]:
+        """Give the send back (if still ours), first remembering for `sent_ttl` s that ninkik accepted it, with
+        `reported` (image, stamp) what ninkik now has of the image (as remember_reported), and with `holding`
+        (Holdings key, tag map key, digest, Holding) its Holding. Returns the digests whose tag this image took."""
         keys = [self.key("sent", idempotency_key), self.key("sending", idempotency_key)]
-        keys += [self.key("reported", reported[0])] if reported else []
-        self._end(keys=keys, args=[owner, sent_ttl or 0, int(time.time()), reported[1] if reported else ""])
+        keys.append(self.key("reported", reported[0]) if reported else self.key("reported"))
+        keys += [holding[0], holding[1]] if holding else [self.key("held"), self.key("tags")]
+        args: list[str | int | float] = [owner, sent_ttl or 0, int(time.time()), reported[1] if reported else ""]
+        args += [holding[2], holding[3].dump(), holding[3].observed] if holding else ["", "", 0]
+        moved = self._end(keys=keys, args=args)
+        return [m.decode() if isinstance(m, bytes) else m for m in moved]
 
     # What ninkik has of each image (Report.stamp): a rescan does not read again what cannot have changed.
     def remember_reported(self, image: str, stamp: str, ttl: int) -> None:

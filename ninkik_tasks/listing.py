@@ -96,11 +96,16 @@ def repositories(ecr: ECRClient, registry_id: str, filters: Filters, progress: P
                     yield name
 
 
-def image_pages(ecr: ECRClient, registry_id: str, repository: str) -> Iterator[list[ImageDetailTypeDef]]:
-    """Every page of DescribeImages for one repository; Missing if there is no such repository."""
+def image_pages(
+    ecr: ECRClient, registry_id: str, repository: str, any_status: bool = False
+) -> Iterator[list[ImageDetailTypeDef]]:
+    """Every page of DescribeImages for one repository; Missing if there is no such repository.
+
+    DescribeImages lists ACTIVE images only unless asked (`any_status`): archived ones too."""
     paginator = ecr.get_paginator("describe_images")
+    status: Any = {"filter": {"imageStatus": "ANY"}} if any_status else {}
     pages = paginator.paginate(
-        registryId=registry_id, repositoryName=repository, PaginationConfig={"PageSize": PAGE_SIZE}
+        registryId=registry_id, repositoryName=repository, PaginationConfig={"PageSize": PAGE_SIZE}, **status
     )
     with classified("ecr:DescribeImages"):
         try:

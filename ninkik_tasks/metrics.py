@@ -190,6 +190,13 @@ PIPELINE_METRICS = {
         "Manifests not reported: artifacts that are not images, manifests reported in their index",
         ["reason"],
     ),
+    "lifecycle": (
+        "ninkik_pipeline_lifecycle",
+        "Images ninkik heard of again because the registry changed: removed, rereported (tags or status), "
+        "superseded (a later observation won), by what changed",
+        ["outcome", "change"],
+    ),
+    "usage": ("ninkik_usage_reports", "Usage reports (100 images each) sent by the lifecycle sweep", ["outcome"]),
     "held": ("ninkik_pipeline_held", "Untagged images held for an index that may list them", ["kind"]),
     "ecr_call": (
         "ninkik_ecr_calls",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -37,19 +38,35 @@ def images_url(api_url: str, match: Match) -> str:
     return f"{api_url.rstrip('/')}/api/v1/tenants/{match.tenant}/products/{match.product}/images"
 
 
+def image_url(api_url: str, match: Match, digest: str) -> str:
+    """One image of a tenant's product (what DELETE removes)."""
+    return f"{images_url(api_url, match)}/{digest}"
+
+
 def send(http: httpx.Client, url: str, token: str, key: str, body: dict[str, Any] | str) -> int:
     """POST one report (`body` rendered, or already as JSON); returns the status when done, raises TransientError or
     PermanentError otherwise."""
     headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key, "Content-Type": "application/json"}
     content = (body if isinstance(body, str) else json.dumps(body)).encode()
+    return _answered(lambda: http.post(url, content=content, headers=headers))
+
+
+def remove(http: httpx.Client, url: str, token: str, key: str) -> int:
+    """DELETE one image; `2xx` and `404` (ninkik has no such image) are done, other answers as a report's."""
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+    return _answered(lambda: http.delete(url, headers=headers), done=(404,))
+
+
+def _answered(call: Callable[[], httpx.Response], done: tuple[int, ...] = (409,)) -> int:
+    """The status of a call ninkik answered as done; TransientError or PermanentError otherwise."""
     try:
-        response = http.post(url, content=content, headers=headers)
+        response = call()
     except httpx.TimeoutException:
         raise TransientError("ninkik did not answer in time") from None
     except httpx.HTTPError as exc:
         raise TransientError(f"ninkik unreachable: {type(exc).__name__}") from None
     status = response.status_code
-    if 200 <= status < 300 or status == 409:
+    if 200 <= status < 300 or status in done:
         return status
     if status == 429:
         raise TransientError("ninkik answered 429", retry_after=retry_after(response.headers.get("Retry-After")))

@@ -34,6 +34,8 @@ from .errors import (
 from .events import ImagePushed
 from .filters import validate
 from .gathering import DescriptionPending
+from .lifecycle import remove_step, retagged
+from .lifecycle import sweep as lifecycle_sweep
 from .listing import Progress
 from .ratelimit import RateLimited
 from .scans import scan_step
@@ -233,16 +235,29 @@ def fetch_scan_findings(self: Task, msg: dict[str, Any], first_try: float | None
 
 @app.task(name="ninkik.notify", bind=True, queue=NINKIK_QUEUE, max_retries=None)
 def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> dict[str, Any]:
-    """POST the report to ninkik, once."""
+    """POST the report to ninkik, once (or DELETE the image that is gone)."""
     m = Scanned.model_validate(msg)
-    outcome = _run(self, "notify", m.event, m.match, lambda: notify_step(_svc(), m, self.request.id), first_try)
-    log.info("%s (%s, scan %s): %s task=%s", outcome, m.key[:12], m.status, describe(m.event, m.match), self.request.id)
+    svc, task_id = _svc(), self.request.id
+    moved: list[str]
+    if m.gone:
+        outcome, moved = _run(self, "notify", m.event, m.match, lambda: remove_step(svc, m, task_id), first_try), []
+    else:
+        outcome, moved = _run(self, "notify", m.event, m.match, lambda: notify_step(svc, m, task_id), first_try)
+    log.info("%s (%s, scan %s): %s task=%s", outcome, m.key[:12], m.status, describe(m.event, m.match), task_id)
+    change = m.event.change or m.event.source
     if outcome == "notified":
         # The event's time is the push's; sweeps find images pushed long ago.
         latency = time.time() - m.event.time.timestamp() if m.event.source == "push" else None
-        _svc().stats.soon("notified", m.status, latency=latency)
+        svc.stats.soon("notified", m.status, latency=latency)
+        if m.event.source == "lifecycle":
+            svc.stats.soon("lifecycle", "rereported", change)
+    elif outcome in ("removed", "superseded"):
+        svc.stats.incr("lifecycle", outcome, change)
     else:
-        _svc().stats.incr("already_sent", str(outcome))  # rare: a report sent before
+        svc.stats.incr("already_sent", str(outcome))  # rare: a report sent before
+    if moved:  # this image took their tags: ninkik hears of them again, with the tags they keep
+        log.info("tag moved to %s from %d other images: reported again", m.event.digest, len(moved))
+        start_all(retagged(m, moved))
     return {"outcome": outcome, "key": m.key, "scan_status": m.status}
 
 
@@ -348,3 +363,14 @@ def rescan(self: Task) -> dict[str, Any]:
         return sweeps.rescan(_svc(), start, stop=_stopping)
     except SweepStopped:
         raise _again(self) from None
+
+
+@app.task(name="ninkik.lifecycle", bind=True, queue=CONTROL_QUEUE)
+def lifecycle(self: Task, account: str | None = None, repositories: list[str] | None = None) -> dict[str, Any]:
+    """Compare the images ninkik has with the registries: the gone removed, the changed reported again."""
+    svc = _svc()
+    with sweeps.exclusive(svc, "lifecycle", ttl=max(3600, svc.settings.lifecycle_interval_seconds)) as mine:
+        if not mine:
+            return {"skipped": "another lifecycle sweep is running"}
+        pace = sweeps.rescan_pace(svc.settings)
+        return lifecycle_sweep(svc, start_all, pace, account, repositories).as_dict()

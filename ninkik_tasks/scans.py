@@ -5,14 +5,16 @@ The fetch_scan_findings step (stages.py has the steps before and after it); scan
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from datetime import UTC, datetime, timedelta
 
 from .artifacts import IN_INDEX, LIKELY_ATTESTATION, is_index
 from .ecr import not_scanned, scan_findings
-from .errors import PermanentError, ScanNotReady
+from .errors import IMAGE_GONE, PermanentError, ScanNotReady
 from .findings import Image, Index, Report, Scan
+from .holdings import Holding
 from .indexes import UNREAD_REASON, Platform, merge
 from .notify import idempotency_key, render
 from .ratelimit import RateLimited
@@ -61,6 +63,8 @@ def read_scan(
 def scan_step(svc: Services, msg: Described, now: datetime | None = None) -> Scanned:
     """Read the scan's findings (an index's: every platform's); ScanNotReady until done or the wait ran out."""
     now = now or datetime.now(UTC)
+    if msg.gone:
+        return removal(msg, msg.observed)
     index = None
     try:
         if is_index(msg.image):
@@ -71,11 +75,40 @@ def scan_step(svc: Services, msg: Described, now: datetime | None = None) -> Sca
         ttl = svc.settings.scan_wait_seconds + 3600
         svc.scan_waits.park(msg.event.region, waiting_as(msg.image), msg.model_dump_json(), ttl)
         raise
+    except PermanentError as exc:
+        if exc.reason != IMAGE_GONE:
+            raise
+        svc.scan_waits.done(msg.event.region, waiting_as(msg.image))  # if it waited: its wait ends here
+        return removal(msg, now.timestamp())  # deleted since it was described
     report = Report(image=msg.image, scan=scan, index=index)
     key = idempotency_key(msg.match, report)
     ttl = svc.settings.result_expires_seconds
     svc.records.put_report(key, json.dumps(render(report, msg.event.source)), ttl)
-    return Scanned(event=msg.event, match=msg.match, key=key, status=scan.status, stamp=report.stamp())
+    image = msg.image
+    if scan.in_use_count is not None or scan.last_in_use_at is not None:
+        where = (msg.event.account, msg.event.region, msg.event.repository, msg.event.digest)
+        svc.holdings.record_in_use(*where, scan.in_use_count, scan.last_in_use_at)
+    holding = Holding(
+        key=key,
+        observed=msg.observed or now.timestamp(),
+        tags=image.tags,
+        status=image.status,
+        scan=scan.status,
+        scan_type=scan.type,
+        tenant=msg.match.tenant,
+        product=msg.match.product,
+    )
+    return Scanned(
+        event=msg.event, match=msg.match, key=key, status=scan.status, stamp=report.stamp(), holding=holding
+    )
+
+
+def removal(msg: Described, observed: float) -> Scanned:
+    """The message that has the report step remove the image from ninkik (lifecycle.remove_step)."""
+    material = "\n".join(("DELETE", msg.match.tenant, msg.event.repository, msg.event.digest))
+    key = hashlib.sha256(material.encode()).hexdigest()
+    holding = Holding(observed=observed, gone=True)
+    return Scanned(event=msg.event, match=msg.match, key=key, status="GONE", holding=holding, gone=True)
 
 
 def image_scan(svc: Services, msg: Described, now: datetime) -> Scan:

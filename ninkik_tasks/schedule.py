@@ -1,4 +1,7 @@
-"""The beat schedule: reconcile missed pushes, refresh findings. Every entry expires, so stale runs are dropped."""
+"""The beat schedule: reconcile missed pushes, refresh findings, compare what ninkik has with the registries.
+
+Every entry expires, so stale runs are dropped.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ def beat_schedule(settings: Settings, queue: str) -> dict[str, dict[str, Any]]:
     entries = {
         "reconcile": ("ninkik.reconcile", settings.reconcile_interval_seconds),
         "rescan": ("ninkik.rescan", settings.rescan_interval_seconds),
+        "lifecycle": ("ninkik.lifecycle", settings.lifecycle_interval_seconds),
     }
     return {
         name: {

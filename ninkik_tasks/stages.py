@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -16,10 +17,11 @@ from . import clients
 from .accounts import account_of
 from .artifacts import is_index, not_an_image
 from .config import Settings
-from .errors import PermanentError, TransientError
+from .errors import IMAGE_GONE, PermanentError, TransientError
 from .events import ImagePushed
 from .findings import Image
 from .gathering import Gathering, gathered_image
+from .holdings import Holding, Holdings
 from .idempotency import Records, image_id
 from .indexes import (
     Claims,
@@ -67,6 +69,11 @@ class Services:
     def records(self) -> Records:
         """Idempotency records."""
         return Records(self.redis, self.settings.redis_namespace)
+
+    @cached_property
+    def holdings(self) -> Holdings:
+        """What ninkik has of each image, per repository."""
+        return Holdings(self.redis, self.settings.redis_namespace)
 
     @cached_property
     def stats(self) -> PipelineStats:
@@ -170,14 +177,18 @@ class Described(Matched):
 
     image: Image
     platforms: list[Platform] | None = None  # an index read with ecr:BatchGetImage: its platform manifests
+    observed: float = 0.0  # when DescribeImages was called (epoch seconds): orders what ninkik is told (holdings.py)
+    gone: bool = False  # DescribeImages found no such image: ninkik is told to remove it
 
 
 class Scanned(Matched):
-    """After fetch_scan_findings: the report itself waits in Redis under `key`."""
+    """After fetch_scan_findings: the report itself waits in Redis under `key` (or, `gone`, the image is removed)."""
 
     key: str
     status: str
     stamp: str | None = None  # Report.stamp: remembered once ninkik has the report
+    holding: Holding | None = None  # what ninkik will have of the image once it has the report
+    gone: bool = False
 
 
 def describe(pushed: ImagePushed, match: Match | None = None) -> str:
@@ -201,10 +212,22 @@ def describe_step(svc: Services, msg: Matched) -> Described:
     parked = svc.scan_waits.parked(e.region, member(e.account, e.repository, e.digest)) if e.scan_finished else None
     if parked is not None:  # a scan-complete event for a waiting image: the waiting chain described it
         return Described.model_validate_json(parked)
+    observed = e.observed or time.time()
+    try:
+        return _describe(svc, msg, observed)
+    except PermanentError as exc:
+        if exc.reason != IMAGE_GONE:
+            raise
+        return gone(msg, observed)
+
+
+def _describe(svc: Services, msg: Matched, observed: float) -> Described:
+    e = msg.event
     ecr = svc.ecr(e.account, e.region)
     image = e.listed or gathered_image(svc.gathering, ecr, e)  # a sweep's page described it already
     if e.listed is not None:
-        e = e.model_copy(update={"listed": None})  # the next steps' messages carry the image once, as `image`
+        # The next steps' messages carry the image once, as `image`.
+        e = e.model_copy(update={"listed": None, "observed": None})
     # DescribeImages leaves out what it does not know (moto: the artifact type); the push event may say it.
     fallback = {"manifest_media_type": e.manifest_media_type, "artifact_media_type": e.artifact_media_type}
     missing = {k: v for k, v in fallback.items() if v and getattr(image, k) is None}
@@ -223,27 +246,38 @@ def describe_step(svc: Services, msg: Matched) -> Described:
     if skip is not None:
         raise PermanentError(*skip)
     if not is_index(image):
-        return Described(event=e, match=msg.match, image=image)
+        return Described(event=e, match=msg.match, image=image, observed=observed)
     try:
         platforms, listed = platforms_of(read_manifest(ecr, image))
     except IndexUnreadable:
         claims.mark_unreadable(e.region, image.registry_id)
         log.info("index read without its platforms (ecr:BatchGetImage not granted): %s", describe(e, msg.match))
-        return Described(event=e, match=msg.match, image=image, platforms=None)
+        return Described(event=e, match=msg.match, image=image, platforms=None, observed=observed)
     claims.claim(e.region, image.registry_id, image.repository, listed, image.digest, svc.settings.sent_record_seconds)
-    return Described(event=e, match=msg.match, image=image, platforms=platforms)
+    return Described(event=e, match=msg.match, image=image, platforms=platforms, observed=observed)
 
 
-def notify_step(svc: Services, msg: Scanned, owner: str) -> str:
-    """POST the report unless ninkik already has it; returns 'notified' or 'already_sent'."""
+def gone(msg: Matched, observed: float) -> Described:
+    """The image is not in its repository (deleted, or its last tag was): the chain tells ninkik to remove it."""
+    e = msg.event
+    image = Image(registry_id=e.account, region=e.region, repository=e.repository, digest=e.digest, tags=[])
+    return Described(event=e, match=msg.match, image=image, observed=observed, gone=True)
+
+
+def notify_step(svc: Services, msg: Scanned, owner: str) -> tuple[str, list[str]]:
+    """POST the report unless ninkik already has it (or what a later DescribeImages said); returns the outcome
+    ('notified', 'already_sent', 'already_had_it', 'superseded') and the digests whose tag this image took."""
     s, records = svc.settings, svc.records
     if not s.api_url or not s.api_token:
         raise PermanentError("not_configured", "NINKIK_API_URL and NINKIK_API_TOKEN must be set to notify")
     lock_ttl = int(s.http_timeout_seconds * 3) + 30
-    start = records.begin_send(msg.key, owner, lock_ttl)
+    held = holding_of(svc, msg)
+    start = records.begin_send(msg.key, owner, lock_ttl, (held[0], held[2], held[3].observed) if held else None)
+    if start.state == "stale":
+        return "superseded", []
     if start.state == "sent":
-        remember_reported(svc, msg)
-        return "already_sent"
+        moved = records.end_send(msg.key, owner, s.sent_record_seconds, reported(msg), held)
+        return "already_sent", moved
     if start.state == "busy":
         raise TransientError("another worker is sending this report", retry_after=5)
     sent_ttl = None
@@ -254,8 +288,18 @@ def notify_step(svc: Services, msg: Scanned, owner: str) -> str:
         status = send(svc.http, images_url(s.api_url, msg.match), s.api_token.get_secret_value(), msg.key, start.report)
         sent_ttl = s.sent_record_seconds
     finally:
-        records.end_send(msg.key, owner, sent_ttl, reported(msg) if sent_ttl else None)
-    return "notified" if status != 409 else "already_had_it"
+        accepted = (reported(msg), held) if sent_ttl else (None, None)
+        moved = records.end_send(msg.key, owner, sent_ttl, *accepted)
+    return ("notified" if status != 409 else "already_had_it"), moved
+
+
+def holding_of(svc: Services, msg: Scanned) -> tuple[str, str, str, Holding] | None:
+    """(Holdings key, tag map key, digest, Holding) of the report's image, for Records.end_send."""
+    if msg.holding is None:
+        return None
+    e, holdings = msg.event, svc.holdings
+    where = (e.account, e.region, e.repository)
+    return holdings.key(*where), holdings.tags_key(*where), e.digest, msg.holding
 
 
 def reported(msg: Scanned) -> tuple[str, str] | None:
@@ -267,7 +311,3 @@ def reported(msg: Scanned) -> tuple[str, str] | None:
     return image_id(e.account, e.region, e.repository, e.digest), msg.stamp
 
 
-def remember_reported(svc: Services, msg: Scanned) -> None:
-    """ninkik has this report, sent by another chain (reported)."""
-    if (known := reported(msg)) is not None:
-        svc.records.remember_reported(*known, svc.settings.sent_record_seconds)

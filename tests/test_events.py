@@ -110,7 +110,6 @@ def test_a_pushed_image_fits_in_a_task_message() -> None:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("ecr-image-delete.json", "not_a_push"),
         ("ecr-image-scan.json", "image_scan"),
         ("ecr-scan-resource-change.json", "other_aws_event"),
         ("inspector2-scan.json", "inspector2_scan"),
@@ -120,6 +119,27 @@ def test_a_pushed_image_fits_in_a_task_message() -> None:
 )
 def test_other_aws_events_are_ignored_not_quarantined(name: str, expected: str) -> None:
     assert ignored((EVENTS / name).read_text()).reason == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "tag"),
+    [
+        ("ecr-image-delete.json", "deleted", "latest"),
+        ("ecr-image-archive.json", "archived", None),
+        ("ecr-image-restore.json", "restored", None),
+    ],
+)
+def test_deletions_and_storage_class_changes_start_a_lifecycle_chain(name: str, change: str, tag: str | None) -> None:
+    # AWS's own samples (tests/aws/SOURCES): the chain describes the image and tells ninkik what is true now.
+    event = accept((EVENTS / name).read_text(), regions={"us-west-2", "us-east-1"})
+    assert (event.source, event.change, event.tag) == ("lifecycle", change, tag)
+    assert event.digest.startswith("sha256:") and event.repository in ("my-repository-name", "ubuntu")
+
+
+def test_a_failed_deletion_is_dropped() -> None:
+    body = json.loads((EVENTS / "ecr-image-delete.json").read_text())
+    body["detail"]["result"] = "FAILURE"
+    assert ignored(json.dumps(body), regions={"us-west-2"}).reason == "push_failed"
 
 
 def test_every_sample_is_a_push_or_ignored() -> None:
@@ -215,8 +235,6 @@ def test_a_finding_of_another_resource_is_dropped_and_a_malformed_image_quaranti
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        ("detail.action-type", "UPDATE_STORAGE_CLASS", "not_a_push"),
-        ("detail.action-type", "DELETE", "not_a_push"),
         ("detail.result", "FAILURE", "push_failed"),
         ("detail-type", "ECR Replication Action", "other_aws_event"),
         ("detail-type", "ECR Referrer Action", "other_aws_event"),
@@ -507,16 +525,22 @@ def test_every_sample_notifies_or_is_dropped_with_its_reason(pipeline: Pipeline)
         "soci-pr137-index-push.json": (f"{TENANT_A}/web", "v4-soci"),
         "soci-pr137-untagged-push.json": (f"{TENANT_B}/web/api", None),
     }
+    lifecycle = ("ecr-image-delete.json", "ecr-image-archive.json", "ecr-image-restore.json")
     dropped = {
-        "ecr-image-delete.json": "not_a_push",
         "ecr-image-scan.json": "image_scan",
         "ecr-scan-resource-change.json": "other_aws_event",
         "inspector2-scan.json": "inspector2_scan",
         "inspector2-finding.json": "inspector2_finding",
         "inspector2-finding-2024.json": "inspector2_finding",
     }
-    assert set(pushes) | set(dropped) == {p.name for p in EVENTS.glob("*.json")}, "a sample without an outcome"
+    samples = set(pushes) | set(dropped) | set(lifecycle)
+    assert samples == {p.name for p in EVENTS.glob("*.json")}, "a sample without an outcome"
     digests = {name: stack.push(repository, tag) for name, (repository, tag) in pushes.items()}
+    # An image deleted since: each lifecycle sample about it ends in one DELETE (ninkik never had it: 404, done).
+    gone = stack.push(f"{TENANT_A}/shop", "gone", scan=False)
+    stack.ecr.batch_delete_image(repositoryName=f"{TENANT_A}/shop", imageIds=[{"imageDigest": gone}])
+    for name in lifecycle:
+        stack.send(pipeline.queue_url, live(name, f"{TENANT_A}/shop", gone))
     # The image the other events speak of; no scan result (moto hands injected results to the next image read).
     other = stack.push(f"{TENANT_A}/shop", "other", scan=False)
     for name in dropped:
@@ -539,6 +563,7 @@ def test_every_sample_notifies_or_is_dropped_with_its_reason(pipeline: Pipeline)
         return set(re.findall(r"ignored message \S+ \((\w+)\)", pipeline.ingest.output()))
 
     wait_for(lambda: reasons() == set(dropped.values()), 30, "every other event dropped with its reason")
+    wait_for(lambda: [r.status for r in stack.standin.removed if r.digest == gone] == [404], 60, "the DELETE")
     assert not stack.received_for(other)
     assert not [q for q in stack.quarantined() if other in q.get("body", "")]
     # Ingest is still running and taking pushes.

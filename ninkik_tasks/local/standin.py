@@ -32,6 +32,18 @@ class Received:
 
 
 @dataclass
+class Removed:
+    """One DELETE of an image ninkik answered (204: it had the image, 404: it had none)."""
+
+    tenant: str
+    product: str
+    digest: str
+    key: str
+    status: int
+    at: float
+
+
+@dataclass
 class Standin:
     """The stand-in server; `start()` it, read `received`, script answers with `answer_next`."""
 
@@ -44,6 +56,8 @@ class Standin:
     attempts: list[tuple[int, str]] = field(default_factory=list)  # (status, idempotency key) of every POST
     peers: list[tuple[str, str]] = field(default_factory=list)  # (client address, idempotency key) of every POST
     tenant_lookups: int = 0
+    removed: list[Removed] = field(default_factory=list)
+    usage: list[dict[str, Any]] = field(default_factory=list)  # the bodies of usage reports
     _script: deque[tuple[int, float]] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -68,6 +82,9 @@ class Standin:
             def do_POST(self) -> None:
                 standin._post(self)
 
+            def do_DELETE(self) -> None:
+                standin._delete(self)
+
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True, name="standin").start()
@@ -90,8 +107,19 @@ class Standin:
             self.received.clear()
             self.attempts.clear()
             self.peers.clear()
+            self.removed.clear()
+            self.usage.clear()
             self._script.clear()
             self.tenant_lookups = 0
+
+    def holds(self, digest: str) -> dict[str, Any] | None:
+        """The report ninkik has of an image now: its latest, unless a DELETE came after it."""
+        with self._lock:
+            reports = [(r.at, r.body) for r in self.received if r.body["image"]["digest"] == digest]
+            removals = [d.at for d in self.removed if d.digest == digest]
+        if not reports or (removals and max(removals) >= reports[-1][0]):
+            return None
+        return reports[-1][1]
 
     def keys(self) -> list[str]:
         """Idempotency keys of the accepted notifications."""
@@ -133,12 +161,13 @@ class Standin:
                 self.answer_next(int(item["status"]), int(item.get("times", 1)), float(item.get("delay", 0)))
             _reply(req, 204, None)
             return
-        if not (
-            len(parts) == 7
-            and parts[:3] == ["api", "v1", "tenants"]
-            and parts[4] == "products"
-            and parts[6] == "images"
-        ):
+        if _images_path(parts, 8) and parts[7] == "usage":
+            if self._authorised(req):
+                with self._lock:
+                    self.usage.append(json.loads(raw))
+                _reply(req, 202, None)
+            return
+        if not _images_path(parts, 7):
             _reply(req, 404, {"error": "not found"})
             return
         key = req.headers.get("Idempotency-Key", "")
@@ -179,6 +208,41 @@ class Standin:
         if self.on_receive:
             self.on_receive(received)
         _reply(req, 201, {"id": key})
+
+    def _delete(self, req: BaseHTTPRequestHandler) -> None:
+        parts = req.path.strip("/").split("/")
+        if not _images_path(parts, 8):
+            _reply(req, 404, {"error": "not found"})
+            return
+        key = req.headers.get("Idempotency-Key", "")
+        with self._lock:
+            status, delay = self._script.popleft() if self._script else (0, 0.0)
+        if delay:
+            time.sleep(delay)
+        if status:
+            with self._lock:
+                self.attempts.append((status, key))
+            _reply(req, status, {"error": "scripted answer"})
+            return
+        if not self._authorised(req):
+            return
+        digest = parts[7]
+        with self._lock:
+            had = any(r.body["image"]["digest"] == digest for r in self.received)
+            status = 204 if had else 404
+            self.removed.append(Removed(parts[3], parts[5], digest, key, status, time.time()))
+            self.attempts.append((status, key))
+        _reply(req, status, None)
+
+
+def _images_path(parts: list[str], length: int) -> bool:
+    """`api/v1/tenants/{t}/products/{p}/images` (7 parts), with one more (a digest, `usage`) for 8."""
+    return (
+        len(parts) == length
+        and parts[:3] == ["api", "v1", "tenants"]
+        and parts[4] == "products"
+        and parts[6] == "images"
+    )
 
 
 def _reply(req: BaseHTTPRequestHandler, status: int, body: Any, retry_after: str | None = None) -> None:
