@@ -222,6 +222,7 @@ def failures_retry(entry_id: str) -> None:
         digest=entry["digest"],
         time=datetime.now(UTC),
         source=entry.get("source", "push"),
+        change=entry.get("change") or None,
     )
     result = start(pushed)
     click.echo(f"retrying {entry['repository']}@{entry['digest']}: chain {result.id}")
@@ -235,10 +236,24 @@ def failures_retry(entry_id: str) -> None:
 @click.option("--since", help="Only images pushed at or after this ISO-8601 date or time (UTC unless given).")
 @click.option("--account", help="Only this AWS account's registries (one of the configured accounts).")
 @click.option("--wait", is_flag=True, help="Show progress until it is done (Ctrl-C stops waiting, not the backfill).")
+@click.option(
+    "--lifecycle",
+    is_flag=True,
+    help="Run the lifecycle sweep instead: what ninkik has against the registry (gone removed, changed reported "
+    "again, usage sent); takes --account and --repository.",
+)
 def backfill(
-    tenant: str | None, repository: tuple[str, ...], since: str | None, account: str | None, wait: bool
+    tenant: str | None,
+    repository: tuple[str, ...],
+    since: str | None,
+    account: str | None,
+    wait: bool,
+    lifecycle: bool,
 ) -> None:
     """Queue a backfill: start the chain for every image in the registries, or only the filtered ones."""
+    if lifecycle:
+        _lifecycle(tenant, list(repository), since, account, wait)
+        return
     from .accounts import accepted
     from .config import get_settings
     from .errors import PermanentError, TransientError
@@ -273,6 +288,26 @@ def backfill(
         )
         return
     sys.exit(_watch_backfill(result))
+
+
+def _lifecycle(tenant: str | None, repositories: list[str], since: str | None, account: str | None, wait: bool) -> None:
+    from .accounts import accepted
+    from .config import get_settings
+    from .pipeline import lifecycle as lifecycle_task
+
+    if tenant or since:
+        raise ConfigError("--lifecycle compares every image ninkik has: --tenant and --since do not apply to it")
+    if account and account not in accepted(get_settings())[0]:
+        raise ConfigError(f"--account {account} is not one of the configured accounts")
+    kwargs = {"account": account, "repositories": repositories or None}
+    try:
+        result = lifecycle_task.apply_async(kwargs=kwargs, retry=False)
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"cannot queue the sweep (NINKIK_BROKER_URL, NINKIK_RESULT_BACKEND): {reason}") from None
+    click.echo(result.id)
+    if wait:
+        click.echo(json.dumps(result.get(), sort_keys=True))
 
 
 def _watch_backfill(result: Any) -> int:

@@ -7,7 +7,7 @@ these with the registry, and coverage counts them. Each Holding carries the time
 handled out of order end in what DescribeImages said last, not in the order they came.
 
 Layout, per repository `{ns}:held:{account}:{region}:{repository}`: field digest, value the Holding's JSON with
-one-letter keys (about 150 bytes with a tag; bench/holdings.py measures it). Beside it
+one-letter keys; with the tag map about 500 bytes an image (bench/holdings.py). Beside it
 `{ns}:tags:{account}:{region}:{repository}`: tag -> the digest ninkik has it on, which is how a push that takes a
 tag from another image is found (no event names the image that lost it).
 """

@@ -15,7 +15,7 @@ from .holdings import Holding
 # report observed before it is stale; ninkik having another report of the image (or having removed it) makes this
 # one new whatever was sent before (a tag that came back); else the report's own record says.
 BEGIN_SEND = """
-local fresh = false
+local fresh, before = false, ''
 if ARGV[3] ~= '' then
   local v = redis.call('HGET', KEYS[4], ARGV[3])
   if v then
@@ -23,15 +23,14 @@ if ARGV[3] ~= '' then
     if tonumber(h.o) > tonumber(ARGV[4]) then return {'stale'} end
     if not h.g and h.k == ARGV[5] then return {'sent'} end
     fresh = true
+    if redis.call('EXISTS', KEYS[1]) == 1 then before = h.k or 'removed' end
   end
 end
 if not fresh and redis.call('EXISTS', KEYS[1]) == 1 then return {'sent'} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) and redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return {'busy'}
 end
-local report = redis.call('GET', KEYS[3])
-if report then return {'ours', report} end
-return {'ours'}
+return {'ours', redis.call('GET', KEYS[3]) or '', before}
 """
 # KEYS: sent, sending, reported (remember_reported), Holdings, tag map. ARGV: owner, seconds to remember the send
 # (0: it did not happen), now, the report's stamp ('' none), digest ('' no Holding), the Holding's JSON, observed.
@@ -71,6 +70,9 @@ class SendStart:
 
     state: Literal["sent", "busy", "ours", "stale"]
     report: str | None = None  # with "ours": the stored body, None if it expired
+    # With "ours": the key of the report ninkik has now, where ninkik had this very report before it (a tag that
+    # came back, a restore): the POST's Idempotency-Key is derived from both, or ninkik would drop it as a repeat.
+    returning_from: str | None = None
 
 
 def image_id(account: str, region: str, repository: str, digest: str) -> str:
@@ -126,7 +128,8 @@ class Records:
         args = [owner, lock_ttl, *((held[1], held[2], idempotency_key) if held else ("", 0, ""))]
         answer = self._begin(keys=keys, args=args)
         if answer[0] == "ours":
-            return SendStart("ours", answer[1] if len(answer) > 1 else None)
+            report, before = (a.decode() if isinstance(a, bytes) else a for a in answer[1:3])
+            return SendStart("ours", report or None, before or None)
         state = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
         return SendStart(cast(Literal["sent", "busy", "stale"], state))
 

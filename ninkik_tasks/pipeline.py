@@ -192,6 +192,7 @@ def _record(task: Task, stage: str, pushed: ImagePushed, match: Any, exc: Perman
         reason=exc.reason,
         message=str(exc),
         source=pushed.source,
+        change=pushed.change,
         event_id=pushed.event_id,
         account=pushed.account,
         region=pushed.region,

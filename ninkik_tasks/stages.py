@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -285,12 +286,18 @@ def notify_step(svc: Services, msg: Scanned, owner: str) -> tuple[str, list[str]
         if start.report is None:
             raise PermanentError("report_expired", "the report expired before it could be sent")
         # The body as the scan step stored it (JSON): sent as it is.
-        status = send(svc.http, images_url(s.api_url, msg.match), s.api_token.get_secret_value(), msg.key, start.report)
+        key = msg.key if start.returning_from is None else returning_key(msg.key, start.returning_from)
+        status = send(svc.http, images_url(s.api_url, msg.match), s.api_token.get_secret_value(), key, start.report)
         sent_ttl = s.sent_record_seconds
     finally:
         accepted = (reported(msg), held) if sent_ttl else (None, None)
         moved = records.end_send(msg.key, owner, sent_ttl, *accepted)
     return ("notified" if status != 409 else "already_had_it"), moved
+
+
+def returning_key(key: str, before: str) -> str:
+    """The Idempotency-Key of a report ninkik had before and then another (docs/api.md#the-idempotency-key)."""
+    return hashlib.sha256(f"{key}\nafter\n{before}".encode()).hexdigest()
 
 
 def holding_of(svc: Services, msg: Scanned) -> tuple[str, str, str, Holding] | None:

@@ -27,6 +27,7 @@ class FaultProxy:
 
     `scanning` maps digests to the time (time.monotonic()) their scan finishes: until then
     DescribeImageScanFindings answers IN_PROGRESS, which moto cannot (its scans are final at once).
+    `statuses` maps digests to the imageStatus DescribeImages gives them (moto knows no archive).
     `findings` maps digests to the DescribeImageScanFindings answer to give instead of moto's: moto keeps the
     first result it served for an image, while Amazon Inspector changes an image's findings as its database
     changes (a new CVE, a finding closed); set it to play that change.
@@ -36,6 +37,9 @@ class FaultProxy:
     throttle_every: int = 0
     scanning: dict[str, float] = field(default_factory=dict)
     findings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # digest -> imageStatus (ARCHIVED, ACTIVATING) that DescribeImages gives, which moto has not (ECR's archive):
+    # an ARCHIVED image's DescribeImageScanFindings says IMAGE_ARCHIVED.
+    statuses: dict[str, str] = field(default_factory=dict)
     calls: list[EcrCall] = field(default_factory=list)
     throttled: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -90,6 +94,10 @@ class FaultProxy:
                     if not throttle and action == "DescribeImageScanFindings" and digest in proxy.findings:
                         self._answer(200, proxy.findings[digest])
                         return
+                    if action == "DescribeImageScanFindings" and proxy.statuses.get(digest) == "ARCHIVED":
+                        status = {"status": "IMAGE_ARCHIVED", "description": "The image is archived."}
+                        self._answer(200, {"imageId": {"imageDigest": digest}, "imageScanStatus": status})
+                        return
                     if throttle:
                         # Alternate the two shapes ECR throttling takes.
                         if n % (2 * proxy.throttle_every) == 0:
@@ -99,13 +107,19 @@ class FaultProxy:
                         return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                 answer = client.request("POST", self.path, content=body, headers=headers)
+                content = answer.content
+                if target.endswith(".DescribeImages") and proxy.statuses and answer.status_code == 200:
+                    described = json.loads(content)
+                    for detail in described.get("imageDetails", []):
+                        detail["imageStatus"] = proxy.statuses.get(detail["imageDigest"], "ACTIVE")
+                    content = json.dumps(described).encode()
                 self.send_response(answer.status_code)
                 for key, value in answer.headers.items():
                     if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(answer.content)))
+                self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
-                self.wfile.write(answer.content)
+                self.wfile.write(content)
 
             def _answer(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()

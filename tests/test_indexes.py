@@ -169,6 +169,31 @@ def test_a_two_platform_build_is_one_report_with_both_platforms(lane: Lane) -> N
     }
 
 
+def test_a_deleted_index_is_removed_and_its_platforms_follow_describe_images(lane: Lane) -> None:
+    # The index goes (by its tag: ECR sends a DELETE naming the index's digest); its platform manifests stay in
+    # the repository, untagged. ninkik had the index's report alone (the platforms were in it): it is removed,
+    # and the platforms, which DescribeImages still lists, are not reported on their own.
+    stack = lane.stack
+    made = build(stack, ("linux/amd64", "linux/arm64/v8"), "2.0.0")
+    manifests, index = events(made, "2.0.0")
+    for event in [*manifests, index]:
+        lane.send(event)
+    wait_for(lambda: stack.received_for(made.index), 60, "the index's report")
+    wait_for(lambda: ended(stack, made, lane.worker) == unreported(made), 60, "every manifest's chain to end")
+    stack.ecr.batch_delete_image(repositoryName=REPOSITORY, imageIds=[{"imageTag": "2.0.0"}])
+    deleted = local.push_event(REPOSITORY, made.index, "2.0.0", manifest_media_type=oci.OCI_INDEX)
+    deleted["detail"]["action-type"] = "DELETE"
+    lane.send(deleted)
+    wait_for(lambda: [r.status for r in stack.standin.removed if r.digest == made.index] == [204], 60, "the DELETE")
+    assert stack.standin.holds(made.index) is None
+    left = stack.ecr.describe_images(
+        repositoryName=REPOSITORY, imageIds=[{"imageDigest": d} for d in made.platforms.values()]
+    )
+    assert len(left["imageDetails"]) == 2  # the platforms are still there
+    assert posts_for(stack, list(made.platforms.values())) == []
+    assert not [r for r in stack.standin.removed if r.digest in made.platforms.values()]
+
+
 def test_the_index_event_first_and_a_single_platform_build_with_its_attestation(lane: Lane) -> None:
     stack = lane.stack
     made = build(stack, ("linux/amd64",), "2.0.0", media_type=oci.DOCKER_LIST)
@@ -396,7 +421,7 @@ def test_backfill_and_rescan_report_one_per_tag(stack: Stack) -> None:
     def chain(event: ImagePushed) -> None:
         try:
             scanned = scan_step(svc, describe_step(svc, match_tenant(svc, event)))
-            outcome = notify_step(svc, scanned, owner=f"test-{uuid.uuid4()}")
+            outcome, _ = notify_step(svc, scanned, owner=f"test-{uuid.uuid4()}")
         except PermanentError as exc:
             outcome = exc.reason
         outcomes.setdefault(event.digest, []).append(outcome)
