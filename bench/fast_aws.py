@@ -89,6 +89,8 @@ class State:
         self.added: dict[str, list[str]] = {}  # digest -> CVEs found after the push
         self.ecr_calls: list[tuple[float, str, str]] = []  # (time, action, digest)
         self.describes: list[tuple[float, list[str]]] = []  # (time, every digest a DescribeImages asked for)
+        self.listed: dict[str, list[str]] = {}  # repository -> the digests a DescribeImages listing pages through
+        self.gone: set[str] = set()  # digests deleted: DescribeImages by id answers ImageNotFoundException
 
     def queue(self, url_or_name: str) -> Queue:
         name = url_or_name.rstrip("/").rsplit("/", 1)[-1]
@@ -128,6 +130,17 @@ class Handler(BaseHTTPRequestHandler):
                 self.state.scans.update(body)
             self._reply(200, {})
             return
+        if self.path == "/_images":  # {repository: [digest, ...]}: what a listing of the repository gives
+            with self.state.lock:
+                for repository, digests in body.items():
+                    self.state.listed.setdefault(repository, []).extend(digests)
+            self._reply(200, {})
+            return
+        if self.path == "/_gone":  # [digest, ...]: deleted from their repositories
+            with self.state.lock:
+                self.state.gone.update(body)
+            self._reply(200, {})
+            return
         if self.path == "/_findings":
             with self.state.lock:
                 for digest, cves in body.items():
@@ -142,7 +155,8 @@ class Handler(BaseHTTPRequestHandler):
             with self.state.lock:
                 self.state.ecr_calls.append((self.arrived, op, digest))
                 if op == "DescribeImages":
-                    self.state.describes.append((self.arrived, [i.get("imageDigest", "") for i in body["imageIds"]]))
+                    asked = [i.get("imageDigest", "") for i in body.get("imageIds") or []]
+                    self.state.describes.append((self.arrived, asked))
         handler = getattr(self, f"_{op}", None)
         if handler is None:
             self._reply(400, {"__type": "UnknownOperationException", "message": f"{service}.{op} is not faked"})
@@ -213,12 +227,23 @@ class Handler(BaseHTTPRequestHandler):
 
     # ECR (AWS JSON 1.1): every image exists, with a finished basic scan
     def _DescribeImages(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with self.state.lock:
+            gone = [i["imageDigest"] for i in body.get("imageIds") or [] if i.get("imageDigest") in self.state.gone]
+            listing = [d for d in self.state.listed.get(body["repositoryName"], []) if d not in self.state.gone]
+        if gone:  # as moto answers (AWS's reference does not say): the whole call refused
+            return 400, {"__type": "ImageNotFoundException", "message": f"The image {gone[0]} does not exist"}
+        page: dict[str, Any] = {}
+        if "imageIds" not in body:  # a listing: maxResults a page, the offset as nextToken
+            first, size = int(body.get("nextToken") or 0), int(body.get("maxResults") or 100)
+            if first + size < len(listing):
+                page["nextToken"] = str(first + size)
+            body = {**body, "imageIds": [{"imageDigest": d} for d in listing[first : first + size]]}
         details = [
             {
                 "registryId": body.get("registryId", ACCOUNT),
                 "repositoryName": body["repositoryName"],
                 "imageDigest": image["imageDigest"],
-                "imageTags": ["latest"],
+                "imageTags": [f"v-{image['imageDigest'][7:19]}"],  # a tag of its own: no tag moves between images
                 "imageSizeInBytes": 52_428_800,
                 "imagePushedAt": time.time() - 60,
                 "imageManifestMediaType": "application/vnd.docker.distribution.manifest.v2+json",
@@ -226,7 +251,7 @@ class Handler(BaseHTTPRequestHandler):
             }
             for image in body.get("imageIds", [])
         ]
-        return 200, {"imageDetails": details}
+        return 200, {"imageDetails": details, **page}
 
     def _DescribeImageScanFindings(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         finishes = self.state.scans.get(body["imageId"].get("imageDigest", ""))

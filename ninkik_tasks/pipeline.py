@@ -256,7 +256,10 @@ def notify(self: Task, msg: dict[str, Any], first_try: float | None = None) -> d
         svc.stats.incr("lifecycle", outcome, change)
     else:
         svc.stats.incr("already_sent", str(outcome))  # rare: a report sent before
-    if moved:  # this image took their tags: ninkik hears of them again, with the tags they keep
+    # This image took their tags: ninkik hears of them again, with the tags they keep. Not from a chain that
+    # reports such an image itself: were DescribeImages to show one tag on two images for a while, the two would
+    # take it from each other for ever (the lifecycle sweep sets what is left right).
+    if moved and m.event.change != "retagged":
         log.info("tag moved to %s from %d other images: reported again", m.event.digest, len(moved))
         start_all(retagged(m, moved))
     return {"outcome": outcome, "key": m.key, "scan_status": m.status}

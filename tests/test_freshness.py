@@ -253,11 +253,13 @@ def test_check_prints_when_each_kind_of_event_was_last_seen(stack: Stack) -> Non
         digest=finding.digest,
         time=finding.time,
     )
+    deleted = pushed.model_copy(update={"event_id": "d", "source": "lifecycle", "change": "deleted"})
     LastSeen(stack.records, namespace).record([pushed], now=time.time() - 3 * 3600)
     LastSeen(stack.records, namespace).record([finding], now=time.time() - 30)
+    LastSeen(stack.records, namespace).record([deleted], now=time.time() - 600)
     [line] = list(events_seen(settings))
     assert line.level == "INFO" and line.what == "events"
     assert line.message == (
         f"{local.ACCOUNT}/{local.REGION} last seen by ingest: push 3 h ago, image_scan never, inspector2_scan never, "
-        "inspector2_finding 30 s ago"
+        "inspector2_finding 30 s ago, delete 10 min ago, update_storage_class never"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import base64
 import copy
+import hashlib
 import json
 import random
 import re
@@ -44,7 +45,7 @@ pytestmark = pytest.mark.reliability
 OTHER_ACCOUNT = "210987654321"  # allowed, but no registry of it exists in the emulator
 MAX_BYTES = 32 * 1024  # small, yet above 10,000-deep nesting (20 kB), so that reaches the JSON decoder
 NOWHERE = "sha256:" + "0" * 64  # a well-formed digest of no image
-SKIPS = {"repository_format", "unknown_tenant", "unknown_product", "image_gone"}
+SKIPS = {"repository_format", "unknown_tenant", "unknown_product"}
 REFUSALS = {
     "too_large",
     "not_json",
@@ -132,6 +133,19 @@ def send_all(stack: Stack, queue_url: str, bodies: list[str]) -> list[str]:
         batch.append(body)
     flush()
     return ids
+
+
+def removal_key(body: str) -> str | None:
+    """The Idempotency-Key of the DELETE a body's chain sends when its image is gone (scans.removal)."""
+    try:
+        data = json.loads(body)
+        detail = data["detail"]
+        material = "\n".join(
+            ("DELETE", detail["repository-name"].split("/")[0], detail["repository-name"], detail["image-digest"])
+        )
+    except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        return None
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def event_id_of(body: str) -> str | None:
@@ -300,10 +314,12 @@ def test_hostile_bodies_are_refused_and_the_valid_ones_around_them_notified(rig:
         def unaccounted() -> dict[str, str]:
             quarantined = {q.get("message_id") for q in stack.quarantined()}
             ended = {f.get("event_id") for f in stack.failures()}
+            ended |= {r.key for r in stack.standin.removed}  # a digest of no image: removed (ninkik: 404)
             return {
                 mid: body
                 for mid, body in hostile_ids.items()
-                if mid not in quarantined and (event_id_of(body) is None or event_id_of(body) not in ended)
+                if mid not in quarantined
+                and (event_id_of(body) is None or not {event_id_of(body), removal_key(body)} & ended)
             }
 
         def done() -> bool:
@@ -337,12 +353,17 @@ def test_hostile_bodies_are_refused_and_the_valid_ones_around_them_notified(rig:
         assert entry["reason"] in REFUSALS, entry
         assert entry["body"] == body[:MAX_BODY_CHARS], (entry["reason"], body[:200])
         assert int(entry["body_bytes"]) == len(body.encode("utf-8"))
-    chain_ids = {event_id_of(b) for mid, b in hostile_ids.items() if mid not in by_message}
+    removal_keys = {r.key for r in stack.standin.removed}
+    chain_ids = {
+        event_id_of(b) for mid, b in hostile_ids.items() if mid not in by_message and removal_key(b) not in removal_keys
+    }
     ended = [f for f in stack.failures() if f.get("event_id") in chain_ids]
     assert len(ended) == len(chain_ids), "a hostile event's chain was recorded more than once"
     assert {f["reason"] for f in ended} == SKIPS, Counter(f["reason"] for f in ended)
-    # Only the one event naming a real ninkik repository got as far as ECR.
-    assert [f["reason"] for f in ended if f["stage"] != "match_tenant"] == ["image_gone"]
+    # Only the one event naming a real ninkik repository got as far as ECR: its digest names no image, so ninkik
+    # is told to remove it (404: it never had it); no failure beyond tenant matching.
+    assert [f["reason"] for f in ended if f["stage"] != "match_tenant"] == []
+    assert [r.status for r in stack.standin.removed] == [404]
     # The size limit is exact: a body of NINKIK_MAX_MESSAGE_BYTES is parsed, one byte more is not.
     reason_of = {q["message_id"]: q["reason"] for q in quarantine}
     sized = {len(b.encode()): mid for mid, b in hostile_ids.items() if len(b.encode()) in (MAX_BYTES, MAX_BYTES + 1)}
@@ -355,7 +376,7 @@ def test_hostile_bodies_are_refused_and_the_valid_ones_around_them_notified(rig:
     reasons = Counter(q["reason"] for q in quarantine)
     assert counts["received"] == len(bodies), counts
     assert rejected == counts["quarantined"] == len(quarantine), (counts, reasons)
-    assert counts["chains_started"] == len(valid) + len(chain_ids), counts
+    assert counts["chains_started"] == len(valid) + len(chain_ids) + len(removal_keys), counts
     assert {"not_json", "too_large", "wrong_shape", "account_not_allowed", "region_not_allowed"} <= set(reasons)
 
 
@@ -419,12 +440,12 @@ def test_repository_names_that_escape_their_tenant_reach_neither_ecr_nor_ninkik(
         good = stack.push(f"{TENANT_A}/shop", "escape-ok")
         stack.send(queue_url, foreign)
         stack.send(queue_url, local.push_event(f"{TENANT_A}/shop", good, "escape-ok"))
-        failure = wait_for(
-            lambda: next((f for f in stack.failures() if f.get("event_id") == foreign["id"]), None),
+        removal = wait_for(
+            lambda: next((r for r in stack.standin.removed if r.digest == a_shop), None),
             30,
-            "the foreign-account event to be recorded",
+            "the foreign-account event's end",
         )
-        assert (failure["stage"], failure["reason"]) == ("describe_image", "image_gone")
+        assert removal.status == 404  # ninkik never had an image of that account: nothing else happened
         wait_for(lambda: stack.received_for(good), 30, "the valid event's notification")
         # The proxy sees ECR traffic: the valid event's calls, and the foreign one asked in its own registry.
         asked = [(call.action, call.params.get("registryId")) for call in rig.ecr.calls[before:]]
@@ -571,8 +592,8 @@ def test_every_redis_key_is_namespaced(rig: Rig) -> None:
             stack.send(queue_url, body)
         stack.send(queue_url, "not an event")
         wait_for(lambda: stack.received_for(good), 30, "the notification")
-        ended = {unknown["id"], gone["id"]}
-        wait_for(lambda: ended <= {f.get("event_id") for f in stack.failures()}, 30, "the recorded chain ends")
+        wait_for(lambda: unknown["id"] in {f.get("event_id") for f in stack.failures()}, 30, "the recorded end")
+        wait_for(lambda: NOWHERE in {r.digest for r in stack.standin.removed}, 30, "the removal of no image")
         wait_for(lambda: any(q["body"] == "not an event" for q in stack.quarantined()), 30, "the quarantine entry")
         # A last marker write, seen only after everything before it: the listener has caught up.
         stack.records.set(marker, "1", ex=5)

@@ -377,6 +377,11 @@ def test_every_dashboard_query_runs_and_returns_data(monitored: Monitored) -> No
     digest = m.stack.push(f"{TENANT_A}/shop", "scanning", status="IN_PROGRESS")
     m.stack.send(m.queue_url, local.push_event(f"{TENANT_A}/shop", digest, "scanning"))
     wait_for(lambda: m.query("ninkik_scan_wait_oldest_seconds > 0"), 60, "a scan waiting, and its age")
+    # an image deleted since its push, so the registry-changes panel has a removal to show
+    gone = m.stack.push(f"{TENANT_A}/shop", "deleted")
+    m.stack.ecr.batch_delete_image(repositoryName=f"{TENANT_A}/shop", imageIds=[{"imageDigest": gone}])
+    m.stack.send(m.queue_url, local.push_event(f"{TENANT_A}/shop", gone, "deleted"))
+    wait_for(lambda: m.query("rate(ninkik_pipeline_lifecycle_total[5m])"), 60, "the removal counted, scraped twice")
     variables = {
         "$__rate_interval": "5m",  # the whole run: every counter moved in it
         "$__interval": f"{SCRAPE_SECONDS}s",

@@ -53,7 +53,8 @@ class Standin:
     port: int = 0
     on_receive: Callable[[Received], None] | None = None
     received: list[Received] = field(default_factory=list)
-    attempts: list[tuple[int, str]] = field(default_factory=list)  # (status, idempotency key) of every POST
+    # (status, idempotency key) of every POST, and of every scripted answer to a DELETE (`removed` has the others)
+    attempts: list[tuple[int, str]] = field(default_factory=list)
     peers: list[tuple[str, str]] = field(default_factory=list)  # (client address, idempotency key) of every POST
     tenant_lookups: int = 0
     removed: list[Removed] = field(default_factory=list)
@@ -231,7 +232,6 @@ class Standin:
             had = any(r.body["image"]["digest"] == digest for r in self.received)
             status = 204 if had else 404
             self.removed.append(Removed(parts[3], parts[5], digest, key, status, time.time()))
-            self.attempts.append((status, key))
         _reply(req, status, None)
 
 
