@@ -29,6 +29,7 @@ from ninkik_tasks.findings import (
     installed_version,
     severity_counts,
 )
+from ninkik_tasks.holdings import Holdings
 from ninkik_tasks.local import wait_for
 
 DIGEST = "sha256:9b2a1e7c4f0d83a65e2c7b1d4f9e0a3c6b8d2e5f7a1c4b9e3d6f0a2c5e8b1d4f"
@@ -413,9 +414,15 @@ def test_aws_findings_bodies_are_notified_as_normalised(pipeline: Pipeline, name
         for f in from_enhanced(raw)
     ]
     assert scan["findings"] == expected
+    assert "in_use_count" not in scan  # usage goes apart from the report (lifecycle.py's usage report)
+    in_use = Holdings(stack.records, "ninkik").in_use(local.ACCOUNT, local.REGION, repository, digest)
     if scan_type == "ENHANCED":
         assert scan["findings"][0]["fixed_version"] is None
         assert scan["findings"][0]["version"] == "2.9.14+dfsg-1.3~deb12u1"
+        # awsEcrContainerImage's inUseCount and lastInUseAt, kept for the next usage report.
+        assert in_use == (1, "2025-06-09T04:43:20.427000Z")
+    else:
+        assert in_use is None
 
 
 def test_enhanced_findings_refused_at_run_time_name_the_statement(stack: Stack) -> None:
