@@ -105,7 +105,7 @@ def test_a_scan_that_finishes_later_is_read_at_a_steady_pace_not_a_growing_one(s
             assert any(c.action == "DescribeImages" and digest in _images(c) for c in proxy.calls)
             assert reads[0] - sent[digest] >= 1.5  # a push's scan is not read right away
             gaps = [b - a for a, b in zip(reads, reads[1:], strict=False)]
-            assert max(gaps, default=0.0) < 3.5, gaps  # one read alone: the scan was over by the first (a loaded machine)
+            assert max(gaps, default=0.0) < 3.5, gaps  # one read alone: the scan ended before it (a loaded machine)
             scanning = proxy.scanning[digest] - reads[0]
             assert len(reads) <= scanning / 0.9 + 2, (len(reads), scanning)  # one read per poll, no more
     finally:
