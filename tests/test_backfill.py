@@ -912,6 +912,13 @@ def test_reconcile_and_rescan_under_the_guides_policy(stack: Stack, scratch: Scr
         rescanned = client(env).send_task("ninkik.rescan", queue=CONTROL).get(timeout=30)
         assert (rescanned["scan_heads"], rescanned["unchanged"], rescanned["chains_started"]) == (2, 2, 0)
         assert rescanned["by_name"] and once_each(stack, lost)
+
+        # One of them deleted with no event: the lifecycle sweep finds it under the same policy (DescribeImages
+        # of a tenant's repository, every image status) and ninkik is told to remove it.
+        ecr.batch_delete_image(repositoryName=f"{mine}/app", imageIds=[{"imageDigest": lost[0]}])
+        swept = client(env).send_task("ninkik.lifecycle", queue=CONTROL).get(timeout=30)
+        assert (swept["repositories"], swept["images"], swept["gone"], swept["unreachable"]) == (1, 2, 1, [])
+        wait_for(lambda: [r.digest for r in stack.standin.removed] == [lost[0]], 60, "the swept image's removal")
         assert {r.action for r in guarded.refusals()} == {"ecr:DescribeRepositories"}
     finally:
         proc.stop()
