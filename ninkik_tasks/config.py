@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     reconcile_first_lookback_seconds: PositiveInt = 24 * 3600
     rescan_interval_seconds: PositiveInt = 24 * 3600
     rescan_days: PositiveInt = 30
+    # The coverage gauge (coverage/gauge.py): how often beat counts the Holdings, and the tenants named per registry
+    coverage_interval_seconds: PositiveInt = 600
+    coverage_top_tenants: PositiveInt = 20
 
     metrics_port: int = 9300  # ingest's Prometheus /metrics; 0 turns it off
     metrics_address: str = "0.0.0.0"

@@ -348,3 +348,12 @@ def rescan(self: Task) -> dict[str, Any]:
         return sweeps.rescan(_svc(), start, stop=_stopping)
     except SweepStopped:
         raise _again(self) from None
+
+
+@app.task(name="ninkik.coverage", queue=CONTROL_QUEUE)
+def coverage() -> dict[str, Any]:
+    """Count the images ninkik holds by scan state, for the gauge ninkik_coverage_images (no AWS call)."""
+    from .coverage.gauge import recount
+
+    svc = _svc()
+    return recount(svc.redis, svc.settings)

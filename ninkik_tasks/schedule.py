@@ -1,4 +1,5 @@
-"""The beat schedule: reconcile missed pushes, refresh findings. Every entry expires, so stale runs are dropped."""
+"""The beat schedule: reconcile missed pushes, refresh findings, count coverage. Every entry expires, so stale
+runs are dropped."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ def beat_schedule(settings: Settings, queue: str) -> dict[str, dict[str, Any]]:
     entries = {
         "reconcile": ("ninkik.reconcile", settings.reconcile_interval_seconds),
         "rescan": ("ninkik.rescan", settings.rescan_interval_seconds),
+        "coverage": ("ninkik.coverage", settings.coverage_interval_seconds),
     }
     return {
         name: {
