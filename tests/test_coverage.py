@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 import redis
 from botocore.stub import Stubber
-from conftest import PRODUCT_A1, TENANT_A, TENANT_B, Stack
+from conftest import PRODUCT_A1, TENANT_A, TENANT_B, Stack, own_broker_db
 
 from ninkik_tasks import local
 from ninkik_tasks.check.inspector import coverage_permission
@@ -264,3 +264,23 @@ def test_the_gauge_beat_computes_is_served_on_scrape(stack: Stack) -> None:
     recount(stack.records, settings)
     assert {k[2] for k in load(stack.records, namespace)[0]} == {TENANT_B}
     assert read(Holdings(stack.records, namespace), [Registry(ACCOUNT, REGION)], TENANT_A).groups == {}
+
+
+def test_refresh_queues_a_re_read_of_the_selection(stack: Stack) -> None:
+    """On a broker of its own with no worker, the task is queued, not run: a backfill (nothing of B is held)."""
+    db = own_broker_db()
+    namespace = f"cov{uuid.uuid4().hex[:8]}"
+    env = stack.env(db, NINKIK_REDIS_NAMESPACE=namespace)
+    done = subprocess.run(
+        [sys.executable, "-m", "ninkik_tasks.cli", "coverage", "--tenant", TENANT_B, "--refresh", "--no-inspector"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refresh queued:" in done.stderr and "no image recorded yet" in done.stdout
+    broker = redis.Redis.from_url(f"{stack.redis_url}/{db}")
+    [message] = [json.loads(m) for m in broker.lrange("ninkik-control", 0, -1)]
+    assert message["headers"]["task"] == "ninkik.backfill"
+    assert f"'tenant': '{TENANT_B}'" in message["headers"]["kwargsrepr"]

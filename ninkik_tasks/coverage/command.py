@@ -58,7 +58,7 @@ def command(tenant: str | None, account: str | None, as_json: bool, inspector: b
 def _refresh(filters: Filters, coverage: Coverage) -> None:
     """Queue a re-read of the selection at the sweeps' pace: the lifecycle sweep (`ninkik.lifecycle`, issue 33:
     the images whose tags or status changed are reported again, deleted ones removed, each Holding with them),
-    on the repositories ninkik holds of the tenant when one is given.
+    on the repositories ninkik holds of the tenant when one is given (a backfill of a tenant of whom none is held).
 
     TODO(lifecycle): until that task is registered (a branch without issue 33), a backfill of the selection is
     queued instead: it records every image's report again, without the pace and without removing deleted images.
@@ -66,8 +66,9 @@ def _refresh(filters: Filters, coverage: Coverage) -> None:
     from .. import pipeline
     from ..celery_app import app
 
-    if "ninkik.lifecycle" in app.tasks:
-        names = sorted({repository for (_, _, repository, _) in coverage.images}) if filters.tenant else None
+    names = sorted({repository for (_, _, repository, _) in coverage.images}) if filters.tenant else None
+    # A tenant of whom nothing is held yet: the lifecycle sweep compares what is held, a backfill finds the images.
+    if "ninkik.lifecycle" in app.tasks and names != []:
         kwargs: dict[str, Any] = {"account": filters.account, "repositories": names}
         result = app.tasks["ninkik.lifecycle"].apply_async(kwargs=kwargs, retry=False)
         what = "lifecycle sweep"
