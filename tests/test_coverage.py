@@ -22,7 +22,7 @@ from conftest import PRODUCT_A1, TENANT_A, TENANT_B, Stack, own_broker_db
 
 from ninkik_tasks import local
 from ninkik_tasks.check.inspector import coverage_permission
-from ninkik_tasks.coverage import SCANNED, Coverage, ecr_scan_statuses, read, reasons
+from ninkik_tasks.coverage.counts import SCANNED, Coverage, ecr_scan_statuses, read, reasons
 from ninkik_tasks.coverage.gauge import STATES, load, recount, series, state_of
 from ninkik_tasks.coverage.inspector import list_coverage
 from ninkik_tasks.holdings import Holding, Holdings

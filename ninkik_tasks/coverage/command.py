@@ -11,7 +11,7 @@ import click
 if TYPE_CHECKING:
     from ..config import Settings
     from ..filters import Filters
-    from . import Coverage
+    from .counts import Coverage
 
 
 @click.command("coverage")
@@ -37,7 +37,7 @@ def command(tenant: str | None, account: str | None, as_json: bool, inspector: b
     from ..filters import validate
     from ..holdings import Holdings
     from ..inventory import registries
-    from . import read
+    from .counts import read
 
     settings = get_settings()
     filters = validate(tenant, tenant_known=lambda _: True, account=account, accounts=accepted(settings)[0])
@@ -98,7 +98,7 @@ def _table(coverage: Coverage, now: float) -> None:
     from rich.table import Table
 
     from ..console import console
-    from . import MONITORING_END_UNKNOWN, iso
+    from .counts import MONITORING_END_UNKNOWN, iso
 
     out = console()
     for view in (coverage.views[k] for k in sorted(coverage.views)):

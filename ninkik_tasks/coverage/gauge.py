@@ -21,7 +21,7 @@ import redis
 from ..config import Settings
 from ..holdings import Holdings
 from ..inventory import registries
-from . import SCANNED, Coverage, read, reason_of
+from .counts import SCANNED, Coverage, read, reason_of
 
 # A scan state, as the gauge's `state` label: a fixed set, whatever statuses ECR adds later.
 STATES = ("scanned", "pending", "no_scan", "unsupported", "expired", "quota", "archived", "failed")
