@@ -19,9 +19,9 @@ from .schedule import beat_schedule
 # One queue per kind of work, so operators can scale each with `-Q`.
 AWS_QUEUE = "ninkik-aws"  # describe_image, fetch_scan_findings: ECR calls
 NINKIK_QUEUE = "ninkik-api"  # match_tenant, notify: ninkik API calls
-CONTROL_QUEUE = "ninkik-control"  # backfill, reconcile, rescan
+CONTROL_QUEUE = "ninkik-control"  # backfill, reconcile, rescan, coverage
 QUEUES = (AWS_QUEUE, NINKIK_QUEUE, CONTROL_QUEUE)
-CONTROL_TASKS = ("ninkik.backfill", "ninkik.reconcile", "ninkik.rescan")
+CONTROL_TASKS = ("ninkik.backfill", "ninkik.reconcile", "ninkik.rescan", "ninkik.coverage")
 CHAIN_TASKS = ("ninkik.match_tenant", "ninkik.describe_image", "ninkik.fetch_scan_findings", "ninkik.notify")
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""ninkik-tasks: ingest, dev, and the operator's views of quarantine and failures."""
+"""ninkik-tasks: ingest, dev, and the operator's views of quarantine, failures and coverage."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from .coverage.command import command as coverage_command
 from .errors import ConfigError, InvalidFilter
 from .explain import explain, redis_full
 from .flower import command as flower_command
@@ -44,8 +45,7 @@ def _entry_id(entry_id: str, journal: str) -> str:
     """The id as given if it is a Redis stream id, else ConfigError pointing at the list."""
     if not _STREAM_ID.fullmatch(entry_id):
         raise ConfigError(
-            f"{entry_id!r} is not a {journal} id (they look like 1796156572460-0): "
-            f"see `ninkik-tasks {journal} list`"
+            f"{entry_id!r} is not a {journal} id (they look like 1796156572460-0): see `ninkik-tasks {journal} list`"
         )
     return entry_id
 
@@ -397,6 +397,7 @@ def standin(ctx: click.Context, /, **_: Any) -> None:
     ctx.forward(serve)
 
 
+main.add_command(coverage_command, "coverage")
 main.add_command(flower_command, "flower")
 main.add_command(health_command, "health")
 

@@ -134,9 +134,7 @@ class RoleCredentials(DeferredRefreshableCredentials):
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             message = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
-            fix = (
-                "let this process's identity assume it: the role's trust policy and its ExternalId (docs/accounts.md)"
-            )
+            fix = "let this process's identity assume it: the role's trust policy and its ExternalId (docs/accounts.md)"
             raise IdentityUnavailable(
                 a.id,
                 f"account {a.id}: role {a.role_arn} cannot be assumed ({code}: {message}): {fix}",
@@ -208,6 +206,14 @@ def ecr(
         return made
 
     return per_process(("ecr", account, region, lane), make)
+
+
+def inspector2(account: Account, region: str) -> Any:
+    """This process's Amazon Inspector client for `account` in `region` (coverage's ListCoverage, `check`)."""
+    return per_process(
+        ("inspector2", account, region),
+        lambda: session(account).client("inspector2", region_name=region, config=AWS_CONFIG),
+    )
 
 
 def sts(account: Account, region: str | None) -> STSClient:

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     rescan_days: PositiveInt = 30
     # The lifecycle sweep (lifecycle.py): images ninkik has against the registry, at the rescan's pace.
     lifecycle_interval_seconds: PositiveInt = 24 * 3600
+    # The coverage gauge (coverage/gauge.py): how often beat counts the Holdings, and the tenants named per registry
+    coverage_interval_seconds: PositiveInt = 600
+    coverage_top_tenants: PositiveInt = 20
 
     metrics_port: int = 9300  # ingest's Prometheus /metrics; 0 turns it off
     metrics_address: str = "0.0.0.0"

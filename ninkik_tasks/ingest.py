@@ -426,9 +426,7 @@ def poll_all(pollers: list[Ingest], heartbeat: Heartbeat | None = None) -> None:
             fatal.append(exc)
             stopping.set()
 
-    threads = [
-        threading.Thread(target=poll, args=(p,), name=f"ingest-{i}", daemon=True) for i, p in enumerate(pollers)
-    ]
+    threads = [threading.Thread(target=poll, args=(p,), name=f"ingest-{i}", daemon=True) for i, p in enumerate(pollers)]
     for thread in threads:
         thread.start()
     try:

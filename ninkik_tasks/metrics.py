@@ -267,7 +267,27 @@ class PipelineCollector(Collector):
                 age = oldest_wait(r, ns, region, now)
                 if age is not None:
                     oldest.add_metric([region], age)
-        return [marks, waiting, oldest]
+        return [marks, waiting, oldest, *coverage_families(r, ns)]
+
+
+def coverage_families(r: redis.Redis, namespace: str) -> list[Metric]:
+    """The coverage gauge as beat's `ninkik.coverage` last stored it (coverage/gauge.py: its bound), and its age."""
+    from .coverage import gauge
+
+    values, computed = gauge.load(r, namespace)
+    images = GaugeMetricFamily(
+        "ninkik_coverage_images",
+        "Images ninkik holds, by account, region, tenant (the top by images not scanned, else `other`) and scan state",
+        labels=["account", "region", "tenant", "state"],
+    )
+    for labels in sorted(values):
+        images.add_metric(list(labels), values[labels])
+    when = GaugeMetricFamily(
+        "ninkik_coverage_computed_timestamp_seconds", "When ninkik.coverage last counted the Holdings (Unix time)"
+    )
+    if computed is not None:
+        when.add_metric([], computed)
+    return [images, when]
 
 
 class HeartbeatCollector(Collector):

@@ -378,3 +378,10 @@ def lifecycle(self: Task, account: str | None = None, repositories: list[str] | 
             return {"skipped": "another lifecycle sweep is running"}
         pace = sweeps.rescan_pace(svc.settings)
         return lifecycle_sweep(svc, start_all, pace, account, repositories).as_dict()
+@app.task(name="ninkik.coverage", queue=CONTROL_QUEUE)
+def coverage() -> dict[str, Any]:
+    """Count the images ninkik holds by scan state, for the gauge ninkik_coverage_images (no AWS call)."""
+    from .coverage.gauge import recount
+
+    svc = _svc()
+    return recount(svc.redis, svc.settings)

@@ -1,6 +1,5 @@
-"""The beat schedule: reconcile missed pushes, refresh findings, compare what ninkik has with the registries.
-
-Every entry expires, so stale runs are dropped.
+"""The beat schedule: reconcile missed pushes, refresh findings, compare what ninkik has with the registries,
+count coverage. Every entry expires, so stale runs are dropped.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ def beat_schedule(settings: Settings, queue: str) -> dict[str, dict[str, Any]]:
         "reconcile": ("ninkik.reconcile", settings.reconcile_interval_seconds),
         "rescan": ("ninkik.rescan", settings.rescan_interval_seconds),
         "lifecycle": ("ninkik.lifecycle", settings.lifecycle_interval_seconds),
+        "coverage": ("ninkik.coverage", settings.coverage_interval_seconds),
     }
     return {
         name: {

@@ -197,7 +197,5 @@ def load_tenants_file(path: Path) -> dict[str, Tenant]:
     except ValidationError as exc:
         first = exc.errors()[0]
         at = "tenant " + ".".join(str(part) for part in first["loc"]) if first["loc"] else "a tenant"
-        raise ConfigError(
-            f"{where}: {at}: {first['msg']}: the accepted forms are {TENANTS_FILE_FORMS}"
-        ) from None
+        raise ConfigError(f"{where}: {at}: {first['msg']}: the accepted forms are {TENANTS_FILE_FORMS}") from None
     return {tenant.uuid.lower(): tenant for tenant in tenants}

@@ -25,6 +25,9 @@ from conftest import CI, TENANT_A, Broker, Stack, celery_worker, ingest, make_br
 from test_alerts import DASHBOARD, RULES, SCRAPE, alerts, dashboard_queries
 
 from ninkik_tasks import local
+from ninkik_tasks.config import Settings
+from ninkik_tasks.coverage.gauge import recount
+from ninkik_tasks.holdings import Holdings
 from ninkik_tasks.local import wait_for
 
 SCRAPE_SECONDS = 1
@@ -382,6 +385,16 @@ def test_every_dashboard_query_runs_and_returns_data(monitored: Monitored) -> No
     m.stack.ecr.batch_delete_image(repositoryName=f"{TENANT_A}/shop", imageIds=[{"imageDigest": gone}])
     m.stack.send(m.queue_url, local.push_event(f"{TENANT_A}/shop", gone, "deleted"))
     wait_for(lambda: m.query("rate(ninkik_pipeline_lifecycle_total[5m])"), 60, "the removal counted, scraped twice")
+    # A reported image is held (the report step records it), counted as beat's ninkik.coverage counts it (beat was
+    # stopped by test_beat_stopped), so the coverage panel has a count to show.
+    namespace = m.env["NINKIK_REDIS_NAMESPACE"]
+    done = m.push("covered")
+    holdings = Holdings(m.stack.records, namespace)
+    held = wait_for(lambda: holdings.get(local.ACCOUNT, local.REGION, f"{TENANT_A}/shop", done), 60, "its report")
+    assert held.scan == "COMPLETE"
+    settings = Settings(redis_namespace=namespace, aws_account_ids=[local.ACCOUNT], aws_regions=[local.REGION])
+    recount(m.stack.records, settings)
+    wait_for(lambda: m.query('ninkik_coverage_images{state="scanned"} > 0'), 60, "the coverage gauge")
     variables = {
         "$__rate_interval": "5m",  # the whole run: every counter moved in it
         "$__interval": f"{SCRAPE_SECONDS}s",

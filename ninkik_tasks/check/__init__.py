@@ -20,6 +20,7 @@ from ..inventory import Inventory
 from ..startup import API_PATH, api_url_mistake
 from ..tenants import load_tenants_file, split
 from .aws import CONFUSED_DEPUTY, WrongAccount, identity, queue, registry
+from .inspector import coverage_permission
 from .line import Check
 from .stores import broker_and_redis, records_client
 
@@ -65,6 +66,7 @@ def account_block(s: Settings, account: Account, http: httpx.Client, tenants: di
             yield from queue(s, sqs, url)
         for region in account.regions:
             yield from registry(s, clients.ecr(account, region), account.id, region, http, tenants)
+            yield from coverage_permission(clients.inspector2(account, region), account.id, region)
     except IdentityUnavailable as exc:
         yield Check("FAIL", "account", str(exc))
     except WrongAccount:

@@ -60,9 +60,7 @@ def broker_and_redis(s: Settings) -> Iterator[Check]:
                     "NINKIK_TLS_CA_FILE to the CA that signed it (or fix the host name in the URL)",
                 )
                 continue
-            yield Check(
-                "FAIL", "redis", f"{name} ({safe_url(url)}) does not answer: {exc}; start Redis or fix the URL"
-            )
+            yield Check("FAIL", "redis", f"{name} ({safe_url(url)}) does not answer: {exc}; start Redis or fix the URL")
             continue
         yield Check("OK", "redis", f"{name} answers ({safe_url(url)})")
         yield from _writable(name, url, client, s.redis_namespace)
@@ -86,15 +84,19 @@ def _memory(name: str, url: str, client: redis.Redis) -> Iterator[Check]:
         info = client.info("memory")
     except redis.RedisError as exc:
         yield Check(
-            "WARN", "redis", f"{name} ({safe_url(url)}): INFO memory refused ({exc}), so the eviction policy "
-            f"is not known: ninkik-tasks needs maxmemory-policy noeviction; {NOEVICTION_FIX}"
+            "WARN",
+            "redis",
+            f"{name} ({safe_url(url)}): INFO memory refused ({exc}), so the eviction policy "
+            f"is not known: ninkik-tasks needs maxmemory-policy noeviction; {NOEVICTION_FIX}",
         )
         return
     policy = info.get("maxmemory_policy")
     if policy is None:
         yield Check(
-            "WARN", "redis", f"{name} ({safe_url(url)}) does not say its eviction policy: ninkik-tasks needs "
-            f"maxmemory-policy noeviction; {NOEVICTION_FIX}"
+            "WARN",
+            "redis",
+            f"{name} ({safe_url(url)}) does not say its eviction policy: ninkik-tasks needs "
+            f"maxmemory-policy noeviction; {NOEVICTION_FIX}",
         )
     elif policy != "noeviction":
         yield Check(

@@ -249,9 +249,7 @@ def _refresh_flower(url: str) -> None:
     import httpx
 
     try:
-        local.wait_for(
-            lambda: httpx.get(f"{url}/api/workers?refresh=1", timeout=10).json(), 60, "Flower", interval=1.0
-        )
+        local.wait_for(lambda: httpx.get(f"{url}/api/workers?refresh=1", timeout=10).json(), 60, "Flower", interval=1.0)
     except TimeoutError:
         return  # Flower or the worker did not come up: the main loop reports the process that died
 
