@@ -100,7 +100,7 @@ def test_what_ninkik_has_orders_reports_and_removals_by_observation(stack: Stack
 # Events
 
 
-def test_an_image_deleted_by_digest_is_removed_from_ninkik(pipeline: Pipeline) -> None:
+def test_an_image_deleted_by_digest_or_by_its_last_tag_is_removed_from_ninkik(pipeline: Pipeline) -> None:
     stack, repository = pipeline.stack, f"{TENANT_A}/web/del-{uuid.uuid4().hex[:6]}"
     digest = push_reported(pipeline, repository, "1.0")
     stack.ecr.batch_delete_image(repositoryName=repository, imageIds=[{"imageDigest": digest}])
@@ -111,6 +111,11 @@ def test_an_image_deleted_by_digest_is_removed_from_ninkik(pipeline: Pipeline) -
     stack.send(pipeline.queue_url, lifecycle_event(repository, digest, "DELETE", "1.0"))
     other = push_reported(pipeline, repository, "2.0")  # a later chain through the same worker: the first is done
     assert removals(stack, digest) == [204] and stack.standin.holds(other) is not None
+    # Deleted by its last tag: the image goes with it (ECR's event names the tag and the digest).
+    stack.ecr.batch_delete_image(repositoryName=repository, imageIds=[{"imageTag": "2.0"}])
+    stack.send(pipeline.queue_url, lifecycle_event(repository, other, "DELETE", "2.0"))
+    wait_for(lambda: removals(stack, other) == [204], 60, "ninkik's DELETE of the image deleted by its tag")
+    assert stack.standin.holds(other) is None
 
 
 def test_deleting_one_of_two_tags_reports_the_image_with_the_other(pipeline: Pipeline) -> None:
