@@ -366,8 +366,8 @@ def against_floor(r: Result, floors: list[FloorResult], celery: CeleryFloorResul
             workers = r.cpu.get("workers", 0.0) / r.events * 1000
             alone = celery.worker_cpu / celery.chains * 1000
             s.notes.append(
-                f"Worker CPU ms per event, main thread (receiving, acks, flushing task events) + the others (the tasks, "
-                f"publishing the next step): pipeline {main:.2f} + {workers - main:.2f}, Celery alone "
+                f"Worker CPU ms per event, main thread (receiving, acks, flushing task events) + the others (the "
+                f"tasks, publishing the next step): pipeline {main:.2f} + {workers - main:.2f}, Celery alone "
                 f"{main_alone:.2f} + {alone - main_alone:.2f}."
             )
         publisher, worker = celery.publish_per_chain * 1000, (celery.cpu_per_chain - celery.publish_per_chain) * 1000
