@@ -6,13 +6,15 @@ concurrency and events (-E) that workers/entrypoint.sh uses. Run by bench/pipeli
 
     python bench/celery_floor.py --pool threads --concurrency 16 --chains 2000
 
-prints {"chains", "seconds", "publish_cpu", "worker_cpu", "redis_commands"} as one JSON line (the last counts the
-wait for the chains' end too: a few polls).
+prints {"chains", "seconds", "publish_cpu", "worker_cpu", "worker_main_cpu", "redis_commands"} as one JSON line (the
+last counts the wait for the chains' end too: a few polls). `--profile DIR`: py-spy records the worker into
+DIR/celery.txt, as bench/pipeline.py --profile does the pipeline's worker (it passes its DIR on).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -33,9 +35,24 @@ def cpu(proc: psutil.Process) -> float:
     return total + sum(sum(child.cpu_times()[:2]) for child in proc.children(recursive=True))
 
 
+def main_thread_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of the process's main thread: with the threads pool, the worker's event loop (receiving, acks,
+    flushing task events); its other threads run the tasks."""
+    return next((t.user_time + t.system_time for t in proc.threads() if t.id == proc.pid), 0.0)
+
+
 def redis_calls(server: redis.Redis) -> int:
     """Commands redis-server has answered so far, all clients and databases (INFO commandstats)."""
     return sum(int(v["calls"]) for v in server.info("commandstats").values())
+
+
+def spying(directory: Path | None, pid: int) -> contextlib.AbstractContextManager[None]:
+    """py-spy on the worker while the chains run, as bench/pipeline.py --profile does on the pipeline's."""
+    if directory is None:
+        return contextlib.nullcontext()
+    from pipeline_run import profiled
+
+    return profiled(directory, {"celery": pid})
 
 
 def main() -> None:
@@ -45,6 +62,7 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--work", type=Path, help="directory for logs (default: a new temporary one)")
+    parser.add_argument("--profile", type=Path, help="py-spy records the worker into DIR/celery.txt (collapsed stacks)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ninkik-bench-noop-", dir=args.work))
     redis_proc, redis_url = local.start_redis(work)
@@ -78,13 +96,15 @@ def main() -> None:
         run(20)  # warm-up: connections, imports
         local.wait_for(lambda: int(counter.get(noop.DONE_KEY) or 0) >= 20, 60, "the warm-up chains")
         me, pool = psutil.Process(), psutil.Process(worker.pid)
-        mine, theirs, began = sum(me.cpu_times()[:2]), cpu(pool), time.monotonic()
-        calls = redis_calls(counter)
-        run(args.chains)
-        publish_cpu = sum(me.cpu_times()[:2]) - mine
-        want = 20 + args.chains
-        local.wait_for(lambda: int(counter.get(noop.DONE_KEY) or 0) >= want, args.timeout, "the chains")
-        seconds, worker_cpu = time.monotonic() - began, cpu(pool) - theirs
+        with spying(args.profile, worker.pid):
+            mine, theirs, main, began = sum(me.cpu_times()[:2]), cpu(pool), main_thread_cpu(pool), time.monotonic()
+            calls = redis_calls(counter)
+            run(args.chains)
+            publish_cpu = sum(me.cpu_times()[:2]) - mine
+            want = 20 + args.chains
+            local.wait_for(lambda: int(counter.get(noop.DONE_KEY) or 0) >= want, args.timeout, "the chains")
+            seconds, worker_cpu = time.monotonic() - began, cpu(pool) - theirs
+            worker_main_cpu = main_thread_cpu(pool) - main
         commands = redis_calls(counter) - calls
     finally:
         worker.stop()
@@ -94,6 +114,7 @@ def main() -> None:
         "seconds": seconds,
         "publish_cpu": publish_cpu,
         "worker_cpu": worker_cpu,
+        "worker_main_cpu": worker_main_cpu,
         "redis_commands": commands,
     }
     print(json.dumps(figures))

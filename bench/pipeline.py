@@ -361,6 +361,15 @@ def against_floor(r: Result, floors: list[FloorResult], celery: CeleryFloorResul
             f"plus the worker's ({(celery.cpu_per_chain - celery.publish_per_chain) * 1000:.2f} ms). "
             "It is what four tasks per image cost before any work."
         )
+        if r.worker_main_cpu and celery.worker_main_cpu and r.events:
+            main, main_alone = r.worker_main_cpu / r.events * 1000, celery.worker_main_cpu / celery.chains * 1000
+            workers = r.cpu.get("workers", 0.0) / r.events * 1000
+            alone = celery.worker_cpu / celery.chains * 1000
+            s.notes.append(
+                f"Worker CPU ms per event, main thread (receiving, acks, flushing task events) + the others (the "
+                f"tasks, publishing the next step): pipeline {main:.2f} + {workers - main:.2f}, Celery alone "
+                f"{main_alone:.2f} + {alone - main_alone:.2f}."
+            )
         publisher, worker = celery.publish_per_chain * 1000, (celery.cpu_per_chain - celery.publish_per_chain) * 1000
         s.current.append(
             (
@@ -646,10 +655,15 @@ def main() -> int:
     console.print(f"{elapsed:.0f} s in all; command: {command}")
     profiles: list[str] = []
     if args.profile is not None:
-        for name in ("ingest", "worker"):
+        for name in ("ingest", "worker", "celery"):
             if (args.profile / f"{name}.txt").exists():
                 profiles.append(profile_top.top(args.profile / f"{name}.txt"))
                 console.print(profiles[-1], markup=False)
+        workers = [("pipeline", args.profile / "worker.txt", fast.events if fast else 0)]
+        workers.append(("Celery alone", args.profile / "celery.txt", celery.chains if celery else 0))
+        if all(path.exists() and events for _, path, events in workers):
+            profiles.append(profile_top.compare(workers))
+            console.print(profiles[-1], markup=False)
     if not args.no_write:
         header = (
             f"## Pipeline, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n\n"

@@ -82,6 +82,7 @@ class Result:
     cpu: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds in the measured phase
     rss: dict[str, float] = field(default_factory=dict)  # role -> peak resident bytes of one process
     worker_pss: float = 0.0  # bytes, all worker processes, at the end of the measured phase
+    worker_main_cpu: float = 0.0  # CPU seconds of the first worker's main thread (threads pool: its event loop)
     redis_commands: dict[str, int] = field(default_factory=dict)  # command -> calls in the measured phase
     busy: float = 0.0  # share of all cores' time the machine was busy in the measured phase
     others: float = 0.0  # the part of it spent in processes this run did not start
@@ -210,6 +211,12 @@ def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, f
     return used
 
 
+def main_thread_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of a process's main thread: a threads-pool worker's event loop (receiving, acks, flushing task
+    events), where its other threads run the tasks (bench/celery_floor.py measures Celery alone's the same way)."""
+    return next((t.user_time + t.system_time for t in proc.threads() if t.id == proc.pid), 0.0)
+
+
 def redis_calls(server: redis.Redis) -> Counter[str]:
     """Calls of each command redis-server has answered so far (INFO commandstats), all clients and databases."""
     stats = server.info("commandstats")
@@ -317,9 +324,12 @@ def run(setup: Setup, load: Load, log: Callable[[str], None]) -> Result:
             if load.profile is not None and setup.emulator == "fast":
                 spying.enter_context(profiled(load.profile, {"ingest": ingest.pid, "worker": workers[0].pid}))
             server = redis.Redis.from_url(redis_url)
+            main = psutil.Process(workers[0].pid)
             before, machine_before, calls = watch.cpu(), psutil.cpu_times(), redis_calls(server)
+            main_before = main_thread_cpu(main)
             with spying:
                 first, last = feed(sqs, queue_url, measured, arrivals, load.window, procs, load.stall)
+            result.worker_main_cpu = main_thread_cpu(main) - main_before
             result.cpu = cpu_used(before, watch.cpu())
             result.redis_commands = (redis_calls(server) - calls) + Counter()  # the info command's own call: 1
             result.worker_pss = watch.worker_pss()
@@ -638,6 +648,7 @@ class CeleryFloorResult:
     seconds: float = 0.0
     publish_cpu: float = 0.0  # the publisher's CPU seconds (what ingest pays to start the chains)
     worker_cpu: float = 0.0  # the worker's main and pool processes
+    worker_main_cpu: float = 0.0  # of which the main thread's (threads pool: the event loop)
     redis_commands: int = 0  # commands redis-server answered (broker, results, events) while the chains ran
     error: str | None = None
 
@@ -660,6 +671,7 @@ def celery_floor(pool: str, concurrency: int, chains: int, load: Load) -> Celery
     args = [sys.executable, str(Path(__file__).resolve().parent / "celery_floor.py"), "--pool", pool]
     args += ["--concurrency", str(concurrency), "--chains", str(chains), "--timeout", str(load.stall)]
     args += ["--work", str(load.work)] if load.work else []
+    args += ["--profile", str(load.profile)] if load.profile else []
     done = subprocess.run(args, capture_output=True, text=True, timeout=load.stall * 3)
     if done.returncode:
         result.error = (done.stderr.strip().splitlines() or ["celery_floor.py failed"])[-1][:120]
@@ -667,5 +679,6 @@ def celery_floor(pool: str, concurrency: int, chains: int, load: Load) -> Celery
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     result.chains, result.seconds = figures["chains"], figures["seconds"]
     result.publish_cpu, result.worker_cpu = figures["publish_cpu"], figures["worker_cpu"]
+    result.worker_main_cpu = figures.get("worker_main_cpu", 0.0)
     result.redis_commands = figures["redis_commands"]
     return result
