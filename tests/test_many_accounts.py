@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import random
 import re
 import subprocess
@@ -179,6 +180,7 @@ def test_a_role_refused_mid_run_fails_only_its_own_images_and_names_the_account(
         # As on AWS, a session handed out before the trust changed works until its end.
         ended = org.sts.expires[role(broken)]
         wait_for(lambda: time.time() > ended, LIFETIME + 5, "the broken account's sessions to end")
+        refused_since, assumed_before = time.monotonic(), org.sts.count(role(broken))
         # The broken account's event comes through a working account's queue (a central queue): its chain runs.
         lost = org.push(broken, via=ACCOUNTS[0])
         fine = [org.push(account) for account in ACCOUNTS[:2]]
@@ -210,6 +212,10 @@ def test_a_role_refused_mid_run_fails_only_its_own_images_and_names_the_account(
         )
         assert org.queues_metric("ninkik_ingest_queue_last_poll_timestamp_seconds")[broken] == polled[broken]
         assert org.queues_metric("ninkik_ingest_queue_up") == {ACCOUNTS[0]: 1.0, ACCOUNTS[1]: 1.0, broken: 0.0}
+        # Nothing is retried faster than the backoff: ingest's polls of the refused account's queue at 1, 3, 7, 15 ...
+        # s (doubling), the chain once (measured: 4 AssumeRole calls in 6 s), never a tight loop on the role.
+        tries, elapsed = org.sts.count(role(broken)) - assumed_before, time.monotonic() - refused_since
+        assert tries <= 4 + math.log2(1 + elapsed), (tries, elapsed)
     finally:
         org.sts.refused.discard(role(broken))
     wait_for(lambda: "answer again" in org.ingest.output(), 60, "the broken queue polled again once trusted")
