@@ -253,20 +253,24 @@ class PipelineCollector(Collector):
                 marks.add_metric([account, region], datetime.fromisoformat(value).timestamp())
         waiting = GaugeMetricFamily(
             "ninkik_scans_waiting",
-            "Images whose scan has not finished, re-read until it does, by region",
-            labels=["region"],
+            "Images whose scan has not finished, re-read until it does, by account and region",
+            labels=["account", "region"],
         )
         oldest = GaugeMetricFamily(
-            "ninkik_scan_wait_oldest_seconds", "How long the longest scan wait has lasted, by region", labels=["region"]
+            "ninkik_scan_wait_oldest_seconds",
+            "How long the longest scan wait has lasted, by account and region",
+            labels=["account", "region"],
         )
         now = time.time()
-        for key in sorted(str(k) for k in r.scan_iter(match=f"{ns}:scanwait:*", count=500)):
-            region = key.rsplit(":", 1)[1]
+        for key in sorted(str(k) for k in r.scan_iter(match=f"{ns}:scanwait:*:*", count=500)):
+            # A region's set from before waits were per account (`{ns}:scanwait:{region}`) has no colon in its tail:
+            # not matched; it expires within minutes of the upgrade (docs/upgrading.md).
+            account, region = key.removeprefix(f"{ns}:scanwait:").split(":", 1)
             if r.type(key) == "zset":
-                waiting.add_metric([region], float(r.zcard(key)))
-                age = oldest_wait(r, ns, region, now)
+                waiting.add_metric([account, region], float(r.zcard(key)))
+                age = oldest_wait(r, ns, account, region, now)
                 if age is not None:
-                    oldest.add_metric([region], age)
+                    oldest.add_metric([account, region], age)
         return [marks, waiting, oldest, *coverage_families(r, ns)]
 
 

@@ -1,9 +1,11 @@
 """How often a waiting image's scan status may be read: a steady poll, spread so the waits fit the ECR budget.
 
-Every image whose scan has not finished is registered, per region, in one Redis sorted set (scored by its
-latest read). Each image is read again after `max(poll, waiting / (calls_per_second x share))` seconds, so
-the status reads of all waiting images take at most `share` of the region's shared ECR budget and the rest
-stays for first reads (new pushes), DescribeImages and sweeps. An image whose wait ended without saying so
+Every image whose scan has not finished is registered, per account and region, in one Redis sorted set (scored
+by its latest read). Each image is read again after `max(poll, waiting / (calls_per_second x share))` seconds, so
+the status reads of an account's waiting images in a region take at most `share` of that account and region's ECR
+budget (stages.ecr_limit_key: ECR counts its quotas that way) and the rest stays for first reads (new pushes),
+DescribeImages and sweeps; one account's many waits never slow another's reads. The account is the member's
+registry id (`member`). An image whose wait ended without saying so
 (its worker died) drops out once it has not been read for three of its intervals. A scan-complete event
 for a waiting image ends its wait at once (ingest starts a chain that reads it now; see ingest.py): that
 chain takes up the waiting chain's message (`park`) rather than describing the image again, and the waiting
@@ -35,8 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Both scripts: KEYS[1] = the region's waiting set, KEYS[2] = ingest's hash of when it last saw each kind of event
-# in the image's account and region (seen_key); ARGV = member, the poll, the slowest pace any image of the region
+# Both scripts: KEYS[1] = the account and region's waiting set, KEYS[2] = ingest's hash of when it last saw each
+# kind of event in the image's account and region (seen_key); ARGV = member, the poll, the slowest pace any image
 # may have (the safety-net pace, else the poll), SCAN_EVENTS_RECENT, reads per second for waits, then the kinds of
 # scan-complete events (SCAN_EVENT_KINDS). The image's pace is the safety-net pace while such events arrive there.
 _PACE = """
@@ -50,8 +52,8 @@ if slowest > pace then
 end
 """
 
-# KEYS[3] = the region's waits by when each began. Registers a read of the member now, drops entries not read for
-# three of the slowest intervals (their worker died); returns the member's interval until its next read.
+# KEYS[3] = the account and region's waits by when each began. Registers a read of the member now, drops entries
+# not read for three of the slowest intervals (their worker died); returns the member's interval until its next read.
 _REGISTER = (
     _PACE
     + """
@@ -98,22 +100,28 @@ def member(registry_id: str, repository: str, digest: str) -> str:
     return f"{registry_id}/{repository}@{digest}"
 
 
-def waiting_key(namespace: str, region: str) -> str:
-    """The region's waiting set: image -> its latest read (Unix time, Redis' clock)."""
-    return f"{namespace}:scanwait:{region}"
+def account_of(image: str) -> str:
+    """The account (registry id) of an image as `member` names it."""
+    return image.split("/", 1)[0]
 
 
-def since_key(namespace: str, region: str) -> str:
-    """The region's waits by when each began: image -> Unix time of its first status read."""
-    return f"{namespace}:scanwaitsince:{region}"
+def waiting_key(namespace: str, account: str, region: str) -> str:
+    """The account and region's waiting set: image -> its latest read (Unix time, Redis' clock)."""
+    return f"{namespace}:scanwait:{account}:{region}"
 
 
-def oldest_wait(client: redis.Redis, namespace: str, region: str, now: float) -> float | None:
-    """Seconds the longest wait of the region has lasted (None: none waiting); drops waits that ended unsaid."""
-    since = since_key(namespace, region)
+def since_key(namespace: str, account: str, region: str) -> str:
+    """The account and region's waits by when each began: image -> Unix time of its first status read."""
+    return f"{namespace}:scanwaitsince:{account}:{region}"
+
+
+def oldest_wait(client: redis.Redis, namespace: str, account: str, region: str, now: float) -> float | None:
+    """Seconds the longest wait of the account and region has lasted (None: none waiting); drops waits that ended
+    unsaid."""
+    since = since_key(namespace, account, region)
     entries = cast(list[tuple[str, float]], client.zrange(since, 0, 49, withscores=True))
     for image, began in entries:
-        if client.zscore(waiting_key(namespace, region), image) is not None:
+        if client.zscore(waiting_key(namespace, account, region), image) is not None:
             return max(0.0, now - float(began))
         client.zrem(since, image)  # dropped from the waiting set as stale (its worker died): not waiting
     return None
@@ -129,7 +137,7 @@ class Turn(NamedTuple):
 
 
 class ScanWaits:
-    """The images waiting for their scan, per region; says when each may be read again."""
+    """The images waiting for their scan, per account and region; says when each may be read again."""
 
     def __init__(
         self,
@@ -149,11 +157,14 @@ class ScanWaits:
         self._register = client.register_script(_REGISTER)
         self._turn = client.register_script(_TURN)
 
-    def _key(self, region: str) -> str:
-        return waiting_key(self.namespace, region)
+    def _key(self, region: str, image: str) -> str:
+        return waiting_key(self.namespace, account_of(image), region)
+
+    def _since_key(self, region: str, image: str) -> str:
+        return since_key(self.namespace, account_of(image), region)
 
     def _script_args(self, region: str, image: str) -> tuple[list[str], list[str | float]]:
-        keys = [self._key(region), seen_key(self.namespace, image.split("/", 1)[0], region)]
+        keys = [self._key(region, image), seen_key(self.namespace, account_of(image), region)]
         return keys, [image, self.poll, self.safety_poll, SCAN_EVENTS_RECENT, self.budget, *SCAN_EVENT_KINDS]
 
     def next_read(self, region: str, image: str) -> float:
@@ -161,7 +172,7 @@ class ScanWaits:
         slow safety-net pace while scan-complete events arrive for its account and region (its event then ends
         the wait; a lost one costs up to this), longer when the waits would take more than their budget share."""
         keys, args = self._script_args(region, image)
-        interval = float(self._register(keys=[*keys, since_key(self.namespace, region)], args=args))
+        interval = float(self._register(keys=[*keys, self._since_key(region, image)], args=args))
         return interval * random.uniform(0.9, 1.1)
 
     def turn(self, region: str, image: str) -> Turn:
@@ -178,7 +189,7 @@ class ScanWaits:
         (a chain reading the image later takes its scan as final); True if the image is waiting right now."""
         pipe = self.r.pipeline(transaction=False)
         pipe.set(self._finished_key(region, image), "1", ex=ttl)
-        pipe.zscore(self._key(region), image)
+        pipe.zscore(self._key(region, image), image)
         return pipe.execute()[1] is not None
 
     def finished(self, region: str, image: str) -> bool:
@@ -209,29 +220,30 @@ class ScanWaits:
     def done(self, region: str, *images: str) -> None:
         """The images' waits, or holds, are over (scan final, the wait ran out, reported, listed by an index)."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.zrem(self._key(region), *images)
-        pipe.zrem(since_key(self.namespace, region), *images)
-        pipe.delete(*(self._held_key(region, image) for image in images))
-        pipe.srem(self._holding_key(region), *images)
+        for image in images:  # an index's platforms are of its account: one or two keys in all
+            pipe.zrem(self._key(region, image), image)
+            pipe.zrem(self._since_key(region, image), image)
+            pipe.delete(self._held_key(region, image))
+            pipe.srem(self._holding_key(region, image), image)
         pipe.execute()
 
     def is_waiting(self, region: str, image: str) -> bool:
         """Whether a chain is waiting for `image`'s scan now."""
-        return self.r.zscore(self._key(region), image) is not None
+        return self.r.zscore(self._key(region, image), image) is not None
 
-    def waiting(self, region: str) -> int:
-        """How many images of the region are waiting now."""
-        return int(self.r.zcard(self._key(region)))
+    def waiting(self, account: str, region: str) -> int:
+        """How many images of the account in the region are waiting now."""
+        return int(self.r.zcard(waiting_key(self.namespace, account, region)))
 
     def hold(self, region: str, image: str, seconds: float, scan: str) -> None:
         """Hold `image` (its scan final: `scan`, as JSON) for `seconds`; it is not waiting for its scan any more."""
         payload = json.dumps({"until": time.time() + seconds, "scan": scan})
         pipe = self.r.pipeline(transaction=False)
         pipe.set(self._held_key(region, image), payload, ex=int(seconds) + 600)
-        pipe.sadd(self._holding_key(region), image)
-        pipe.expire(self._holding_key(region), int(seconds) + 600)
-        pipe.zrem(self._key(region), image)
-        pipe.zrem(since_key(self.namespace, region), image)
+        pipe.sadd(self._holding_key(region, image), image)
+        pipe.expire(self._holding_key(region, image), int(seconds) + 600)
+        pipe.zrem(self._key(region, image), image)
+        pipe.zrem(self._since_key(region, image), image)
         pipe.execute()
 
     def held(self, region: str, image: str) -> tuple[float, str] | None:
@@ -242,15 +254,15 @@ class ScanWaits:
         data = json.loads(raw)
         return max(0.0, float(data["until"]) - time.time()), str(data["scan"])
 
-    def holding(self, region: str) -> int:
-        """How many untagged images of the region are held for an index now (counted apart from waits)."""
-        return int(self.r.scard(self._holding_key(region)))
+    def holding(self, account: str, region: str) -> int:
+        """How many untagged images of the account in the region are held for an index now (apart from waits)."""
+        return int(self.r.scard(f"{self.namespace}:scanholding:{account}:{region}"))
 
     def _held_key(self, region: str, image: str) -> str:
         return f"{self.namespace}:scanhold:{region}:{image}"
 
-    def _holding_key(self, region: str) -> str:
-        return f"{self.namespace}:scanholding:{region}"
+    def _holding_key(self, region: str, image: str) -> str:
+        return f"{self.namespace}:scanholding:{account_of(image)}:{region}"
 
     # An index's platforms whose scans were final at an earlier read of the index's wait.
     def keep(self, region: str, index: str, platform: str, scan: str, ttl: int) -> None:

@@ -312,7 +312,7 @@ def test_a_platforms_scan_complete_event_reads_its_waiting_index_at_once(stack: 
         wait_for(lambda: reads(arm) >= 1, 30, "the first read of the platform still scanning")
         # The event must find the index waiting: its wait is recorded just after that read (under load, later).
         index_waits = (
-            scanwait.waiting_key("ninkik", local.REGION),
+            scanwait.waiting_key("ninkik", local.ACCOUNT, local.REGION),
             scanwait.member(local.ACCOUNT, REPOSITORY, made.index),
         )
         wait_for(
@@ -397,7 +397,7 @@ def test_an_index_waits_for_every_platform_then_reports_what_the_wait_gave(stack
         statuses = {p["platform"]: p["scan_status"] for p in report["index"]["platforms"]}
         assert statuses == {"linux/amd64": "COMPLETE", "linux/arm64": "NOT_SCANNED"}
         assert svc.scan_waits.kept(local.REGION, waiting_as(described.image), amd) is None
-        assert svc.scan_waits.waiting(local.REGION) == 0
+        assert svc.scan_waits.waiting(local.ACCOUNT, local.REGION) == 0
     finally:
         svc.http.close()
 

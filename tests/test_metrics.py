@@ -12,7 +12,8 @@ from conftest import Stack
 
 from ninkik_tasks.celery_app import app  # noqa: F401  (making the app connects worker_process_shutdown)
 from ninkik_tasks.local import wait_for
-from ninkik_tasks.metrics import PipelineStats
+from ninkik_tasks.metrics import PipelineCollector, PipelineStats
+from ninkik_tasks.scanwait import ScanWaits, member
 
 
 def test_frequent_counts_share_the_next_write_or_are_written_within_a_second(stack: Stack) -> None:
@@ -49,3 +50,17 @@ def test_counts_held_are_written_when_a_process_ends_normally(stack: Stack) -> N
     )
     subprocess.run([sys.executable, "-c", held, f"{stack.redis_url}/2", namespace], check=True, timeout=30)
     assert stats.read()["ecr_call:123456789012:eu-central-1"] == 1
+
+
+def test_scan_waits_are_exposed_per_account_and_region_and_a_set_from_before_the_upgrade_is_not(stack: Stack) -> None:
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    waits = ScanWaits(stack.records, namespace, poll_seconds=5, calls_per_second=20)
+    for account, count in (("111111111111", 2), ("222222222222", 1)):
+        for i in range(count):
+            waits.next_read("eu-central-1", member(account, "tenant/product", f"sha256:{i}"))
+    stack.records.zadd(f"{namespace}:scanwait:eu-central-1", {"111111111111/tenant/product@sha256:old": 1.0})
+    families = {f.name: f for f in PipelineCollector(PipelineStats(stack.records, namespace))._state()}
+    waiting = {tuple(s.labels.values()): s.value for s in families["ninkik_scans_waiting"].samples}
+    assert waiting == {("111111111111", "eu-central-1"): 2.0, ("222222222222", "eu-central-1"): 1.0}
+    oldest = families["ninkik_scan_wait_oldest_seconds"].samples
+    assert sorted(s.labels["account"] for s in oldest) == ["111111111111", "222222222222"]

@@ -32,33 +32,58 @@ def waits(stack: Stack) -> ScanWaits:
     return ScanWaits(stack.records, f"test-{uuid.uuid4().hex[:8]}", poll_seconds=5, calls_per_second=20)
 
 
+ACCOUNT_A, ACCOUNT_B = "111111111111", "222222222222"
+
+
+def image(name: str, account: str = ACCOUNT_A) -> str:
+    """A waiting image of `account`, named as ScanWaits names images (its registry id first)."""
+    return member(account, "tenant/product", f"sha256:{name}")
+
+
 def test_a_few_waiting_images_are_read_at_the_poll_interval(waits: ScanWaits) -> None:
-    assert 4.5 <= waits.next_read("eu-central-1", "one") <= 5.5
-    assert waits.waiting("eu-central-1") == 1
+    assert 4.5 <= waits.next_read("eu-central-1", image("one")) <= 5.5
+    assert waits.waiting(ACCOUNT_A, "eu-central-1") == 1
 
 
 def test_many_waiting_images_share_half_the_ecr_budget(waits: ScanWaits) -> None:
     for i in range(199):
-        waits.next_read("eu-central-1", f"image-{i}")
+        waits.next_read("eu-central-1", image(f"image-{i}"))
     # 200 images at 20 calls/s, half of it for waits: each read every 20 s, 10 reads/s in all.
-    assert 18 <= waits.next_read("eu-central-1", "image-199") <= 22
-    assert waits.waiting("eu-west-1") == 0  # per region
+    assert 18 <= waits.next_read("eu-central-1", image("image-199")) <= 22
+    assert waits.waiting(ACCOUNT_A, "eu-west-1") == 0  # per region
+
+
+def test_each_account_and_region_has_its_own_share_of_its_own_budget(waits: ScanWaits) -> None:
+    # As the ECR budget (NINKIK_ECR_CALLS_PER_SECOND per account and region): one account's 200 waits stretch its
+    # own reads to every 20 s, while another account's image in the same region is read at the poll interval.
+    for i in range(200):
+        waits.next_read("eu-central-1", image(f"busy-{i}"))
+    assert 4.5 <= waits.next_read("eu-central-1", image("quiet", ACCOUNT_B)) <= 5.5
+    assert (waits.waiting(ACCOUNT_A, "eu-central-1"), waits.waiting(ACCOUNT_B, "eu-central-1")) == (200, 1)
+    assert 18 <= waits.next_read("eu-central-1", image("busy-0")) <= 22
+    assert 4 <= (waits.turn("eu-central-1", image("quiet", ACCOUNT_B)).due or 0) <= 4.5
+    waits.done("eu-central-1", image("quiet", ACCOUNT_B), image("busy-0"))
+    assert (waits.waiting(ACCOUNT_A, "eu-central-1"), waits.waiting(ACCOUNT_B, "eu-central-1")) == (199, 0)
 
 
 def test_a_task_woken_before_its_turn_is_told_to_wait_again(waits: ScanWaits) -> None:
-    assert waits.turn("eu-central-1", "new").due is None  # not waiting yet: its first read, now
-    waits.next_read("eu-central-1", "read-just-now")
-    assert 4 <= (waits.turn("eu-central-1", "read-just-now").due or 0) <= 4.5  # 0.9 of the 5 s interval
+    assert waits.turn("eu-central-1", image("new")).due is None  # not waiting yet: its first read, now
+    waits.next_read("eu-central-1", image("read-just-now"))
+    assert 4 <= (waits.turn("eu-central-1", image("read-just-now")).due or 0) <= 4.5  # 0.9 of the 5 s interval
 
 
 def test_a_finished_wait_leaves_and_an_abandoned_one_expires(stack: Stack) -> None:
     waits = ScanWaits(stack.records, f"test-{uuid.uuid4().hex[:8]}", poll_seconds=0.1, calls_per_second=20)
-    waits.next_read("r", "done")
-    waits.done("r", "done")
-    assert waits.waiting("r") == 0
-    waits.next_read("r", "abandoned")  # its worker died: never read again
+    waits.next_read("r", image("done"))
+    waits.done("r", image("done"))
+    assert waits.waiting(ACCOUNT_A, "r") == 0
+    waits.next_read("r", image("abandoned"))  # its worker died: never read again
     # After three of its intervals it no longer counts against the budget.
-    wait_for(lambda: waits.next_read("r", "alive") and waits.waiting("r") == 1, 5, "the abandoned wait to expire")
+    wait_for(
+        lambda: waits.next_read("r", image("alive")) and waits.waiting(ACCOUNT_A, "r") == 1,
+        5,
+        "the abandoned wait to expire",
+    )
 
 
 def _behind_a_scanning_proxy(stack: Stack, **settings: str) -> tuple[FaultProxy, dict[str, str], str]:
@@ -326,7 +351,7 @@ def test_a_scan_event_costs_one_status_read_and_no_second_describe(
         assert by_event.status == "COMPLETE" and calls("DescribeImageScanFindings") == 2
         at_its_turn = scan_step(svc, waiting)  # the push's chain wakes: the event's chain read it already
         assert at_its_turn.key == by_event.key and calls("DescribeImageScanFindings") == 2
-        assert svc.scan_waits.waiting(local.REGION) == 0
+        assert svc.scan_waits.waiting(local.ACCOUNT, local.REGION) == 0
     finally:
         proxy.stop()
         clients._reset_after_fork()
