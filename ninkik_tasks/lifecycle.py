@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from .ecr import image_from_details
 from .errors import IdentityUnavailable, PermanentError, TransientError
 from .events import ImagePushed
 from .holdings import GONE_KEEP_SECONDS, Holding
@@ -189,8 +190,6 @@ def _differs(holding: Holding, detail: ImageDetailTypeDef) -> bool:
 def _event(
     account: str, region: str, repository: str, digest: str, detail: ImageDetailTypeDef | None, observed: float
 ) -> ImagePushed:
-    from .ecr import image_from_details
-
     return ImagePushed(
         event_id=f"swept:{int(observed)}:{account}:{region}:{repository}@{digest}",
         account=account,

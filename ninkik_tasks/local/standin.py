@@ -174,13 +174,7 @@ class Standin:
         key = req.headers.get("Idempotency-Key", "")
         with self._lock:
             self.peers.append((req.client_address[0], key))
-            status, delay = self._script.popleft() if self._script else (0, 0.0)
-        if delay:
-            time.sleep(delay)
-        if status:
-            with self._lock:
-                self.attempts.append((status, key))
-            _reply(req, status, {"error": "scripted answer"}, retry_after="1" if status == 429 else None)
+        if self._scripted(req, key):
             return
         if not self._authorised(req):
             return
@@ -210,20 +204,26 @@ class Standin:
             self.on_receive(received)
         _reply(req, 201, {"id": key})
 
+    def _scripted(self, req: BaseHTTPRequestHandler, key: str) -> bool:
+        """Answer with the next scripted status (after its delay) if one is queued; True if it answered."""
+        with self._lock:
+            status, delay = self._script.popleft() if self._script else (0, 0.0)
+        if delay:
+            time.sleep(delay)
+        if not status:
+            return False
+        with self._lock:
+            self.attempts.append((status, key))
+        _reply(req, status, {"error": "scripted answer"}, retry_after="1" if status == 429 else None)
+        return True
+
     def _delete(self, req: BaseHTTPRequestHandler) -> None:
         parts = req.path.strip("/").split("/")
         if not _images_path(parts, 8):
             _reply(req, 404, {"error": "not found"})
             return
         key = req.headers.get("Idempotency-Key", "")
-        with self._lock:
-            status, delay = self._script.popleft() if self._script else (0, 0.0)
-        if delay:
-            time.sleep(delay)
-        if status:
-            with self._lock:
-                self.attempts.append((status, key))
-            _reply(req, status, {"error": "scripted answer"})
+        if self._scripted(req, key):
             return
         if not self._authorised(req):
             return
